@@ -1,0 +1,575 @@
+//! The soft Dice loss, MONAI-compatible.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::activation::Activation;
+use crate::reduction::DiceReduction;
+use crate::stats::ClassStats;
+use crate::target::{check_input_shape, flat_dims, prepare_target, Checks, DiceTarget};
+
+const NAME: &str = "DiceLoss";
+
+/// Configuration to create a [`DiceLoss`] using the [init function](DiceLossConfig::init).
+///
+/// The defaults are MONAI 1.5's `monai.losses.DiceLoss` defaults.
+///
+/// Serializes with serde (burn's `Config`): `config.save("dice.json")`,
+/// `DiceLossConfig::load("dice.json")`.
+#[derive(Config, Debug)]
+pub struct DiceLossConfig {
+    /// Activation applied to `input` first. Default: [`Activation::None`] (probabilities in).
+    #[config(default = "Activation::None")]
+    pub activation: Activation,
+    /// Keep class 0. With `false`, channel 0 is dropped after the activation and the one-hot
+    /// conversion, so softmax still normalizes over every class. On a single-channel input
+    /// `false` is ignored (with a `log` warning), as in MONAI. Default: `true`.
+    #[config(default = true)]
+    pub include_background: bool,
+    /// Added to the numerator `2·I`. Default: `1e-5`.
+    #[config(default = 1e-5)]
+    pub smooth_nr: f64,
+    /// Added to the denominator. Keeps an empty class (and an empty prediction) finite.
+    /// Default: `1e-5`.
+    #[config(default = 1e-5)]
+    pub smooth_dr: f64,
+    /// V-Net's denominator `Σp² + Σt²` instead of `Σp + Σt` (Milletari et al. 2016).
+    /// Default: `false`.
+    #[config(default = false)]
+    pub squared_pred: bool,
+    /// Soft Jaccard (IoU) instead of Dice: `1 − (2I + smooth_nr) / (2(P + T − I) + smooth_dr)`,
+    /// MONAI's formula. Default: `false`.
+    #[config(default = false)]
+    pub jaccard: bool,
+    /// Sum the statistics over the batch before the ratio (one Dice per class for the whole
+    /// batch, as nnU-Net's "batch Dice"). Default: `false`.
+    #[config(default = false)]
+    pub batch: bool,
+    /// One weight per kept class (after dropping the background), multiplied into that class's
+    /// loss before the reduction. The mean is a plain mean over all entries, **not** divided by
+    /// `Σ weight` (MONAI's rule). As in MONAI, a weight is not applied when only one class is
+    /// kept. Default: `None`.
+    pub weight: Option<Vec<f32>>,
+    /// Label value whose pixels are left out of every class's sums, in the prediction and in the
+    /// target (MONAI 1.6's `ignore_index`). Needs a class-index target. Default: `None`.
+    pub ignore_index: Option<usize>,
+    /// `−ln(dice)` instead of `1 − dice` (the log-Dice of segmentation_models_pytorch).
+    /// Default: `false`.
+    #[config(default = false)]
+    pub log_loss: bool,
+    /// Reduction of the `[batch, class]` losses in `forward`. Default: [`DiceReduction::Mean`].
+    #[config(default = "DiceReduction::Mean")]
+    pub reduction: DiceReduction,
+    /// Check the data of every call: `input` and dense targets finite, class indices in range.
+    /// The checks read one small tensor back from the device per call; turn them off to avoid
+    /// that synchronization once the data pipeline is trusted. Default: `true`.
+    #[config(default = true)]
+    pub check_inputs: bool,
+}
+
+impl DiceLossConfig {
+    /// Initializes a [`DiceLoss`] on `device`.
+    ///
+    /// # Panics
+    /// On a negative or non-finite smoothing term or weight, or an empty `weight`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> DiceLoss<B> {
+        self.assertions();
+        DiceLoss {
+            activation: self.activation,
+            include_background: self.include_background,
+            smooth_nr: self.smooth_nr,
+            smooth_dr: self.smooth_dr,
+            squared_pred: self.squared_pred,
+            jaccard: self.jaccard,
+            batch: self.batch,
+            weight: self
+                .weight
+                .as_ref()
+                .map(|w| Tensor::<B, 1>::from_floats(w.as_slice(), device)),
+            ignore_index: self.ignore_index,
+            log_loss: self.log_loss,
+            reduction: self.reduction,
+            check_inputs: self.check_inputs,
+        }
+    }
+
+    fn assertions(&self) {
+        check_smoothing(NAME, "smooth_nr", self.smooth_nr);
+        check_smoothing(NAME, "smooth_dr", self.smooth_dr);
+        if let Some(weight) = &self.weight {
+            check_weights(NAME, weight);
+        }
+    }
+}
+
+/// Panics unless a smoothing term is finite and non-negative.
+pub(crate) fn check_smoothing(loss: &str, name: &str, value: f64) {
+    assert!(
+        value.is_finite() && value >= 0.0,
+        "{loss}Config: `{name}` must be finite and >= 0, got {value}"
+    );
+}
+
+/// Panics unless class weights are non-empty, finite and non-negative.
+pub(crate) fn check_weights(loss: &str, weight: &[f32]) {
+    assert!(
+        !weight.is_empty(),
+        "{loss}Config: `weight` must hold one weight per kept class, got an empty list"
+    );
+    if let Some((i, w)) = weight
+        .iter()
+        .enumerate()
+        .find(|(_, w)| !(w.is_finite() && **w >= 0.0))
+    {
+        panic!("{loss}Config: `weight[{i}]` must be finite and >= 0, got {w}");
+    }
+}
+
+/// Logs MONAI's warning for `include_background = false` on one channel, once per process.
+pub(crate) fn warn_single_channel_background(loss: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        log::warn!("{loss}: single channel prediction, `include_background = false` ignored");
+    }
+}
+
+/// The soft Dice loss of Milletari et al., "V-Net: Fully Convolutional Neural Networks for
+/// Volumetric Medical Image Segmentation", 3DV 2016, with MONAI 1.5's options and defaults.
+///
+/// Created with [`DiceLossConfig`].
+///
+/// # Formula
+/// After the [activation](Activation), for every sample `b` and kept class `c`, with sums over the
+/// spatial positions (and over the batch when `batch = true`):
+///
+/// ```text
+/// I = Σ p·t,   P = Σ p  (Σ p² with squared_pred),   T = Σ t  (Σ t² with squared_pred)
+/// dice   = (2·I + smooth_nr) / (P + T + smooth_dr)
+/// jaccard: (2·I + smooth_nr) / (2·(P + T − I) + smooth_dr)        (MONAI's soft-IoU form)
+/// loss[b, c] = w[c] · (1 − dice)        or  w[c] · (−ln dice)  with log_loss
+/// forward    = mean or sum of loss[b, c] over all entries
+/// ```
+///
+/// The steps run in MONAI's order: activation, then one-hot of class-index targets, then
+/// dropping the background channel, then the ratio and the reduction. Pixels whose label is
+/// `ignore_index` are zeroed in `p` and `t` for every class before the sums.
+///
+/// # Smoothing and empty masks
+/// Smoothing enters once in the numerator (`smooth_nr`) and once in the denominator
+/// (`smooth_dr`) of each per-(sample, class) ratio, not per pixel. A class absent from the
+/// ground truth (`T = 0`) scores `1 − smooth_nr / (P + smooth_dr)`: about 1 when the prediction
+/// has mass there, 0 when it is empty too (with the equal default smoothing terms); always
+/// finite while `smooth_dr > 0`. With `smooth_nr = smooth_dr = 0` an absent class scores exactly
+/// 1 if `P > 0`, and NaN (0/0) if the prediction is exactly 0 there too (possible only without
+/// an activation); `log_loss` then gives +∞ for a class with `I = 0` and `smooth_nr = 0`.
+/// These are MONAI's numbers.
+///
+/// # Memory
+/// Class-index targets are never expanded into a float one-hot tensor: besides the activation's
+/// output (one tensor of the input's size, kept for the backward pass) the loss needs
+/// `O(batch · spatial)` memory for the labels: the probability of each pixel's labelled class is
+/// gathered (`[batch, 1, *spatial]`) and scatter-added into a `[batch, class]` table. Dense
+/// targets need one more input-sized tensor, the product `p·t`.
+#[derive(Module, Debug)]
+pub struct DiceLoss<B: Backend> {
+    /// Activation applied to `input` first.
+    pub activation: Activation,
+    /// Keep class 0.
+    pub include_background: bool,
+    /// Added to the numerator.
+    pub smooth_nr: f64,
+    /// Added to the denominator.
+    pub smooth_dr: f64,
+    /// `Σp² + Σt²` denominator.
+    pub squared_pred: bool,
+    /// Soft Jaccard instead of Dice.
+    pub jaccard: bool,
+    /// Sum over the batch before the ratio.
+    pub batch: bool,
+    /// Class weights, one per kept class.
+    pub weight: Option<Tensor<B, 1>>,
+    /// Label value left out of the loss.
+    pub ignore_index: Option<usize>,
+    /// `−ln(dice)` instead of `1 − dice`.
+    pub log_loss: bool,
+    /// Reduction used by `forward`.
+    pub reduction: DiceReduction,
+    /// Per-call data checks.
+    pub check_inputs: bool,
+}
+
+impl<B: Backend> DiceLoss<B> {
+    /// Computes the reduced loss.
+    ///
+    /// # Shapes
+    /// - input: `[batch, class, *spatial]` with 1, 2 or 3 spatial dims (rank `D` = 3, 4, 5):
+    ///   logits or probabilities, as the [activation](Activation) expects.
+    /// - target: a [`DiceTarget`]: `Tensor<B, D>` of the input's shape (one-hot or
+    ///   probabilities), or `Tensor<B, D, Int>` of shape `[batch, 1, *spatial]` (class indices).
+    /// - output: `[1]`.
+    ///
+    /// # Panics
+    /// On a wrong rank or shape, a class index outside `0..class` (that is not `ignore_index`),
+    /// NaN/infinite data (with `check_inputs`), softmax on one channel, or a `weight` whose length
+    /// is not the number of kept classes.
+    pub fn forward<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        target: impl Into<DiceTarget<B, D>>,
+    ) -> Tensor<B, 1> {
+        self.reduction
+            .reduce(self.forward_no_reduction(input, target))
+    }
+
+    /// Computes the unreduced loss, one value per sample and kept class.
+    ///
+    /// # Shapes
+    /// - input, target: as in [`forward`](Self::forward).
+    /// - output: `[batch, class']` (`[1, class']` when `batch = true`), where `class'` is
+    ///   `class − 1` when the background is dropped.
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        target: impl Into<DiceTarget<B, D>>,
+    ) -> Tensor<B, 2> {
+        let dims = input.dims();
+        check_input_shape(NAME, &dims);
+        let [b, c, s] = flat_dims(&dims);
+        let mut checks = self.check_inputs.then(|| Checks::new(NAME));
+        if let Some(checks) = checks.as_mut() {
+            checks.finite("input", input.clone());
+        }
+        let target = prepare_target(
+            NAME,
+            &dims,
+            target.into(),
+            self.ignore_index,
+            checks.as_mut(),
+        );
+        if let Some(checks) = checks {
+            checks.finish();
+        }
+
+        let probs = self.activation.apply(input.reshape([b, c, s]), NAME);
+        let mut stats = ClassStats::compute(probs, target, self.squared_pred, self.batch);
+        if !self.include_background {
+            if c == 1 {
+                warn_single_channel_background(NAME);
+            } else {
+                stats = stats.without_background();
+            }
+        }
+        let loss = self.ratio_loss(stats);
+        self.apply_weight(loss, c)
+    }
+
+    fn ratio_loss(&self, stats: ClassStats<B>) -> Tensor<B, 2> {
+        let ClassStats {
+            intersection,
+            pred,
+            target,
+        } = stats;
+        let numerator = intersection
+            .clone()
+            .mul_scalar(2.0)
+            .add_scalar(self.smooth_nr);
+        let denominator = if self.jaccard {
+            (pred + target - intersection).mul_scalar(2.0)
+        } else {
+            pred + target
+        }
+        .add_scalar(self.smooth_dr);
+        let dice = numerator / denominator;
+        if self.log_loss {
+            dice.log().neg()
+        } else {
+            dice.neg().add_scalar(1.0)
+        }
+    }
+
+    fn apply_weight(&self, loss: Tensor<B, 2>, channels: usize) -> Tensor<B, 2> {
+        let Some(weight) = &self.weight else {
+            return loss;
+        };
+        let kept = loss.dims()[1];
+        let given = weight.dims()[0];
+        assert!(
+            given == kept,
+            "{NAME}: `weight` has {given} entries but {kept} class(es) are kept (input has \
+             {channels} channel(s), include_background = {}): give one weight per kept class",
+            self.include_background
+        );
+        if kept == 1 {
+            // MONAI applies no class weight to a single kept class.
+            return loss;
+        }
+        loss * weight.clone().unsqueeze_dim(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::TestBackend;
+    use burn::tensor::{Int, TensorData, Tolerance};
+
+    type B = TestBackend;
+
+    fn logits() -> Tensor<B, 4> {
+        Tensor::from_floats(
+            [
+                [
+                    [[2.0, -1.0], [0.5, 0.0]],
+                    [[0.0, 1.5], [0.2, -2.0]],
+                    [[-1.0, 0.3], [1.0, 2.5]],
+                ],
+                [
+                    [[0.1, 0.2], [0.3, 0.4]],
+                    [[1.0, -1.0], [2.0, -2.0]],
+                    [[0.0, 0.0], [0.0, 3.0]],
+                ],
+            ],
+            &Default::default(),
+        )
+    }
+
+    fn labels() -> Tensor<B, 4, Int> {
+        Tensor::from_ints(
+            [[[[0, 1], [0, 2]]], [[[1, 1], [2, 2]]]],
+            &Default::default(),
+        )
+    }
+
+    /// The same loss written out per pixel with plain `f32` loops.
+    fn by_hand(include_background: bool) -> Vec<f32> {
+        let x = logits().into_data().into_vec::<f32>().unwrap();
+        let y = labels()
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .unwrap();
+        let mut out = Vec::new();
+        for b in 0..2 {
+            for c in (if include_background { 0 } else { 1 })..3 {
+                let (mut i, mut p, mut t) = (0.0f32, 0.0f32, 0.0f32);
+                for px in 0..4 {
+                    let z: f32 = (0..3).map(|k| x[b * 12 + k * 4 + px].exp()).sum();
+                    let prob = x[b * 12 + c * 4 + px].exp() / z;
+                    let tgt = if y[b * 4 + px] == c as i64 { 1.0 } else { 0.0 };
+                    i += prob * tgt;
+                    p += prob;
+                    t += tgt;
+                }
+                out.push(1.0 - (2.0 * i + 1e-5) / (p + t + 1e-5));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_a_hand_written_loop() {
+        for include_background in [true, false] {
+            let loss = DiceLossConfig::new()
+                .with_activation(Activation::Softmax)
+                .with_include_background(include_background)
+                .init::<B>(&Default::default());
+            let per_class = loss.forward_no_reduction(logits(), labels());
+            let expected = by_hand(include_background);
+            let kept = expected.len() / 2;
+            assert_eq!(per_class.dims(), [2, kept]);
+            per_class.into_data().assert_approx_eq::<f32>(
+                &TensorData::new(expected.clone(), [2, kept]),
+                Tolerance::default(),
+            );
+            let mean = loss.forward(logits(), labels()).into_scalar();
+            let expected_mean = expected.iter().sum::<f32>() / expected.len() as f32;
+            assert!(
+                (mean - expected_mean).abs() < 1e-6,
+                "{mean} vs {expected_mean}"
+            );
+        }
+    }
+
+    #[test]
+    fn dense_one_hot_equals_class_indices() {
+        let onehot: Tensor<B, 4> = labels()
+            .one_hot::<5>(3)
+            .squeeze_dim::<4>(1)
+            .permute([0, 3, 1, 2])
+            .float();
+        let loss = DiceLossConfig::new()
+            .with_activation(Activation::Softmax)
+            .with_squared_pred(true)
+            .init::<B>(&Default::default());
+        let a = loss.forward_no_reduction(logits(), labels());
+        let b = loss.forward_no_reduction(logits(), onehot);
+        a.into_data()
+            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn weight_multiplies_each_class_and_mean_is_not_normalized() {
+        let device = Default::default();
+        let plain = DiceLossConfig::new()
+            .with_activation(Activation::Softmax)
+            .init::<B>(&device)
+            .forward_no_reduction(logits(), labels());
+        let weighted = DiceLossConfig::new()
+            .with_activation(Activation::Softmax)
+            .with_weight(Some(vec![0.0, 1.0, 2.0]))
+            .init::<B>(&device);
+        let w = Tensor::<B, 2>::from_floats([[0.0, 1.0, 2.0]], &device);
+        let expected = (plain * w).mean().into_scalar();
+        let got = weighted.forward(logits(), labels()).into_scalar();
+        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let config = DiceLossConfig::new()
+            .with_activation(Activation::Sigmoid)
+            .with_weight(Some(vec![1.0, 2.0]))
+            .with_ignore_index(Some(255))
+            .with_reduction(DiceReduction::Sum)
+            .with_jaccard(true);
+        let json = serde_json::to_string(&config).unwrap();
+        let back: DiceLossConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.activation, Activation::Sigmoid);
+        assert_eq!(back.weight, Some(vec![1.0, 2.0]));
+        assert_eq!(back.ignore_index, Some(255));
+        assert_eq!(back.reduction, DiceReduction::Sum);
+        assert!(back.jaccard && back.include_background && !back.batch);
+        assert_eq!(back.smooth_nr, 1e-5);
+    }
+
+    #[test]
+    fn defaults_are_monai_defaults() {
+        let c = DiceLossConfig::new();
+        assert_eq!(c.activation, Activation::None);
+        assert!(c.include_background && !c.squared_pred && !c.jaccard && !c.batch && !c.log_loss);
+        assert_eq!((c.smooth_nr, c.smooth_dr), (1e-5, 1e-5));
+        assert_eq!(c.weight, None);
+        assert_eq!(c.ignore_index, None);
+        assert_eq!(c.reduction, DiceReduction::Mean);
+    }
+
+    #[test]
+    #[should_panic(expected = "DiceLossConfig: `smooth_nr` must be finite and >= 0, got -1")]
+    fn negative_smooth_nr() {
+        DiceLossConfig::new()
+            .with_smooth_nr(-1.0)
+            .init::<B>(&Default::default());
+    }
+
+    #[test]
+    #[should_panic(expected = "DiceLossConfig: `smooth_dr` must be finite and >= 0, got NaN")]
+    fn nan_smooth_dr() {
+        DiceLossConfig::new()
+            .with_smooth_dr(f64::NAN)
+            .init::<B>(&Default::default());
+    }
+
+    #[test]
+    #[should_panic(expected = "DiceLossConfig: `weight[1]` must be finite and >= 0, got -0.5")]
+    fn negative_weight() {
+        DiceLossConfig::new()
+            .with_weight(Some(vec![1.0, -0.5]))
+            .init::<B>(&Default::default());
+    }
+
+    #[test]
+    #[should_panic(expected = "DiceLossConfig: `weight[0]` must be finite and >= 0, got inf")]
+    fn infinite_weight() {
+        DiceLossConfig::new()
+            .with_weight(Some(vec![f32::INFINITY]))
+            .init::<B>(&Default::default());
+    }
+
+    #[test]
+    #[should_panic(expected = "got an empty list")]
+    fn empty_weight() {
+        DiceLossConfig::new()
+            .with_weight(Some(vec![]))
+            .init::<B>(&Default::default());
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "DiceLoss: `weight` has 3 entries but 2 class(es) are kept (input has 3 channel(s), include_background = false)"
+    )]
+    fn weight_length_must_match_kept_classes() {
+        DiceLossConfig::new()
+            .with_activation(Activation::Softmax)
+            .with_include_background(false)
+            .with_weight(Some(vec![1.0, 1.0, 1.0]))
+            .init::<B>(&Default::default())
+            .forward(logits(), labels());
+    }
+
+    #[test]
+    #[should_panic(expected = "DiceLoss: `input` holds NaN or infinite values")]
+    fn nan_input() {
+        let x = logits().slice_fill([0..1, 0..1, 0..1, 0..1], f32::NAN);
+        DiceLossConfig::new()
+            .init::<B>(&Default::default())
+            .forward(x, labels());
+    }
+
+    #[test]
+    #[should_panic(expected = "DiceLoss: `input` must have shape [batch, class, *spatial]")]
+    fn rank_two_input() {
+        let x = Tensor::<B, 2>::zeros([2, 3], &Default::default());
+        let t = Tensor::<B, 2>::zeros([2, 3], &Default::default());
+        DiceLossConfig::new()
+            .init::<B>(&Default::default())
+            .forward(x, t);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "DiceLoss: `activation` = Softmax needs `input` with at least 2 channels"
+    )]
+    fn softmax_single_channel() {
+        let x = Tensor::<B, 3>::zeros([2, 1, 4], &Default::default());
+        let t = Tensor::<B, 3, Int>::zeros([2, 1, 4], &Default::default());
+        DiceLossConfig::new()
+            .with_activation(Activation::Softmax)
+            .init::<B>(&Default::default())
+            .forward(x, t);
+    }
+
+    #[test]
+    fn single_channel_ignores_include_background_false() {
+        let device = Default::default();
+        let x = Tensor::<B, 3>::from_floats([[[1.0, -1.0, 0.5, 2.0]]], &device);
+        let t = Tensor::<B, 3, Int>::from_ints([[[1, 0, 0, 1]]], &device);
+        let config = DiceLossConfig::new().with_activation(Activation::Sigmoid);
+        let with_bg = config
+            .init::<B>(&device)
+            .forward(x.clone(), t.clone())
+            .into_scalar();
+        let without = config
+            .clone()
+            .with_include_background(false)
+            .init::<B>(&device)
+            .forward(x, t)
+            .into_scalar();
+        assert_eq!(with_bg, without);
+    }
+
+    #[test]
+    fn unchecked_mode_skips_the_data_checks() {
+        let device = Default::default();
+        let x = Tensor::<B, 3>::from_floats([[[f32::NAN, 1.0]]], &device);
+        let t = Tensor::<B, 3>::from_floats([[[1.0, 0.0]]], &device);
+        let loss = DiceLossConfig::new()
+            .with_check_inputs(false)
+            .init::<B>(&device)
+            .forward(x, t)
+            .into_scalar();
+        assert!(loss.is_nan());
+    }
+}

@@ -1,0 +1,185 @@
+//! Per-(sample, class) sums shared by every loss of the family.
+//!
+//! For probabilities `p` and target `t` (both `[batch, class, pixels]`, ignored pixels removed)
+//! the statistics are, summed over the pixels (and over the batch with `batch = true`):
+//! - intersection `I = Σ p·t`,
+//! - prediction mass `P = Σ p` (`Σ p²` with `squared_pred`),
+//! - target mass `T = Σ t` (`Σ t²` with `squared_pred`).
+//!
+//! False positives and negatives follow as `P − I` and `T − I`.
+//!
+//! # Memory
+//! Class-index targets are not one-hot encoded. `I` gathers, at each pixel, the probability of
+//! its labelled class (one float `[batch, 1, pixels]` tensor) and scatter-adds it into a
+//! `[batch, class]` table; `T` scatter-adds ones (or the valid mask) the same way. Beyond the
+//! activation's output (one float tensor of the input's size, kept for the backward pass) the
+//! statistics therefore need `O(batch · pixels)` extra memory, not `O(batch · class · pixels)`.
+
+use burn::tensor::{backend::Backend, IndexingUpdateOp, Tensor};
+
+use crate::target::{FlatTarget, PreparedTarget};
+
+/// The three sums, each `[batch, class]` (`[1, class]` when summed over the batch).
+#[derive(Debug, Clone)]
+pub(crate) struct ClassStats<B: Backend> {
+    /// `Σ p·t`.
+    pub intersection: Tensor<B, 2>,
+    /// `Σ p` or `Σ p²`.
+    pub pred: Tensor<B, 2>,
+    /// `Σ t` or `Σ t²`.
+    pub target: Tensor<B, 2>,
+}
+
+impl<B: Backend> ClassStats<B> {
+    /// Computes the sums of `probs` (`[batch, class, pixels]`) against `target`.
+    pub fn compute(
+        probs: Tensor<B, 3>,
+        target: PreparedTarget<B>,
+        squared_pred: bool,
+        batch: bool,
+    ) -> Self {
+        let [b, c, s] = probs.dims();
+        let probs = match &target.valid {
+            Some(valid) => probs * valid.clone(),
+            None => probs,
+        };
+        let pred_mass = if squared_pred {
+            probs.clone().square()
+        } else {
+            probs.clone()
+        };
+        let pred = pred_mass.sum_dim(2).reshape([b, c]);
+        let (intersection, target) = match target.target {
+            FlatTarget::Dense(t) => {
+                let intersection = (probs * t.clone()).sum_dim(2).reshape([b, c]);
+                let t = if squared_pred { t.square() } else { t };
+                (intersection, t.sum_dim(2).reshape([b, c]))
+            }
+            FlatTarget::Indices(labels) => {
+                // p of the labelled class at every pixel: [b, 1, s]. Ignored pixels already
+                // carry 0 in `probs`.
+                let picked = probs.gather(1, labels.clone()).reshape([b, s]);
+                let labels = labels.reshape([b, s]);
+                let device = picked.device();
+                let intersection = Tensor::zeros([b, c], &device).scatter(
+                    1,
+                    labels.clone(),
+                    picked,
+                    IndexingUpdateOp::Add,
+                );
+                // One-hot values are 0/1, so Σ t² = Σ t.
+                let ones = match target.valid {
+                    Some(valid) => valid.reshape([b, s]),
+                    None => Tensor::ones([b, s], &device),
+                };
+                let counts =
+                    Tensor::zeros([b, c], &device).scatter(1, labels, ones, IndexingUpdateOp::Add);
+                (intersection, counts)
+            }
+        };
+        let stats = Self {
+            intersection,
+            pred,
+            target,
+        };
+        if batch {
+            stats.map(|t| t.sum_dim(0))
+        } else {
+            stats
+        }
+    }
+
+    /// Applies `f` to each of the three sums.
+    pub fn map(self, f: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>) -> Self {
+        Self {
+            intersection: f(self.intersection),
+            pred: f(self.pred),
+            target: f(self.target),
+        }
+    }
+
+    /// Drops class 0 (the background).
+    pub fn without_background(self) -> Self {
+        let classes = self.pred.dims()[1];
+        self.map(|t| t.narrow(1, 1, classes - 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::prepare_target;
+    use crate::tests::TestBackend;
+    use burn::tensor::{Int, TensorData, Tolerance};
+
+    type B = TestBackend;
+
+    fn probs() -> Tensor<B, 3> {
+        // [batch 1, class 3, pixels 4]
+        Tensor::from_floats(
+            [[
+                [0.7, 0.1, 0.2, 0.5],
+                [0.2, 0.8, 0.1, 0.25],
+                [0.1, 0.1, 0.7, 0.25],
+            ]],
+            &Default::default(),
+        )
+    }
+
+    fn labels() -> Tensor<B, 3, Int> {
+        Tensor::from_ints([[[0, 1, 2, 9]]], &Default::default())
+    }
+
+    fn onehot() -> Tensor<B, 3> {
+        Tensor::from_floats(
+            [[
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+            ]],
+            &Default::default(),
+        )
+    }
+
+    fn close(t: Tensor<B, 2>, expected: [[f32; 3]; 1]) {
+        t.into_data()
+            .assert_approx_eq::<f32>(&TensorData::from(expected), Tolerance::default());
+    }
+
+    #[test]
+    fn index_and_dense_targets_agree() {
+        // The 4th pixel is ignored: drop it from the dense computation by hand.
+        let dense = prepare_target("t", &[1, 3, 3], onehot().narrow(2, 0, 3).into(), None, None);
+        let a = ClassStats::compute(probs().narrow(2, 0, 3), dense, false, false);
+        let idx = prepare_target("t", &[1, 3, 4], labels().into(), Some(9), None);
+        let b = ClassStats::compute(probs(), idx, false, false);
+        close(a.intersection.clone(), [[0.7, 0.8, 0.7]]);
+        close(a.pred.clone(), [[1.0, 1.1, 0.9]]);
+        close(a.target.clone(), [[1.0, 1.0, 1.0]]);
+        close(b.intersection, [[0.7, 0.8, 0.7]]);
+        close(b.pred, [[1.0, 1.1, 0.9]]);
+        close(b.target, [[1.0, 1.0, 1.0]]);
+    }
+
+    #[test]
+    fn squared_pred_and_batch() {
+        let p = Tensor::cat(vec![probs(), probs()], 0);
+        let t = Tensor::cat(vec![onehot(), onehot()], 0);
+        let prepared = prepare_target("t", &[2, 3, 4], t.into(), None, None);
+        let s = ClassStats::compute(p, prepared, true, true).without_background();
+        close2(
+            s.pred,
+            [[
+                2.0 * (0.04 + 0.64 + 0.01 + 0.0625),
+                2.0 * (0.01 + 0.01 + 0.49 + 0.0625),
+            ]],
+        );
+        close2(s.intersection, [[1.6, 1.4]]);
+        close2(s.target, [[2.0, 2.0]]);
+    }
+
+    fn close2(t: Tensor<B, 2>, expected: [[f32; 2]; 1]) {
+        t.into_data()
+            .assert_approx_eq::<f32>(&TensorData::from(expected), Tolerance::default());
+    }
+}
