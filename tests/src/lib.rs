@@ -1,1 +1,156 @@
-//! helpers
+//! Shared helpers of the workspace-level tests: the MONAI fixtures (embedded, so a test binary
+//! runs anywhere without the source tree), tensor construction, tolerances, and the backends
+//! every numeric test runs on.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_dice::{DiceLossConfig, DiceTarget};
+use serde::Deserialize;
+
+/// The CPU test backend with autodiff.
+pub type NdArrayAutodiff = burn_autodiff::Autodiff<burn_ndarray::NdArray<f32>>;
+/// The same in f64, for finite differences.
+pub type NdArrayAutodiff64 = burn_autodiff::Autodiff<burn_ndarray::NdArray<f64>>;
+
+/// `tests/fixtures/dice_loss.json`, written by `tests/fixtures/gen.py` from MONAI.
+pub const DICE_LOSS_FIXTURES: &str = include_str!("../fixtures/dice_loss.json");
+
+/// A fixture file.
+#[derive(Debug, Deserialize)]
+pub struct FixtureFile {
+    /// MONAI version that produced the references.
+    pub monai_version: String,
+    /// The cases.
+    pub cases: Vec<Case>,
+}
+
+/// One MONAI reference case.
+#[derive(Debug, Deserialize)]
+pub struct Case {
+    /// Unique name.
+    pub name: String,
+    /// The burn-dice config, in its own serde form.
+    pub config: serde_json::Value,
+    /// Input shape `[batch, class, *spatial]`.
+    pub shape: Vec<usize>,
+    /// `"dense"` or `"index"`.
+    pub target_kind: String,
+    /// Input values, row-major.
+    pub input: Vec<f64>,
+    /// Target values, row-major (class indices for `"index"`).
+    pub target: Vec<f64>,
+    /// MONAI's reduced loss.
+    pub loss: f64,
+    /// Shape of `per_class`.
+    pub per_class_shape: Vec<usize>,
+    /// MONAI's unreduced loss.
+    pub per_class: Vec<f64>,
+    /// MONAI's gradient of `loss` with respect to the input.
+    pub grad: Vec<f64>,
+}
+
+impl Case {
+    /// The case's config, parsed as burn-dice's own serde form (fields the fixture does not
+    /// name keep their defaults).
+    pub fn dice_config(&self) -> DiceLossConfig {
+        let mut config = serde_json::to_value(DiceLossConfig::new()).expect("config serializes");
+        let fields = self.config.as_object().expect("config is an object");
+        for (key, value) in fields {
+            config[key] = value.clone();
+        }
+        serde_json::from_value(config)
+            .unwrap_or_else(|e| panic!("{}: config does not parse: {e}", self.name))
+    }
+
+    /// Input tensor of rank `D`.
+    pub fn input<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        Tensor::from_data(
+            TensorData::new(self.input.clone(), self.shape.clone()),
+            device,
+        )
+    }
+
+    /// Target of rank `D`: dense float or class indices `[batch, 1, *spatial]`.
+    pub fn target<B: Backend, const D: usize>(&self, device: &B::Device) -> DiceTarget<B, D> {
+        match self.target_kind.as_str() {
+            "dense" => DiceTarget::Dense(Tensor::from_data(
+                TensorData::new(self.target.clone(), self.shape.clone()),
+                device,
+            )),
+            "index" => {
+                let mut shape = self.shape.clone();
+                shape[1] = 1;
+                let labels: Vec<i64> = self.target.iter().map(|&v| v as i64).collect();
+                DiceTarget::Indices(Tensor::<B, D, Int>::from_data(
+                    TensorData::new(labels, shape),
+                    device,
+                ))
+            }
+            other => panic!("{}: unknown target kind {other}", self.name),
+        }
+    }
+}
+
+/// Parses the embedded DiceLoss fixtures.
+pub fn dice_loss_fixtures() -> FixtureFile {
+    serde_json::from_str(DICE_LOSS_FIXTURES).expect("fixture JSON parses")
+}
+
+/// Reads a tensor back as `f64` values.
+pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("float data")
+}
+
+/// Relative error of `got` against `expected`, with an absolute floor of `floor`.
+pub fn rel_err(got: f64, expected: f64, floor: f64) -> f64 {
+    if got.is_nan() && expected.is_nan() {
+        return 0.0;
+    }
+    (got - expected).abs() / expected.abs().max(floor)
+}
+
+/// Worst relative error of two equally long slices (`floor` as in [`rel_err`]).
+pub fn worst_rel_err(got: &[f64], expected: &[f64], floor: f64) -> f64 {
+    assert_eq!(got.len(), expected.len(), "lengths differ");
+    got.iter()
+        .zip(expected)
+        .map(|(&g, &e)| rel_err(g, e, floor))
+        .fold(0.0, f64::max)
+}
+
+/// Worst error of a gradient, relative to the largest reference component (gradient entries
+/// close to 0 are compared on the scale of the whole gradient).
+pub fn grad_err(got: &[f64], expected: &[f64]) -> f64 {
+    let scale = expected
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(1e-12);
+    assert_eq!(got.len(), expected.len(), "lengths differ");
+    got.iter()
+        .zip(expected)
+        .map(|(g, e)| (g - e).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+/// Instantiates generic test functions once per backend, in a module per backend.
+///
+/// ```ignore
+/// backend_tests!(my_check, other_check);
+/// // expands to `mod ndarray { #[test] fn my_check() { super::my_check::<NdArrayAutodiff>(&Default::default()) } ... }`
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod ndarray {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name::<$crate::NdArrayAutodiff>(&Default::default());
+                }
+            )*
+        }
+    };
+}

@@ -6,7 +6,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::activation::Activation;
+use crate::activation::{reciprocal, Activation};
 use crate::reduction::DiceReduction;
 use crate::stats::ClassStats;
 use crate::target::{check_input_shape, flat_dims, prepare_target, Checks, DiceTarget};
@@ -282,7 +282,7 @@ impl<B: Backend> DiceLoss<B> {
             pred + target
         }
         .add_scalar(self.smooth_dr);
-        let dice = numerator / denominator;
+        let dice = numerator * reciprocal(denominator);
         if self.log_loss {
             dice.log().neg()
         } else {

@@ -60,8 +60,9 @@ impl<B: Backend> ClassStats<B> {
                 // carry 0 in `probs`.
                 let picked = probs.gather(1, labels.clone()).reshape([b, s]);
                 let labels = labels.reshape([b, s]);
-                let device = picked.device();
-                let intersection = Tensor::zeros([b, c], &device).scatter(
+                // Tables in the input's float type, whatever the device's default.
+                let options = (&picked.device(), picked.dtype());
+                let intersection = Tensor::zeros([b, c], options).scatter(
                     1,
                     labels.clone(),
                     picked,
@@ -70,10 +71,10 @@ impl<B: Backend> ClassStats<B> {
                 // One-hot values are 0/1, so Σ t² = Σ t.
                 let ones = match target.valid {
                     Some(valid) => valid.reshape([b, s]),
-                    None => Tensor::ones([b, s], &device),
+                    None => Tensor::ones([b, s], options),
                 };
                 let counts =
-                    Tensor::zeros([b, c], &device).scatter(1, labels, ones, IndexingUpdateOp::Add);
+                    Tensor::zeros([b, c], options).scatter(1, labels, ones, IndexingUpdateOp::Add);
                 (intersection, counts)
             }
         };
