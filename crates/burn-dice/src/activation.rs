@@ -1,8 +1,7 @@
 //! The activation applied to the network's raw output before any statistic is taken.
 
 use burn::config::Config;
-use burn::tensor::activation::sigmoid;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 /// Activation applied to `input` before the loss is computed (MONAI's `sigmoid=` / `softmax=`).
 ///
@@ -46,6 +45,22 @@ impl Activation {
             }
         }
     }
+}
+
+/// The logistic sigmoid in the input's own precision.
+///
+/// burn's `sigmoid` is one fused op (fast, and exact to f32 precision) but computes in f32 for
+/// every float type; an f64 input goes through a stable composite instead,
+/// `z = exp(−|x|)`, `σ(x) = 1/(1 + z)` for `x ≥ 0` and `z/(1 + z)` otherwise, which neither
+/// overflows nor loses f64 precision.
+pub(crate) fn sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() != DType::F64 {
+        return burn::tensor::activation::sigmoid(x);
+    }
+    let negative = x.clone().lower_elem(0.0);
+    let z = x.abs().neg().exp();
+    let r = reciprocal(z.clone().add_scalar(1.0));
+    r.clone().mask_where(negative, z * r)
 }
 
 /// `1 / x`, with a gradient as exact as the backend's division.

@@ -1,0 +1,270 @@
+//! Gradient checks: burn-autodiff's gradient of every loss option against central finite
+//! differences, all in f64 on burn-ndarray.
+//!
+//! This binary uses f64 only: burn-ndarray keeps one default float type per device, so f32 and
+//! f64 backends are not mixed in one process.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_dice::{Activation, DiceLossConfig, DiceReduction, DiceTarget};
+use burn_dice_tests::{values, NdArrayAutodiff64};
+
+type A = NdArrayAutodiff64;
+type B = burn_ndarray::NdArray<f64>;
+
+/// Deterministic pseudo-random numbers in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+enum Labels {
+    /// Class indices `[B, 1, *spatial]`, values in `0..n` (`n` may exceed the channel count
+    /// to make ignored pixels).
+    Indices { n: i64, absent: Option<i64> },
+    /// A dense one-hot or multi-label target.
+    Dense,
+}
+
+struct Setup {
+    shape: Vec<usize>,
+    input: Vec<f64>,
+    labels: Vec<i64>,
+    dense: Vec<f64>,
+    indices: bool,
+}
+
+impl Setup {
+    fn new(shape: &[usize], labels: Labels, seed: u64, probabilities: bool) -> Self {
+        let n: usize = shape.iter().product();
+        let pixels = n / shape[1];
+        let input = noise(n, seed)
+            .into_iter()
+            .map(|v| {
+                if probabilities {
+                    0.5 + 0.45 * v
+                } else {
+                    3.0 * v
+                }
+            })
+            .collect();
+        let (labels, dense, indices) = match labels {
+            Labels::Indices { n: classes, absent } => {
+                let l = noise(pixels, seed + 1)
+                    .into_iter()
+                    .map(|v| {
+                        let mut c = (((v + 1.0) / 2.0) * classes as f64) as i64 % classes;
+                        if Some(c) == absent {
+                            c = (c + 1) % classes;
+                        }
+                        c
+                    })
+                    .collect();
+                (l, Vec::new(), true)
+            }
+            Labels::Dense => {
+                let d = noise(n, seed + 2)
+                    .into_iter()
+                    .map(|v| if v > 0.2 { 1.0 } else { 0.0 })
+                    .collect();
+                (Vec::new(), d, false)
+            }
+        };
+        Self {
+            shape: shape.to_vec(),
+            input,
+            labels,
+            dense,
+            indices,
+        }
+    }
+
+    fn target<K: Backend, const D: usize>(&self) -> DiceTarget<K, D> {
+        let device = Default::default();
+        if self.indices {
+            let mut shape = self.shape.clone();
+            shape[1] = 1;
+            Tensor::<K, D, Int>::from_data(TensorData::new(self.labels.clone(), shape), &device)
+                .into()
+        } else {
+            Tensor::<K, D>::from_data(
+                TensorData::new(self.dense.clone(), self.shape.clone()),
+                &device,
+            )
+            .into()
+        }
+    }
+
+    fn loss_at<const D: usize>(&self, config: &DiceLossConfig, x: Vec<f64>) -> f64 {
+        let device = Default::default();
+        let input = Tensor::<B, D>::from_data(TensorData::new(x, self.shape.clone()), &device);
+        values(
+            config
+                .init::<B>(&device)
+                .forward(input, self.target::<B, D>()),
+        )[0]
+    }
+
+    /// Worst |autodiff − finite difference| relative to the largest gradient component.
+    fn check<const D: usize>(&self, config: &DiceLossConfig) -> f64 {
+        let device = Default::default();
+        let input = Tensor::<A, D>::from_data(
+            TensorData::new(self.input.clone(), self.shape.clone()),
+            &device,
+        )
+        .require_grad();
+        let loss = config
+            .init::<A>(&device)
+            .forward(input.clone(), self.target::<A, D>());
+        let grads = loss.backward();
+        let autodiff = values(input.grad(&grads).expect("gradient"));
+        let h = 1e-6;
+        let numeric: Vec<f64> = (0..self.input.len())
+            .map(|i| {
+                let mut plus = self.input.clone();
+                plus[i] += h;
+                let mut minus = self.input.clone();
+                minus[i] -= h;
+                (self.loss_at::<D>(config, plus) - self.loss_at::<D>(config, minus)) / (2.0 * h)
+            })
+            .collect();
+        let scale = numeric.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(
+            scale > 0.0,
+            "the gradient is zero everywhere: nothing is checked"
+        );
+        autodiff
+            .iter()
+            .zip(&numeric)
+            .map(|(a, n)| (a - n).abs() / scale)
+            .fold(0.0, f64::max)
+    }
+}
+
+const TOL: f64 = 1e-6;
+
+fn softmax() -> DiceLossConfig {
+    DiceLossConfig::new().with_activation(Activation::Softmax)
+}
+
+fn sigmoid() -> DiceLossConfig {
+    DiceLossConfig::new().with_activation(Activation::Sigmoid)
+}
+
+fn assert_close<const D: usize>(name: &str, setup: &Setup, config: DiceLossConfig) {
+    let err = setup.check::<D>(&config);
+    assert!(
+        err < TOL,
+        "{name}: autodiff off finite differences by {err:.2e}"
+    );
+}
+
+const IDX3: Labels = Labels::Indices { n: 3, absent: None };
+
+#[test]
+fn each_option_2d() {
+    let idx = Setup::new(&[2, 3, 4, 4], IDX3, 1, false);
+    let cases: Vec<(&str, DiceLossConfig)> = vec![
+        ("softmax", softmax()),
+        ("no background", softmax().with_include_background(false)),
+        ("squared_pred", softmax().with_squared_pred(true)),
+        ("jaccard", softmax().with_jaccard(true)),
+        (
+            "jaccard + squared_pred",
+            softmax().with_jaccard(true).with_squared_pred(true),
+        ),
+        ("batch", softmax().with_batch(true)),
+        ("weight", softmax().with_weight(Some(vec![0.5, 1.0, 2.0]))),
+        ("log_loss", softmax().with_log_loss(true)),
+        ("sum", softmax().with_reduction(DiceReduction::Sum)),
+        (
+            "smooth 0/0",
+            softmax().with_smooth_nr(0.0).with_smooth_dr(0.0),
+        ),
+        (
+            "smooth 1/1",
+            softmax().with_smooth_nr(1.0).with_smooth_dr(1.0),
+        ),
+    ];
+    for (name, config) in cases {
+        assert_close::<4>(name, &idx, config);
+    }
+}
+
+#[test]
+fn ignore_index() {
+    // Labels 0..4 on a 3-channel input: label 3 is the ignored value.
+    let setup = Setup::new(
+        &[2, 3, 4, 4],
+        Labels::Indices { n: 4, absent: None },
+        2,
+        false,
+    );
+    assert_close::<4>("ignore_index", &setup, softmax().with_ignore_index(Some(3)));
+    let setup = Setup::new(&[2, 3, 4, 4], IDX3, 3, false);
+    assert_close::<4>(
+        "ignore class 0",
+        &setup,
+        softmax()
+            .with_ignore_index(Some(0))
+            .with_include_background(false),
+    );
+}
+
+#[test]
+fn empty_class() {
+    let setup = Setup::new(
+        &[2, 3, 4, 4],
+        Labels::Indices {
+            n: 3,
+            absent: Some(2),
+        },
+        4,
+        false,
+    );
+    assert_close::<4>("empty class", &setup, softmax());
+    assert_close::<4>("empty class, batch", &setup, softmax().with_batch(true));
+    assert_close::<4>(
+        "empty class, smooth_nr 0",
+        &setup,
+        softmax().with_smooth_nr(0.0),
+    );
+}
+
+#[test]
+fn dense_targets_and_activations() {
+    let dense = Setup::new(&[2, 3, 4, 4], Labels::Dense, 5, false);
+    assert_close::<4>("sigmoid", &dense, sigmoid());
+    assert_close::<4>("sigmoid squared", &dense, sigmoid().with_squared_pred(true));
+    let probs = Setup::new(&[2, 3, 4, 4], Labels::Dense, 6, true);
+    assert_close::<4>("no activation", &probs, DiceLossConfig::new());
+    assert_close::<4>(
+        "no activation, jaccard",
+        &probs,
+        DiceLossConfig::new().with_jaccard(true),
+    );
+}
+
+#[test]
+fn binary_and_ranks() {
+    let binary = Setup::new(
+        &[2, 1, 5, 5],
+        Labels::Indices { n: 2, absent: None },
+        7,
+        false,
+    );
+    assert_close::<4>("binary sigmoid", &binary, sigmoid());
+    let one_d = Setup::new(&[2, 3, 10], IDX3, 8, false);
+    assert_close::<3>("1-D", &one_d, softmax());
+    let three_d = Setup::new(&[2, 3, 3, 3, 3], IDX3, 9, false);
+    assert_close::<5>("3-D", &three_d, softmax().with_include_background(false));
+}
