@@ -137,7 +137,7 @@ pub fn grad_err(got: &[f64], expected: &[f64]) -> f64 {
 
 /// Instantiates generic test functions once per backend, in a module per backend.
 ///
-/// ```ignore
+/// ```text
 /// backend_tests!(my_check, other_check);
 /// // expands to `mod ndarray { #[test] fn my_check() { super::my_check::<NdArrayAutodiff>(&Default::default()) } ... }`
 /// ```
