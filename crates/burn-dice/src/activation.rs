@@ -1,7 +1,9 @@
 //! The activation applied to the network's raw output before any statistic is taken.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::numerics::{sigmoid, softmax};
 
 /// Activation applied to `input` before the loss is computed (MONAI's `sigmoid=` / `softmax=`).
 ///
@@ -45,41 +47,6 @@ impl Activation {
             }
         }
     }
-}
-
-/// The logistic sigmoid in the input's own precision.
-///
-/// burn's `sigmoid` is one fused op (fast, and exact to f32 precision) but computes in f32 for
-/// every float type; an f64 input goes through a stable composite instead,
-/// `z = exp(−|x|)`, `σ(x) = 1/(1 + z)` for `x ≥ 0` and `z/(1 + z)` otherwise, which neither
-/// overflows nor loses f64 precision.
-pub(crate) fn sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if x.dtype() != DType::F64 {
-        return burn::tensor::activation::sigmoid(x);
-    }
-    let negative = x.clone().lower_elem(0.0);
-    let z = x.abs().neg().exp();
-    let r = reciprocal(z.clone().add_scalar(1.0));
-    r.clone().mask_where(negative, z * r)
-}
-
-/// `1 / x`, with a gradient as exact as the backend's division.
-///
-/// burn's autodiff differentiates `a / b` through `recip(b)` and, on burn-ndarray, `recip` of an
-/// f32 tensor is a SIMD approximation with a relative error of about 5e-5; `1 / x` written as a
-/// division of a constant differentiates through `-1 / x²` instead, which is exact.
-pub(crate) fn reciprocal<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    x.ones_like() / x
-}
-
-/// Softmax over `dim` with a max shift for stability, normalized through [`reciprocal`] so that
-/// its gradient keeps f32 precision on every backend (burn's own `softmax` loses about 1e-4
-/// relative on burn-ndarray's f32 gradients, see [`reciprocal`]).
-pub(crate) fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
-    let max = x.clone().detach().max_dim(dim);
-    let exp = (x - max).exp();
-    let sum = exp.clone().sum_dim(dim);
-    exp * reciprocal(sum)
 }
 
 #[cfg(test)]
@@ -127,40 +94,6 @@ mod tests {
         let device = Default::default();
         let x = Tensor::<TestBackend, 3>::zeros([2, 1, 4], &device);
         let _ = Activation::Softmax.apply(x, "DiceLoss");
-    }
-
-    /// The gradient of `Σ w·softmax(x)` in f32 against the closed form `p·(w − Σ p·w)` in f64:
-    /// burn's own softmax is about 1e-4 off on burn-ndarray (its approximate f32 `recip`).
-    #[test]
-    fn softmax_gradient_keeps_f32_precision() {
-        type A = burn_autodiff::Autodiff<TestBackend>;
-        let device = Default::default();
-        let (c, n) = (4usize, 256usize);
-        let xs: Vec<f32> = (0..c * n)
-            .map(|i| ((i as f32) * 0.731).sin() * 3.0)
-            .collect();
-        let ws: Vec<f32> = (0..c * n).map(|i| ((i as f32) * 1.37).cos()).collect();
-        let x = Tensor::<A, 3>::from_data(TensorData::new(xs.clone(), [1, c, n]), &device)
-            .require_grad();
-        let w = Tensor::<A, 3>::from_data(TensorData::new(ws.clone(), [1, c, n]), &device);
-        let grads = (softmax(x.clone(), 1) * w).sum().backward();
-        let got = x
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .into_vec::<f32>()
-            .unwrap();
-        let mut worst = 0.0f64;
-        for px in 0..n {
-            let e: Vec<f64> = (0..c).map(|k| (xs[k * n + px] as f64).exp()).collect();
-            let z: f64 = e.iter().sum();
-            let pw: f64 = (0..c).map(|k| e[k] / z * ws[k * n + px] as f64).sum();
-            for k in 0..c {
-                let exact = e[k] / z * (ws[k * n + px] as f64 - pw);
-                worst = worst.max((got[k * n + px] as f64 - exact).abs());
-            }
-        }
-        assert!(worst < 1e-6, "softmax gradient off by {worst:e}");
     }
 
     #[test]

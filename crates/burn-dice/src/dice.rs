@@ -1,15 +1,15 @@
 //! The soft Dice loss, MONAI-compatible.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::activation::{reciprocal, Activation};
-use crate::reduction::DiceReduction;
+use crate::activation::Activation;
+use crate::checks::{check_smoothing, check_weights};
+use crate::numerics::{ln, reciprocal};
+use crate::reduction::{apply_class_weight, DiceReduction};
 use crate::stats::ClassStats;
-use crate::target::{check_input_shape, flat_dims, prepare_target, Checks, DiceTarget};
+use crate::target::{prepare, prepare_mask, prepare_with, DiceTarget, Prepared};
 
 const NAME: &str = "DiceLoss";
 
@@ -100,39 +100,8 @@ impl DiceLossConfig {
         check_smoothing(NAME, "smooth_nr", self.smooth_nr);
         check_smoothing(NAME, "smooth_dr", self.smooth_dr);
         if let Some(weight) = &self.weight {
-            check_weights(NAME, weight);
+            check_weights(NAME, "weight", weight);
         }
-    }
-}
-
-/// Panics unless a smoothing term is finite and non-negative.
-pub(crate) fn check_smoothing(loss: &str, name: &str, value: f64) {
-    assert!(
-        value.is_finite() && value >= 0.0,
-        "{loss}Config: `{name}` must be finite and >= 0, got {value}"
-    );
-}
-
-/// Panics unless class weights are non-empty, finite and non-negative.
-pub(crate) fn check_weights(loss: &str, weight: &[f32]) {
-    assert!(
-        !weight.is_empty(),
-        "{loss}Config: `weight` must hold one weight per kept class, got an empty list"
-    );
-    if let Some((i, w)) = weight
-        .iter()
-        .enumerate()
-        .find(|(_, w)| !(w.is_finite() && **w >= 0.0))
-    {
-        panic!("{loss}Config: `weight[{i}]` must be finite and >= 0, got {w}");
-    }
-}
-
-/// Logs MONAI's warning for `include_background = false` on one channel, once per process.
-pub(crate) fn warn_single_channel_background(loss: &str) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if !WARNED.swap(true, Ordering::Relaxed) {
-        log::warn!("{loss}: single channel prediction, `include_background = false` ignored");
     }
 }
 
@@ -235,35 +204,81 @@ impl<B: Backend> DiceLoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 2> {
-        let dims = input.dims();
-        check_input_shape(NAME, &dims);
-        let [b, c, s] = flat_dims(&dims);
-        let mut checks = self.check_inputs.then(|| Checks::new(NAME));
-        if let Some(checks) = checks.as_mut() {
-            checks.finite("input", input.clone());
-        }
-        let target = prepare_target(
+        let prepared = prepare(
             NAME,
-            &dims,
+            input,
             target.into(),
             self.ignore_index,
-            checks.as_mut(),
+            self.check_inputs,
         );
-        if let Some(checks) = checks {
-            checks.finish();
-        }
+        self.loss_prepared(prepared)
+    }
 
-        let probs = self.activation.apply(input.reshape([b, c, s]), NAME);
-        let mut stats = ClassStats::compute(probs, target, self.squared_pred, self.batch);
-        if !self.include_background {
-            if c == 1 {
-                warn_single_channel_background(NAME);
-            } else {
-                stats = stats.without_background();
-            }
-        }
+    /// The reduced loss over the pixels where `mask` is 1 (MONAI's `MaskedDiceLoss`).
+    ///
+    /// The activation is applied to the whole input first, then the prediction and the target
+    /// are multiplied by the mask, so pixels outside it count neither in `p` nor in `t` (the
+    /// order of MONAI ≥ 1.5.1; MONAI 1.5.0 masked the logits before the activation, which lets
+    /// masked pixels contribute `sigmoid(0) = 0.5`). Combines with `ignore_index`.
+    ///
+    /// # Shapes
+    /// - input, target: as in [`forward`](Self::forward).
+    /// - mask: `[batch, 1, *spatial]` of 0/1 values; size-1 batch or spatial dims broadcast.
+    /// - output: `[1]`.
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward), and on a mask of another shape or (with `check_inputs`)
+    /// values other than 0 and 1.
+    pub fn forward_masked<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        target: impl Into<DiceTarget<B, D>>,
+        mask: Tensor<B, D>,
+    ) -> Tensor<B, 1> {
+        self.reduction
+            .reduce(self.forward_masked_no_reduction(input, target, mask))
+    }
+
+    /// The unreduced loss over the pixels where `mask` is 1: `[batch, class']`, see
+    /// [`forward_masked`](Self::forward_masked) and
+    /// [`forward_no_reduction`](Self::forward_no_reduction).
+    pub fn forward_masked_no_reduction<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        target: impl Into<DiceTarget<B, D>>,
+        mask: Tensor<B, D>,
+    ) -> Tensor<B, 2> {
+        let dims = input.dims();
+        let mut flat_mask = None;
+        let prepared = prepare_with(
+            NAME,
+            input,
+            target.into(),
+            self.ignore_index,
+            self.check_inputs,
+            |checks| flat_mask = Some(prepare_mask(NAME, &dims, mask, checks)),
+        );
+        let mask = flat_mask.expect("the mask was prepared");
+        self.loss_prepared(Prepared {
+            target: prepared.target.masked(mask),
+            input: prepared.input,
+        })
+    }
+
+    /// The per-(sample, class) loss of checked, flattened inputs.
+    pub(crate) fn loss_prepared(&self, prepared: Prepared<B>) -> Tensor<B, 2> {
+        let channels = prepared.channels();
+        let probs = self.activation.apply(prepared.input, NAME);
+        let stats = ClassStats::compute(probs, prepared.target, self.squared_pred, self.batch)
+            .keep_classes(self.include_background, NAME);
         let loss = self.ratio_loss(stats);
-        self.apply_weight(loss, c)
+        apply_class_weight(
+            loss,
+            self.weight.as_ref(),
+            channels,
+            self.include_background,
+            NAME,
+        )
     }
 
     fn ratio_loss(&self, stats: ClassStats<B>) -> Tensor<B, 2> {
@@ -282,31 +297,11 @@ impl<B: Backend> DiceLoss<B> {
             pred + target
         }
         .add_scalar(self.smooth_dr);
-        let dice = numerator * reciprocal(denominator);
         if self.log_loss {
-            dice.log().neg()
+            ln(denominator) - ln(numerator)
         } else {
-            dice.neg().add_scalar(1.0)
+            (numerator * reciprocal(denominator)).neg().add_scalar(1.0)
         }
-    }
-
-    fn apply_weight(&self, loss: Tensor<B, 2>, channels: usize) -> Tensor<B, 2> {
-        let Some(weight) = &self.weight else {
-            return loss;
-        };
-        let kept = loss.dims()[1];
-        let given = weight.dims()[0];
-        assert!(
-            given == kept,
-            "{NAME}: `weight` has {given} entries but {kept} class(es) are kept (input has \
-             {channels} channel(s), include_background = {}): give one weight per kept class",
-            self.include_background
-        );
-        if kept == 1 {
-            // MONAI applies no class weight to a single kept class.
-            return loss;
-        }
-        loss * weight.clone().unsqueeze_dim(0)
     }
 }
 

@@ -2,15 +2,25 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+mod checks;
 pub mod dice;
+pub mod dice_ce;
+pub mod dice_focal;
+pub mod generalized_dice;
+mod numerics;
 pub mod reduction;
 mod stats;
 mod target;
+pub mod tversky;
 
 pub use activation::Activation;
 pub use dice::{DiceLoss, DiceLossConfig};
+pub use dice_ce::{DiceCELoss, DiceCELossConfig};
+pub use dice_focal::{DiceFocalLoss, DiceFocalLossConfig};
+pub use generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
 pub use reduction::DiceReduction;
 pub use target::DiceTarget;
+pub use tversky::{TverskyLoss, TverskyLossConfig};
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -25,6 +25,36 @@ impl DiceReduction {
     }
 }
 
+/// Multiplies each kept class's loss (`[batch, class']`) by its weight, MONAI's rule: the
+/// weights must match the kept classes, and a single kept class is left unweighted.
+///
+/// # Panics
+/// If the number of weights is not the number of kept classes.
+pub(crate) fn apply_class_weight<B: Backend>(
+    loss: Tensor<B, 2>,
+    weight: Option<&Tensor<B, 1>>,
+    channels: usize,
+    include_background: bool,
+    name: &str,
+) -> Tensor<B, 2> {
+    let Some(weight) = weight else {
+        return loss;
+    };
+    let kept = loss.dims()[1];
+    let given = weight.dims()[0];
+    assert!(
+        given == kept,
+        "{name}: `weight` has {given} entries but {kept} class(es) are kept (input has \
+         {channels} channel(s), include_background = {include_background}): give one weight \
+         per kept class"
+    );
+    if kept == 1 {
+        // MONAI applies no class weight to a single kept class.
+        return loss;
+    }
+    loss * weight.clone().unsqueeze_dim(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@
 
 use burn::tensor::{backend::Backend, IndexingUpdateOp, Tensor};
 
+use crate::checks::warn_single_channel_background;
 use crate::target::{FlatTarget, PreparedTarget};
 
 /// The three sums, each `[batch, class]` (`[1, class]` when summed over the batch).
@@ -51,6 +52,10 @@ impl<B: Backend> ClassStats<B> {
         let pred = pred_mass.sum_dim(2).reshape([b, c]);
         let (intersection, target) = match target.target {
             FlatTarget::Dense(t) => {
+                let t = match &target.valid {
+                    Some(valid) => t * valid.clone(),
+                    None => t,
+                };
                 let intersection = (probs * t.clone()).sum_dim(2).reshape([b, c]);
                 let t = if squared_pred { t.square() } else { t };
                 (intersection, t.sum_dim(2).reshape([b, c]))
@@ -103,6 +108,20 @@ impl<B: Backend> ClassStats<B> {
     pub fn without_background(self) -> Self {
         let classes = self.pred.dims()[1];
         self.map(|t| t.narrow(1, 1, classes - 1))
+    }
+
+    /// Drops the background unless `include_background`; on a single channel `false` is
+    /// ignored with a warning, as in MONAI.
+    pub fn keep_classes(self, include_background: bool, loss: &str) -> Self {
+        if include_background {
+            return self;
+        }
+        if self.pred.dims()[1] == 1 {
+            warn_single_channel_background(loss);
+            self
+        } else {
+            self.without_background()
+        }
     }
 }
 

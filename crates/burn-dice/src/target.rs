@@ -1,10 +1,13 @@
 //! Targets: dense or class indices, checked against the input and flattened to
-//! `[batch, channel, pixels]`, with `ignore_index` turned into a pixel mask.
+//! `[batch, channel, pixels]`, with `ignore_index` and spatial masks turned into one pixel mask.
 //!
-//! Class-index targets are never expanded into a float one-hot tensor of the input's size: the
-//! loss statistics gather and scatter by label instead (see [`crate::stats`]).
+//! Class-index targets are never expanded into a float one-hot tensor of the input's size for
+//! the Dice statistics: they gather and scatter by label instead (see [`crate::stats`]). Only
+//! the element-wise focal term needs the per-channel target ([`PreparedTarget::per_channel`]).
 
-use burn::tensor::{backend::Backend, Bool, ElementConversion, Int, Tensor};
+use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor};
+
+use crate::checks::{check_input_shape, Checks};
 
 /// The ground truth handed to a loss's `forward`, of the same rank `D` as its input.
 ///
@@ -36,35 +39,62 @@ impl<B: Backend, const D: usize> From<Tensor<B, D, Int>> for DiceTarget<B, D> {
 /// A target checked against the input and flattened to rank 3.
 #[derive(Debug, Clone)]
 pub(crate) enum FlatTarget<B: Backend> {
-    /// `[batch, class, pixels]`, ignored pixels already zeroed.
+    /// `[batch, class, pixels]`: dense targets, and the 0/1 labels of a single-channel input.
     Dense(Tensor<B, 3>),
     /// Class indices `[batch, 1, pixels]` for an input of two or more channels; ignored pixels
     /// carry class 0 and are removed through the `valid` mask.
     Indices(Tensor<B, 3, Int>),
 }
 
-/// The target as the statistics need it.
+/// The target as the losses need it.
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedTarget<B: Backend> {
     pub target: FlatTarget<B>,
-    /// `[batch, 1, pixels]`, 1 where the pixel counts and 0 where its label is `ignore_index`.
+    /// `[batch, 1, pixels]`, 1 where the pixel counts and 0 where it is left out (its label is
+    /// `ignore_index`, or a spatial mask excludes it). `None`: every pixel counts.
     pub valid: Option<Tensor<B, 3>>,
 }
 
-/// Checks an input shape: rank of at least 3, no empty dimension.
-///
-/// # Panics
-/// With a message naming `loss` and the shape.
-pub(crate) fn check_input_shape<const D: usize>(loss: &str, dims: &[usize; D]) {
-    assert!(
-        D >= 3,
-        "{loss}: `input` must have shape [batch, class, *spatial] with 1 to 3 spatial dims \
-         (rank 3, 4 or 5), got rank {D} with shape {dims:?}"
-    );
-    assert!(
-        dims.iter().all(|&d| d > 0),
-        "{loss}: `input` has an empty dimension: shape {dims:?}"
-    );
+impl<B: Backend> PreparedTarget<B> {
+    /// Restricts the pixels that count to those where `mask` (`[batch, 1, pixels]`, 0/1) is 1.
+    pub fn masked(mut self, mask: Tensor<B, 3>) -> Self {
+        self.valid = Some(match self.valid {
+            Some(valid) => valid * mask,
+            None => mask,
+        });
+        self
+    }
+
+    /// The target per channel, `[batch, class, pixels]` with `class` channels: dense targets as
+    /// they are, class indices one-hot encoded (a comparison with each class index). Pixels
+    /// that do not count are not zeroed here.
+    pub fn per_channel(&self, classes: usize) -> Tensor<B, 3> {
+        match &self.target {
+            FlatTarget::Dense(t) => t.clone(),
+            FlatTarget::Indices(labels) => {
+                let device = labels.device();
+                let ids = Tensor::<B, 1, Int>::arange(0..classes as i64, &device)
+                    .reshape([1, classes, 1]);
+                labels.clone().equal(ids).float()
+            }
+        }
+    }
+}
+
+/// The network output and its target, checked and flattened.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared<B: Backend> {
+    /// The raw input, `[batch, class, pixels]`.
+    pub input: Tensor<B, 3>,
+    /// The target.
+    pub target: PreparedTarget<B>,
+}
+
+impl<B: Backend> Prepared<B> {
+    /// Number of channels of the input.
+    pub fn channels(&self) -> usize {
+        self.input.dims()[1]
+    }
 }
 
 /// `[batch, channel, pixels]` of a `[batch, channel, *spatial]` shape.
@@ -72,60 +102,45 @@ pub(crate) fn flat_dims<const D: usize>(dims: &[usize; D]) -> [usize; 3] {
     [dims[0], dims[1], dims[2..].iter().product()]
 }
 
-/// Data checks that need to read the device: collected, then read back in one transfer.
+/// Checks `input` and `target` (shapes always, data when `check_inputs`) and flattens both.
 ///
-/// Each check is a boolean "something is wrong" flag and the message to panic with.
-pub(crate) struct Checks<B: Backend> {
+/// # Panics
+/// On a wrong rank or shape, `ignore_index` with a dense target, and, with `check_inputs`,
+/// non-finite data or class indices out of range.
+pub(crate) fn prepare<B: Backend, const D: usize>(
     loss: &'static str,
-    flags: Vec<Tensor<B, 1, Int>>,
-    messages: Vec<Box<dyn FnOnce() -> String>>,
+    input: Tensor<B, D>,
+    target: DiceTarget<B, D>,
+    ignore_index: Option<usize>,
+    check_inputs: bool,
+) -> Prepared<B> {
+    prepare_with(loss, input, target, ignore_index, check_inputs, |_| ())
 }
 
-impl<B: Backend> Checks<B> {
-    pub fn new(loss: &'static str) -> Self {
-        Self {
-            loss,
-            flags: Vec::new(),
-            messages: Vec::new(),
-        }
+/// [`prepare`], with `extra` running before the data checks are read back, so that it can
+/// add its own checks (it gets `None` when `check_inputs` is off).
+pub(crate) fn prepare_with<B: Backend, const D: usize>(
+    loss: &'static str,
+    input: Tensor<B, D>,
+    target: DiceTarget<B, D>,
+    ignore_index: Option<usize>,
+    check_inputs: bool,
+    extra: impl FnOnce(Option<&mut Checks<B>>),
+) -> Prepared<B> {
+    let dims = input.dims();
+    check_input_shape(loss, &dims);
+    let mut checks = check_inputs.then(|| Checks::new(loss));
+    if let Some(checks) = checks.as_mut() {
+        checks.finite("input", input.clone());
     }
-
-    /// Panics later (in [`Checks::finish`]) with `message` if `bad` holds a `true`.
-    pub fn add<const D: usize>(
-        &mut self,
-        bad: Tensor<B, D, Bool>,
-        message: impl FnOnce() -> String + 'static,
-    ) {
-        self.flags.push(bad.any().int());
-        self.messages.push(Box::new(message));
+    extra(checks.as_mut());
+    let target = prepare_target(loss, &dims, target, ignore_index, checks.as_mut());
+    if let Some(checks) = checks {
+        checks.finish();
     }
-
-    /// Fails if `tensor` holds a NaN or an infinity.
-    pub fn finite<const D: usize>(&mut self, name: &'static str, tensor: Tensor<B, D>) {
-        let loss = self.loss;
-        self.add(tensor.is_finite().bool_not(), move || {
-            format!("{loss}: `{name}` holds NaN or infinite values; expected finite numbers")
-        });
-    }
-
-    /// Reads every flag in one transfer and panics with the first failed check's message.
-    pub fn finish(self) {
-        if self.flags.is_empty() {
-            return;
-        }
-        let flags = Tensor::cat(self.flags, 0).into_data();
-        let flags = flags
-            .convert::<i64>()
-            .into_vec::<i64>()
-            .expect("flags are integers");
-        if let Some(first) = flags.iter().position(|&f| f != 0) {
-            let message = self
-                .messages
-                .into_iter()
-                .nth(first)
-                .expect("one message per flag");
-            panic!("{}", message());
-        }
+    Prepared {
+        input: input.reshape(flat_dims(&dims)),
+        target,
     }
 }
 
@@ -211,11 +226,7 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
                 None => (y, None),
             };
             let target = if c == 1 {
-                let t = y.float();
-                FlatTarget::Dense(match &valid {
-                    Some(v) => t * v.clone(),
-                    None => t,
-                })
+                FlatTarget::Dense(y.float())
             } else {
                 FlatTarget::Indices(y)
             };
@@ -224,9 +235,47 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
     }
 }
 
+/// Checks a spatial mask against an input of shape `input_dims` and flattens it to
+/// `[batch, 1, pixels]`. The mask may have batch size 1 and size-1 spatial dims (broadcast).
+///
+/// # Panics
+/// On a mask shape that neither matches nor broadcasts to `[batch, 1, *spatial]`.
+pub(crate) fn prepare_mask<B: Backend, const D: usize>(
+    loss: &'static str,
+    input_dims: &[usize; D],
+    mask: Tensor<B, D>,
+    checks: Option<&mut Checks<B>>,
+) -> Tensor<B, 3> {
+    let m_dims = mask.dims();
+    let mut expected = *input_dims;
+    expected[1] = 1;
+    let fits = m_dims[1] == 1
+        && m_dims
+            .iter()
+            .zip(&expected)
+            .all(|(&m, &e)| m == e || m == 1);
+    assert!(
+        fits,
+        "{loss}: `mask` must have shape [batch, 1, *spatial] = {expected:?} (size-1 dims \
+         broadcast), got {m_dims:?}"
+    );
+    if let Some(checks) = checks {
+        let bad = mask
+            .clone()
+            .not_equal_elem(0.0)
+            .bool_and(mask.clone().not_equal_elem(1.0));
+        checks.add(bad, move || {
+            format!("{loss}: `mask` must hold only 0 and 1 (pixels left out / kept)")
+        });
+    }
+    let [b, _, s] = flat_dims(input_dims);
+    mask.expand(expected).reshape([b, 1, s])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks::check_input_shape;
     use crate::tests::TestBackend;
 
     type B = TestBackend;

@@ -1,0 +1,359 @@
+//! Dice + cross-entropy (nnU-Net's loss), MONAI-compatible.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::checks::{check_non_negative, check_weights};
+use crate::dice::{DiceLoss, DiceLossConfig};
+use crate::numerics::{log_sigmoid, log_softmax, reciprocal};
+use crate::reduction::DiceReduction;
+use crate::target::{prepare, DiceTarget, FlatTarget, Prepared};
+
+const NAME: &str = "DiceCELoss";
+
+/// Configuration to create a [`DiceCELoss`] using the [init function](DiceCELossConfig::init).
+///
+/// The Dice part is a full [`DiceLossConfig`]: for the usual multi-class set-up give it
+/// `Activation::Softmax` (MONAI's default, like ours, is no activation). Its `ignore_index`,
+/// `reduction` and `check_inputs` apply to the cross-entropy too.
+#[derive(Config, Debug)]
+pub struct DiceCELossConfig {
+    /// The Dice part. Default: `DiceLossConfig::new()`.
+    #[config(default = "DiceLossConfig::new()")]
+    pub dice: DiceLossConfig,
+    /// Factor of the Dice part. Default: `1.0`.
+    #[config(default = 1.0)]
+    pub lambda_dice: f64,
+    /// Factor of the cross-entropy part. Default: `1.0`.
+    #[config(default = 1.0)]
+    pub lambda_ce: f64,
+    /// Cross-entropy class weights, one per channel **including** the background (PyTorch's
+    /// `weight`); multi-class inputs only. MONAI's single `weight` corresponds to `ce_weight =
+    /// w` and `dice.weight = w` (or `w[1..]` without the background). Default: `None`.
+    pub ce_weight: Option<Vec<f32>>,
+    /// Label smoothing `ε` of the multi-class cross-entropy (PyTorch's `label_smoothing`):
+    /// the target becomes `(1 − ε)·t + ε/C`. Default: `0.0`.
+    #[config(default = 0.0)]
+    pub label_smoothing: f64,
+    /// Weight of the positive term of the binary cross-entropy (PyTorch's `pos_weight`);
+    /// single-channel inputs only. Default: `None`.
+    pub pos_weight: Option<f32>,
+}
+
+impl DiceCELossConfig {
+    /// Initializes a [`DiceCELoss`] on `device`.
+    ///
+    /// # Panics
+    /// On a bad Dice config, negative or non-finite factors or weights, or a label smoothing
+    /// outside `[0, 1]`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> DiceCELoss<B> {
+        check_non_negative(NAME, "lambda_dice", self.lambda_dice);
+        check_non_negative(NAME, "lambda_ce", self.lambda_ce);
+        if let Some(w) = &self.ce_weight {
+            check_weights(NAME, "ce_weight", w);
+        }
+        if let Some(w) = self.pos_weight {
+            check_non_negative(NAME, "pos_weight", w as f64);
+        }
+        assert!(
+            (0.0..=1.0).contains(&self.label_smoothing),
+            "{NAME}Config: `label_smoothing` must be in [0, 1], got {}",
+            self.label_smoothing
+        );
+        DiceCELoss {
+            dice: self.dice.init(device),
+            lambda_dice: self.lambda_dice,
+            lambda_ce: self.lambda_ce,
+            ce_weight: self
+                .ce_weight
+                .as_ref()
+                .map(|w| Tensor::<B, 1>::from_floats(w.as_slice(), device)),
+            label_smoothing: self.label_smoothing,
+            pos_weight: self.pos_weight,
+        }
+    }
+}
+
+/// `lambda_dice · Dice + lambda_ce · cross-entropy`, as MONAI 1.5's `DiceCELoss`: the loss of
+/// nnU-Net (Isensee et al., "nnU-Net: a self-configuring method for deep learning-based
+/// biomedical image segmentation", Nature Methods 2021).
+///
+/// # Formula
+/// The Dice part is [`DiceLoss`] with its own config. The cross-entropy works on the raw
+/// logits, whatever the Dice part's activation:
+///
+/// ```text
+/// C > 1, class indices:  ce_i = −(1 − ε)·w_y·ln softmax(x)_y − (ε/C)·Σ_c w_c·ln softmax(x)_c
+///                        mean = Σ_i ce_i / Σ_i w_y   (PyTorch's weighted mean)
+/// C > 1, dense target:   ce_i = −Σ_c w_c·t'_c·ln softmax(x)_c,  t' = (1 − ε)·t + ε/C,  mean over pixels
+/// C = 1:                 ce_i = −[pos_weight·t·ln σ(x) + (1 − t)·ln σ(−x)],  mean over pixels
+/// ```
+///
+/// `include_background` and the Dice `weight` apply to the Dice part only: the cross-entropy
+/// always sees every class. Pixels labelled `ignore_index` are left out of both parts (PyTorch's
+/// `ignore_index` for the cross-entropy: out of the sum and of the normalization). `Sum` sums
+/// the cross-entropy over the pixels, as PyTorch's `reduction="sum"`.
+///
+/// `forward_no_reduction` gives `[batch, class']`: `lambda_dice·dice[b, c] + lambda_ce·ce[b]`,
+/// with `ce[b]` sample `b`'s own (weighted) mean cross-entropy; without class weights and
+/// ignored pixels its mean is `forward`'s value. With the Dice part's `batch`, the batch Dice
+/// `[1, class']` is broadcast to every sample.
+#[derive(Module, Debug)]
+pub struct DiceCELoss<B: Backend> {
+    /// The Dice part.
+    pub dice: DiceLoss<B>,
+    /// Factor of the Dice part.
+    pub lambda_dice: f64,
+    /// Factor of the cross-entropy part.
+    pub lambda_ce: f64,
+    /// Cross-entropy class weights (all classes).
+    pub ce_weight: Option<Tensor<B, 1>>,
+    /// Label smoothing of the multi-class cross-entropy.
+    pub label_smoothing: f64,
+    /// Positive weight of the binary cross-entropy.
+    pub pos_weight: Option<f32>,
+}
+
+/// Per-pixel cross-entropy and its normalizer, `[batch, 1, pixels]` each.
+struct PixelCe<B: Backend> {
+    loss: Tensor<B, 3>,
+    norm: Tensor<B, 3>,
+}
+
+impl<B: Backend> DiceCELoss<B> {
+    /// Computes the reduced loss.
+    ///
+    /// # Shapes
+    /// - input: logits `[batch, class, *spatial]`, 1 to 3 spatial dims.
+    /// - target: `Tensor<B, D>` of the input's shape or `Tensor<B, D, Int>` `[batch, 1, *spatial]`.
+    /// - output: `[1]`.
+    ///
+    /// # Panics
+    /// As [`DiceLoss::forward`], and when `ce_weight` does not have one weight per channel, or
+    /// `ce_weight` / `pos_weight` is given for the wrong number of channels.
+    pub fn forward<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        target: impl Into<DiceTarget<B, D>>,
+    ) -> Tensor<B, 1> {
+        let prepared = self.prepare(input, target.into());
+        let ce = self.pixel_ce(&prepared);
+        let dice = self
+            .dice
+            .reduction
+            .reduce(self.dice.loss_prepared(prepared));
+        let ce = match self.dice.reduction {
+            DiceReduction::Mean => ce.loss.sum() * reciprocal(ce.norm.sum()),
+            DiceReduction::Sum => ce.loss.sum(),
+        };
+        dice.mul_scalar(self.lambda_dice) + ce.mul_scalar(self.lambda_ce)
+    }
+
+    /// Computes `[batch, class']`: `lambda_dice·dice[b, c] + lambda_ce·ce[b]`.
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        target: impl Into<DiceTarget<B, D>>,
+    ) -> Tensor<B, 2> {
+        let prepared = self.prepare(input, target.into());
+        let ce = self.pixel_ce(&prepared);
+        let b = ce.loss.dims()[0];
+        let per_sample = (ce.loss.sum_dim(2) * reciprocal(ce.norm.sum_dim(2))).reshape([b, 1]);
+        let dice = self.dice.loss_prepared(prepared);
+        dice.mul_scalar(self.lambda_dice) + per_sample.mul_scalar(self.lambda_ce)
+    }
+
+    fn prepare<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        target: DiceTarget<B, D>,
+    ) -> Prepared<B> {
+        prepare(
+            NAME,
+            input,
+            target,
+            self.dice.ignore_index,
+            self.dice.check_inputs,
+        )
+    }
+
+    fn pixel_ce(&self, prepared: &Prepared<B>) -> PixelCe<B> {
+        let logits = prepared.input.clone();
+        let [b, c, s] = logits.dims();
+        let (loss, norm) = if c == 1 {
+            assert!(
+                self.ce_weight.is_none(),
+                "{NAME}: `ce_weight` needs a multi-class input, got 1 channel (use `pos_weight`)"
+            );
+            let t = match &prepared.target.target {
+                FlatTarget::Dense(t) => t.clone(),
+                FlatTarget::Indices(_) => unreachable!("single-channel labels are dense"),
+            };
+            let positive = log_sigmoid(logits.clone()) * t.clone();
+            let positive = match self.pos_weight {
+                Some(w) => positive.mul_scalar(w),
+                None => positive,
+            };
+            let negative = log_sigmoid(logits.neg()) * t.clone().neg().add_scalar(1.0);
+            ((positive + negative).neg(), t.ones_like())
+        } else {
+            assert!(
+                self.pos_weight.is_none(),
+                "{NAME}: `pos_weight` needs a single-channel input, got {c} channels"
+            );
+            if let Some(w) = &self.ce_weight {
+                let given = w.dims()[0];
+                assert!(
+                    given == c,
+                    "{NAME}: `ce_weight` has {given} entries, expected one per channel ({c}, \
+                     background included)"
+                );
+            }
+            let logp = log_softmax(logits, 1);
+            let eps = self.label_smoothing;
+            let weighted = match &self.ce_weight {
+                Some(w) => logp.clone() * w.clone().reshape([1, c, 1]),
+                None => logp.clone(),
+            };
+            match &prepared.target.target {
+                FlatTarget::Indices(labels) => {
+                    let picked = logp.gather(1, labels.clone());
+                    let w_y = match &self.ce_weight {
+                        Some(w) => w
+                            .clone()
+                            .select(0, labels.clone().reshape([b * s]))
+                            .reshape([b, 1, s]),
+                        None => picked.ones_like(),
+                    };
+                    let mut loss = (picked * w_y.clone()).mul_scalar(1.0 - eps);
+                    if eps > 0.0 {
+                        loss = loss + weighted.sum_dim(1).mul_scalar(eps / c as f64);
+                    }
+                    (loss.neg(), w_y)
+                }
+                FlatTarget::Dense(t) => {
+                    let t = if eps > 0.0 {
+                        t.clone().mul_scalar(1.0 - eps).add_scalar(eps / c as f64)
+                    } else {
+                        t.clone()
+                    };
+                    let loss = (weighted * t).sum_dim(1).neg();
+                    let norm = loss.ones_like();
+                    (loss, norm)
+                }
+            }
+        };
+        match &prepared.target.valid {
+            Some(valid) => PixelCe {
+                loss: loss * valid.clone(),
+                norm: norm * valid.clone(),
+            },
+            None => PixelCe { loss, norm },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::TestBackend;
+    use crate::Activation;
+    use burn::tensor::Int;
+
+    type B = TestBackend;
+
+    fn logits() -> Tensor<B, 3> {
+        Tensor::from_floats(
+            [[[2.0, -1.0, 0.5], [0.0, 1.5, 0.2], [-1.0, 0.3, 1.0]]],
+            &Default::default(),
+        )
+    }
+
+    fn labels() -> Tensor<B, 3, Int> {
+        Tensor::from_ints([[[0, 1, 2]]], &Default::default())
+    }
+
+    /// −ln softmax(x)_y by hand, averaged over the pixels.
+    fn ce_by_hand(weights: [f64; 3]) -> f64 {
+        let x = [[2.0f64, -1.0, 0.5], [0.0, 1.5, 0.2], [-1.0, 0.3, 1.0]];
+        let (mut num, mut den) = (0.0, 0.0);
+        for (px, y) in [0usize, 1, 2].into_iter().enumerate() {
+            let z: f64 = (0..3).map(|c| x[c][px].exp()).sum();
+            num += -weights[y] * (x[y][px].exp() / z).ln();
+            den += weights[y];
+        }
+        num / den
+    }
+
+    #[test]
+    fn lambda_dice_zero_is_weighted_cross_entropy() {
+        let device = Default::default();
+        for w in [[1.0, 1.0, 1.0], [0.5, 2.0, 1.0]] {
+            let loss = DiceCELossConfig::new()
+                .with_lambda_dice(0.0)
+                .with_ce_weight(Some(w.iter().map(|&v| v as f32).collect()))
+                .init::<B>(&device)
+                .forward(logits(), labels())
+                .into_scalar() as f64;
+            let expected = ce_by_hand(w);
+            assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn include_background_applies_to_the_dice_part_only() {
+        let device = Default::default();
+        let ce_only = |include_background| {
+            DiceCELossConfig::new()
+                .with_dice(
+                    DiceLossConfig::new()
+                        .with_activation(Activation::Softmax)
+                        .with_include_background(include_background),
+                )
+                .with_lambda_dice(0.0)
+                .init::<B>(&device)
+                .forward(logits(), labels())
+                .into_scalar()
+        };
+        assert_eq!(ce_only(true), ce_only(false));
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "DiceCELoss: `ce_weight` has 2 entries, expected one per channel (3, background included)"
+    )]
+    fn ce_weight_length() {
+        DiceCELossConfig::new()
+            .with_ce_weight(Some(vec![1.0, 2.0]))
+            .init::<B>(&Default::default())
+            .forward(logits(), labels());
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "DiceCELoss: `pos_weight` needs a single-channel input, got 3 channels"
+    )]
+    fn pos_weight_on_multiclass() {
+        DiceCELossConfig::new()
+            .with_pos_weight(Some(2.0))
+            .init::<B>(&Default::default())
+            .forward(logits(), labels());
+    }
+
+    #[test]
+    #[should_panic(expected = "DiceCELossConfig: `label_smoothing` must be in [0, 1], got 1.5")]
+    fn bad_label_smoothing() {
+        DiceCELossConfig::new()
+            .with_label_smoothing(1.5)
+            .init::<B>(&Default::default());
+    }
+
+    #[test]
+    #[should_panic(expected = "DiceCELossConfig: `lambda_ce` must be finite and >= 0, got -1")]
+    fn negative_lambda() {
+        DiceCELossConfig::new()
+            .with_lambda_ce(-1.0)
+            .init::<B>(&Default::default());
+    }
+}
