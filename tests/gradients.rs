@@ -6,11 +6,13 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use burn_dice::{Activation, DiceLossConfig, DiceReduction, DiceTarget};
+use burn_dice::{
+    Activation, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, DiceReduction, DiceTarget,
+    GeneralizedDiceLossConfig, TverskyLossConfig, WeightType,
+};
 use burn_dice_tests::{values, NdArrayAutodiff64};
 
 type A = NdArrayAutodiff64;
-type B = burn_ndarray::NdArray<f64>;
 
 /// Deterministic pseudo-random numbers in [-1, 1).
 fn noise(n: usize, seed: u64) -> Vec<f64> {
@@ -104,28 +106,20 @@ impl Setup {
         }
     }
 
-    fn loss_at<const D: usize>(&self, config: &DiceLossConfig, x: Vec<f64>) -> f64 {
+    /// Worst |autodiff − finite difference| of `loss` relative to the largest gradient
+    /// component.
+    fn check_fn<const D: usize>(&self, loss: &LossFn<D>) -> f64 {
         let device = Default::default();
-        let input = Tensor::<B, D>::from_data(TensorData::new(x, self.shape.clone()), &device);
-        values(
-            config
-                .init::<B>(&device)
-                .forward(input, self.target::<B, D>()),
-        )[0]
-    }
-
-    /// Worst |autodiff − finite difference| relative to the largest gradient component.
-    fn check<const D: usize>(&self, config: &DiceLossConfig) -> f64 {
-        let device = Default::default();
+        let at = |x: Vec<f64>| {
+            let input = Tensor::<A, D>::from_data(TensorData::new(x, self.shape.clone()), &device);
+            values(loss(input, self.target::<A, D>()))[0]
+        };
         let input = Tensor::<A, D>::from_data(
             TensorData::new(self.input.clone(), self.shape.clone()),
             &device,
         )
         .require_grad();
-        let loss = config
-            .init::<A>(&device)
-            .forward(input.clone(), self.target::<A, D>());
-        let grads = loss.backward();
+        let grads = loss(input.clone(), self.target::<A, D>()).backward();
         let autodiff = values(input.grad(&grads).expect("gradient"));
         let h = 1e-6;
         let numeric: Vec<f64> = (0..self.input.len())
@@ -134,7 +128,7 @@ impl Setup {
                 plus[i] += h;
                 let mut minus = self.input.clone();
                 minus[i] -= h;
-                (self.loss_at::<D>(config, plus) - self.loss_at::<D>(config, minus)) / (2.0 * h)
+                (at(plus) - at(minus)) / (2.0 * h)
             })
             .collect();
         let scale = numeric.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -147,6 +141,16 @@ impl Setup {
             .zip(&numeric)
             .map(|(a, n)| (a - n).abs() / scale)
             .fold(0.0, f64::max)
+    }
+}
+
+/// A loss on the f64 autodiff backend.
+type LossFn<const D: usize> = dyn Fn(Tensor<A, D>, DiceTarget<A, D>) -> Tensor<A, 1>;
+
+impl Setup {
+    fn check<const D: usize>(&self, config: &DiceLossConfig) -> f64 {
+        let loss = config.init::<A>(&Default::default());
+        self.check_fn::<D>(&move |x, t| loss.forward(x, t))
     }
 }
 
@@ -267,4 +271,197 @@ fn binary_and_ranks() {
     assert_close::<3>("1-D", &one_d, softmax());
     let three_d = Setup::new(&[2, 3, 3, 3, 3], IDX3, 9, false);
     assert_close::<5>("3-D", &three_d, softmax().with_include_background(false));
+}
+
+fn assert_loss<const D: usize>(name: &str, setup: &Setup, loss: &LossFn<D>) {
+    let err = setup.check_fn::<D>(loss);
+    assert!(
+        err < TOL,
+        "{name}: autodiff off finite differences by {err:.2e}"
+    );
+}
+
+#[test]
+fn generalized_dice() {
+    let device = Default::default();
+    let idx = Setup::new(&[2, 3, 4, 4], IDX3, 10, false);
+    let empty = Setup::new(
+        &[2, 3, 4, 4],
+        Labels::Indices {
+            n: 3,
+            absent: Some(1),
+        },
+        11,
+        false,
+    );
+    for weight_type in [WeightType::Square, WeightType::Simple, WeightType::Uniform] {
+        for batch in [false, true] {
+            let config = GeneralizedDiceLossConfig::new()
+                .with_activation(Activation::Softmax)
+                .with_weight_type(weight_type)
+                .with_batch(batch);
+            let loss = config.init::<A>(&device);
+            let f = move |x, t| loss.forward(x, t);
+            assert_loss::<4>(&format!("{weight_type:?} batch={batch}"), &idx, &f);
+            assert_loss::<4>(
+                &format!("{weight_type:?} batch={batch}, empty class"),
+                &empty,
+                &f,
+            );
+        }
+    }
+}
+
+#[test]
+fn tversky_extremes_and_focal() {
+    let device = Default::default();
+    let idx = Setup::new(&[2, 3, 4, 4], IDX3, 12, false);
+    let empty = Setup::new(
+        &[2, 3, 4, 4],
+        Labels::Indices {
+            n: 3,
+            absent: Some(2),
+        },
+        13,
+        false,
+    );
+    // (0, 0) is left out: TI is then 1 whatever the input, a constant loss.
+    for (alpha, beta) in [(0.0, 1.0), (1.0, 0.0), (0.0, 0.5), (1.0, 1.0), (0.3, 0.7)] {
+        for gamma in [1.0, 4.0 / 3.0, 0.75] {
+            let loss = TverskyLossConfig::new()
+                .with_activation(Activation::Softmax)
+                .with_alpha(alpha)
+                .with_beta(beta)
+                .with_gamma(gamma)
+                .init::<A>(&device);
+            let f = move |x, t| loss.forward(x, t);
+            let name = format!("alpha {alpha} beta {beta} gamma {gamma}");
+            assert_loss::<4>(&name, &idx, &f);
+            assert_loss::<4>(&format!("{name}, empty class"), &empty, &f);
+        }
+    }
+}
+
+#[test]
+fn dice_ce() {
+    let device = Default::default();
+    let idx = Setup::new(
+        &[2, 3, 4, 4],
+        Labels::Indices { n: 4, absent: None },
+        14,
+        false,
+    );
+    let softmax = DiceLossConfig::new().with_activation(Activation::Softmax);
+    let plain = DiceCELossConfig::new()
+        .with_dice(softmax.clone())
+        .init::<A>(&device);
+    let idx3 = Setup::new(&[2, 3, 4, 4], IDX3, 20, false);
+    assert_loss::<4>("plain", &idx3, &move |x, t| plain.forward(x, t));
+    // `idx` has labels 0..4 on 3 channels: label 3 is the ignored value.
+    for (name, config) in [
+        (
+            "weights, smoothing, ignore",
+            DiceCELossConfig::new()
+                .with_dice(
+                    softmax
+                        .clone()
+                        .with_ignore_index(Some(3))
+                        .with_include_background(false),
+                )
+                .with_ce_weight(Some(vec![0.5, 1.0, 2.0]))
+                .with_label_smoothing(0.1),
+        ),
+        (
+            "sum",
+            DiceCELossConfig::new()
+                .with_dice(
+                    softmax
+                        .clone()
+                        .with_reduction(DiceReduction::Sum)
+                        .with_ignore_index(Some(3)),
+                )
+                .with_lambda_ce(0.5),
+        ),
+    ] {
+        let loss = config.init::<A>(&device);
+        assert_loss::<4>(name, &idx, &move |x, t| loss.forward(x, t));
+    }
+    let binary = Setup::new(
+        &[2, 1, 5, 5],
+        Labels::Indices { n: 2, absent: None },
+        15,
+        false,
+    );
+    let loss = DiceCELossConfig::new()
+        .with_dice(DiceLossConfig::new().with_activation(Activation::Sigmoid))
+        .with_pos_weight(Some(2.5))
+        .init::<A>(&device);
+    assert_loss::<4>("binary, pos_weight", &binary, &move |x, t| {
+        loss.forward(x, t)
+    });
+}
+
+#[test]
+fn dice_focal() {
+    let device = Default::default();
+    let dense = Setup::new(&[2, 3, 4, 4], Labels::Dense, 16, false);
+    let idx = Setup::new(
+        &[2, 3, 4, 4],
+        Labels::Indices {
+            n: 4,
+            absent: Some(1),
+        },
+        17,
+        false,
+    );
+    let sigmoid = DiceLossConfig::new().with_activation(Activation::Sigmoid);
+    for (name, setup, config) in [
+        (
+            "dense",
+            &dense,
+            DiceFocalLossConfig::new().with_dice(sigmoid.clone()),
+        ),
+        (
+            "dense, alpha, gamma 0.5",
+            &dense,
+            DiceFocalLossConfig::new()
+                .with_dice(sigmoid.with_include_background(false))
+                .with_alpha(Some(0.25))
+                .with_gamma(0.5),
+        ),
+        (
+            "indices, ignore, empty class",
+            &idx,
+            DiceFocalLossConfig::new().with_dice(
+                DiceLossConfig::new()
+                    .with_activation(Activation::Softmax)
+                    .with_ignore_index(Some(3))
+                    .with_weight(Some(vec![1.0, 2.0, 0.5])),
+            ),
+        ),
+    ] {
+        let loss = config.init::<A>(&device);
+        assert_loss::<4>(name, setup, &move |x, t| loss.forward(x, t));
+    }
+}
+
+#[test]
+fn masked_dice() {
+    let device = Default::default();
+    let idx = Setup::new(&[2, 3, 4, 4], IDX3, 18, false);
+    let mask: Vec<f64> = noise(16, 19)
+        .into_iter()
+        .map(|v| if v > -0.4 { 1.0 } else { 0.0 })
+        .collect();
+    let loss = DiceLossConfig::new()
+        .with_activation(Activation::Softmax)
+        .init::<A>(&device);
+    let f = move |x: Tensor<A, 4>, t| {
+        let m = Tensor::<A, 4>::from_data(
+            TensorData::new(mask.clone(), [1, 1, 4, 4]),
+            &Default::default(),
+        );
+        loss.forward_masked(x, t, m)
+    };
+    assert_loss::<4>("masked", &idx, &f);
 }

@@ -4,7 +4,10 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use burn_dice::{DiceLossConfig, DiceTarget};
+use burn_dice::{
+    DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, DiceTarget, GeneralizedDiceLossConfig,
+    TverskyLossConfig,
+};
 use serde::Deserialize;
 
 /// The CPU test backend with autodiff.
@@ -14,6 +17,18 @@ pub type NdArrayAutodiff64 = burn_autodiff::Autodiff<burn_ndarray::NdArray<f64>>
 
 /// `tests/fixtures/dice_loss.json`, written by `tests/fixtures/gen.py` from MONAI.
 pub const DICE_LOSS_FIXTURES: &str = include_str!("../fixtures/dice_loss.json");
+
+/// The family's fixture files (written by `tests/fixtures/gen.py`), by name.
+pub const FAMILY_FIXTURES: [(&str, &str); 5] = [
+    (
+        "generalized_dice",
+        include_str!("../fixtures/generalized_dice.json"),
+    ),
+    ("tversky", include_str!("../fixtures/tversky.json")),
+    ("dice_ce", include_str!("../fixtures/dice_ce.json")),
+    ("dice_focal", include_str!("../fixtures/dice_focal.json")),
+    ("masked_dice", include_str!("../fixtures/masked_dice.json")),
+];
 
 /// A fixture file.
 #[derive(Debug, Deserialize)]
@@ -47,19 +62,78 @@ pub struct Case {
     pub per_class: Vec<f64>,
     /// MONAI's gradient of `loss` with respect to the input.
     pub grad: Vec<f64>,
+    /// Spatial mask (masked Dice only).
+    #[serde(default)]
+    pub mask: Option<Vec<f64>>,
+    /// Shape of `mask`.
+    #[serde(default)]
+    pub mask_shape: Option<Vec<usize>>,
+}
+
+/// `defaults` (a serialized config) with the fields of `fixture` written over it, recursively
+/// (nested configs keep the defaults of the fields the fixture does not name).
+pub fn merge_json(defaults: &mut serde_json::Value, fixture: &serde_json::Value) {
+    match (defaults.as_object_mut(), fixture.as_object()) {
+        (Some(d), Some(f)) => {
+            for (key, value) in f {
+                match d.get_mut(key) {
+                    Some(slot) if slot.is_object() && value.is_object() => merge_json(slot, value),
+                    _ => {
+                        d.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        _ => *defaults = fixture.clone(),
+    }
+}
+
+/// Parses a fixture config into burn-dice config `C` over `C`'s defaults.
+pub fn parse_config<C: serde::Serialize + serde::de::DeserializeOwned>(
+    defaults: C,
+    fixture: &serde_json::Value,
+    name: &str,
+) -> C {
+    let mut config = serde_json::to_value(defaults).expect("config serializes");
+    merge_json(&mut config, fixture);
+    serde_json::from_value(config).unwrap_or_else(|e| panic!("{name}: config does not parse: {e}"))
 }
 
 impl Case {
     /// The case's config, parsed as burn-dice's own serde form (fields the fixture does not
     /// name keep their defaults).
     pub fn dice_config(&self) -> DiceLossConfig {
-        let mut config = serde_json::to_value(DiceLossConfig::new()).expect("config serializes");
-        let fields = self.config.as_object().expect("config is an object");
-        for (key, value) in fields {
-            config[key] = value.clone();
-        }
-        serde_json::from_value(config)
-            .unwrap_or_else(|e| panic!("{}: config does not parse: {e}", self.name))
+        parse_config(DiceLossConfig::new(), &self.config, &self.name)
+    }
+
+    /// The case's config as a [`GeneralizedDiceLossConfig`].
+    pub fn generalized_dice_config(&self) -> GeneralizedDiceLossConfig {
+        parse_config(GeneralizedDiceLossConfig::new(), &self.config, &self.name)
+    }
+
+    /// The case's config as a [`TverskyLossConfig`].
+    pub fn tversky_config(&self) -> TverskyLossConfig {
+        parse_config(TverskyLossConfig::new(), &self.config, &self.name)
+    }
+
+    /// The case's config as a [`DiceCELossConfig`].
+    pub fn dice_ce_config(&self) -> DiceCELossConfig {
+        parse_config(DiceCELossConfig::new(), &self.config, &self.name)
+    }
+
+    /// The case's config as a [`DiceFocalLossConfig`].
+    pub fn dice_focal_config(&self) -> DiceFocalLossConfig {
+        parse_config(DiceFocalLossConfig::new(), &self.config, &self.name)
+    }
+
+    /// The spatial mask of rank `D` (masked Dice cases).
+    pub fn mask<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        let (mask, shape) = self
+            .mask
+            .clone()
+            .zip(self.mask_shape.clone())
+            .unwrap_or_else(|| panic!("{}: no mask", self.name));
+        Tensor::from_data(TensorData::new(mask, shape), device)
     }
 
     /// Input tensor of rank `D`.
@@ -94,6 +168,15 @@ impl Case {
 /// Parses the embedded DiceLoss fixtures.
 pub fn dice_loss_fixtures() -> FixtureFile {
     serde_json::from_str(DICE_LOSS_FIXTURES).expect("fixture JSON parses")
+}
+
+/// Parses one of the embedded family fixture files by name (see [`FAMILY_FIXTURES`]).
+pub fn family_fixtures(name: &str) -> FixtureFile {
+    let (_, json) = FAMILY_FIXTURES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no fixture file {name}"));
+    serde_json::from_str(json).expect("fixture JSON parses")
 }
 
 /// Reads a tensor back as `f64` values.

@@ -221,6 +221,11 @@ impl<B: Backend> DiceLoss<B> {
     /// order of MONAI ≥ 1.5.1; MONAI 1.5.0 masked the logits before the activation, which lets
     /// masked pixels contribute `sigmoid(0) = 0.5`). Combines with `ignore_index`.
     ///
+    /// With class-index targets MONAI multiplies the *labels* by the mask before its one-hot
+    /// conversion, so its masked pixels still count as background in the target; here they are
+    /// left out of every class, as for dense targets (the two agree on dense targets and
+    /// whenever the background is dropped).
+    ///
     /// # Shapes
     /// - input, target: as in [`forward`](Self::forward).
     /// - mask: `[batch, 1, *spatial]` of 0/1 values; size-1 batch or spatial dims broadcast.
