@@ -7,6 +7,7 @@ pub mod dice;
 pub mod dice_ce;
 pub mod dice_focal;
 pub mod generalized_dice;
+pub mod metric;
 mod numerics;
 pub mod reduction;
 mod stats;
