@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::{check_smoothing, check_weights};
-use crate::numerics::{ln, reciprocal};
+use crate::numerics::{ln, one_minus_ratio};
 use crate::reduction::{apply_class_weight, DiceReduction};
 use crate::stats::ClassStats;
 use crate::target::{prepare, prepare_mask, prepare_with, DiceTarget, Prepared};
@@ -273,9 +273,14 @@ impl<B: Backend> DiceLoss<B> {
     /// The per-(sample, class) loss of checked, flattened inputs.
     pub(crate) fn loss_prepared(&self, prepared: Prepared<B>) -> Tensor<B, 2> {
         let channels = prepared.channels();
-        let probs = self.activation.apply(prepared.input, NAME);
-        let stats = ClassStats::compute(probs, prepared.target, self.squared_pred, self.batch)
-            .keep_classes(self.include_background, NAME);
+        let stats = ClassStats::of_prepared(
+            NAME,
+            prepared,
+            self.activation,
+            self.squared_pred,
+            self.batch,
+            self.include_background,
+        );
         let loss = self.ratio_loss(stats);
         apply_class_weight(
             loss,
@@ -305,7 +310,7 @@ impl<B: Backend> DiceLoss<B> {
         if self.log_loss {
             ln(denominator) - ln(numerator)
         } else {
-            (numerator * reciprocal(denominator)).neg().add_scalar(1.0)
+            one_minus_ratio(numerator, denominator)
         }
     }
 }

@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::check_smoothing;
-use crate::numerics::reciprocal;
+use crate::numerics::one_minus_ratio;
 use crate::reduction::DiceReduction;
 use crate::stats::ClassStats;
 use crate::target::{prepare, DiceTarget, Prepared};
@@ -156,20 +156,25 @@ impl<B: Backend> GeneralizedDiceLoss<B> {
     }
 
     fn loss_prepared(&self, prepared: Prepared<B>) -> Tensor<B, 2> {
-        let probs = self.activation.apply(prepared.input, NAME);
         let ClassStats {
             intersection,
             pred,
             target,
-        } = ClassStats::compute(probs, prepared.target, false, self.batch)
-            .keep_classes(self.include_background, NAME);
+        } = ClassStats::of_prepared(
+            NAME,
+            prepared,
+            self.activation,
+            false,
+            self.batch,
+            self.include_background,
+        );
         let w = self.class_weights(target.clone().detach());
         let numerator = (intersection * w.clone())
             .sum_dim(1)
             .mul_scalar(2.0)
             .add_scalar(self.smooth_nr);
         let denominator = ((pred + target) * w).sum_dim(1).add_scalar(self.smooth_dr);
-        (numerator * reciprocal(denominator)).neg().add_scalar(1.0)
+        one_minus_ratio(numerator, denominator)
     }
 
     /// `w_c` from the volumes `T` (`[rows, class]`), infinite weights replaced as in MONAI.

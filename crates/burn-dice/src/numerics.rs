@@ -44,6 +44,15 @@ pub(crate) fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -
     exp * reciprocal(sum)
 }
 
+/// `1 − numerator / denominator`, the form every ratio loss of the family takes, through the
+/// exact [`reciprocal`].
+pub(crate) fn one_minus_ratio<B: Backend, const D: usize>(
+    numerator: Tensor<B, D>,
+    denominator: Tensor<B, D>,
+) -> Tensor<B, D> {
+    (numerator * reciprocal(denominator)).neg().add_scalar(1.0)
+}
+
 /// Natural logarithm whose gradient `1/x` is computed exactly (see [`reciprocal`]).
 ///
 /// The value is `ln(x)`; the gradient flows through `(x − x̄)·(1/x̄)` with `x̄` the detached

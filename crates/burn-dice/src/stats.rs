@@ -17,8 +17,9 @@
 
 use burn::tensor::{backend::Backend, IndexingUpdateOp, Tensor};
 
+use crate::activation::Activation;
 use crate::checks::warn_single_channel_background;
-use crate::target::{FlatTarget, PreparedTarget};
+use crate::target::{FlatTarget, Prepared, PreparedTarget};
 
 /// The three sums, each `[batch, class]` (`[1, class]` when summed over the batch).
 #[derive(Debug, Clone)]
@@ -93,6 +94,21 @@ impl<B: Backend> ClassStats<B> {
         } else {
             stats
         }
+    }
+
+    /// The common first half of every Dice-family loss: the activation of the prepared input,
+    /// the sums against its target, and the background dropped unless `include_background`.
+    pub fn of_prepared(
+        loss: &str,
+        prepared: Prepared<B>,
+        activation: Activation,
+        squared_pred: bool,
+        batch: bool,
+        include_background: bool,
+    ) -> Self {
+        let probs = activation.apply(prepared.input, loss);
+        Self::compute(probs, prepared.target, squared_pred, batch)
+            .keep_classes(include_background, loss)
     }
 
     /// Applies `f` to each of the three sums.

@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::{check_non_negative, check_smoothing};
-use crate::numerics::reciprocal;
+use crate::numerics::one_minus_ratio;
 use crate::reduction::DiceReduction;
 use crate::stats::ClassStats;
 use crate::target::{prepare, DiceTarget};
@@ -173,20 +173,25 @@ impl<B: Backend> TverskyLoss<B> {
             self.ignore_index,
             self.check_inputs,
         );
-        let probs = self.activation.apply(prepared.input, NAME);
         let ClassStats {
             intersection,
             pred,
             target,
-        } = ClassStats::compute(probs, prepared.target, false, self.batch)
-            .keep_classes(self.include_background, NAME);
+        } = ClassStats::of_prepared(
+            NAME,
+            prepared,
+            self.activation,
+            false,
+            self.batch,
+            self.include_background,
+        );
         let false_pos = pred - intersection.clone();
         let false_neg = target - intersection.clone();
         let numerator = intersection.clone().add_scalar(self.smooth_nr);
         let denominator =
             (intersection + false_pos.mul_scalar(self.alpha) + false_neg.mul_scalar(self.beta))
                 .add_scalar(self.smooth_dr);
-        let loss = (numerator * reciprocal(denominator)).neg().add_scalar(1.0);
+        let loss = one_minus_ratio(numerator, denominator);
         if self.gamma == 1.0 {
             loss
         } else {
