@@ -1,0 +1,264 @@
+//! The command line: `train`, `eval`, `predict` and `bench`, on the backend of `--backend`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::data::folder::Folder;
+use crate::data::mri::{Mri, MriTask, DEFAULT_DIR};
+use crate::data::shapes::Shapes;
+use crate::data::SegmentationData;
+use crate::model::Upsampling;
+use crate::training::LossKind;
+
+/// U-Net segmentation with burn-dice.
+#[derive(Parser, Debug)]
+#[command(name = "unet", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Backend: flex (CPU, default: im2col + GEMM convolutions), ndarray (CPU) or wgpu (GPU,
+    /// needs the `wgpu` cargo feature).
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex, global = true)]
+    pub backend: BackendKind,
+}
+
+/// The burn backend.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// burn-flex (CPU).
+    Flex,
+    /// burn-ndarray (CPU).
+    Ndarray,
+    /// burn-wgpu (GPU).
+    Wgpu,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a U-Net; writes config.json, checkpoints, metrics.csv, curves.png, predictions/.
+    Train(TrainArgs),
+    /// Per-class Dice of a trained model on a data set's validation split.
+    Eval(EvalArgs),
+    /// Segment image files: mask and overlay PNGs.
+    Predict(PredictArgs),
+    /// Time training steps of the reference U-Net (1,940,817 parameters) at [8, 1, 128, 128].
+    Bench(BenchArgs),
+}
+
+/// Which data set.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// Synthetic shapes, embedded (no file needed).
+    Shapes,
+    /// Colin27 brain MRI from Debian's mricron-data.
+    Mri,
+    /// Your own images and masks.
+    Folder,
+}
+
+/// The MRI task.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskArg {
+    /// Brain extraction (background / brain).
+    Brain,
+    /// AAL regions grouped into 3 classes + background.
+    Regions,
+}
+
+/// Data set options.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data set.
+    #[arg(long, value_enum, default_value_t = DataKind::Shapes)]
+    pub data: DataKind,
+    /// Image side in pixels (a multiple of 2^depth). Default: 64 for shapes, 128 otherwise.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// shapes: number of training images.
+    #[arg(long, default_value_t = 512)]
+    pub train_images: usize,
+    /// shapes: number of validation images.
+    #[arg(long, default_value_t = 128)]
+    pub valid_images: usize,
+    /// mri: task.
+    #[arg(long, value_enum, default_value_t = TaskArg::Brain)]
+    pub task: TaskArg,
+    /// mri: folder of ch2.nii.gz, ch2bet.nii.gz and aal.nii.gz.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub mri_dir: PathBuf,
+    /// folder: images.
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// folder: masks (same file stems).
+    #[arg(long)]
+    pub masks: Option<PathBuf>,
+    /// folder: number of classes, background included (default: largest label + 1).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// folder: label value left out of loss and metric.
+    #[arg(long)]
+    pub ignore_index: Option<usize>,
+    /// folder: fraction of the pairs held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub valid_fraction: f64,
+    /// Seed of the data set and the training.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl DataArgs {
+    /// The side of the images.
+    pub fn image_size(&self) -> usize {
+        self.size.unwrap_or(if self.data == DataKind::Shapes {
+            64
+        } else {
+            128
+        })
+    }
+
+    /// Builds the data set.
+    pub fn build(&self) -> Result<Box<dyn SegmentationData>, String> {
+        let size = self.image_size();
+        Ok(match self.data {
+            DataKind::Shapes => Box::new(Shapes {
+                size,
+                train: self.train_images,
+                valid: self.valid_images,
+                seed: self.seed,
+            }),
+            DataKind::Mri => Box::new(Mri {
+                dir: self.mri_dir.clone(),
+                task: match self.task {
+                    TaskArg::Brain => MriTask::Brain,
+                    TaskArg::Regions => MriTask::Regions,
+                },
+                size,
+            }),
+            DataKind::Folder => Box::new(Folder {
+                images: self
+                    .images
+                    .clone()
+                    .ok_or("--data folder needs --images DIR")?,
+                masks: self
+                    .masks
+                    .clone()
+                    .ok_or("--data folder needs --masks DIR")?,
+                size,
+                classes: self.classes,
+                ignore_index: self.ignore_index,
+                valid_fraction: self.valid_fraction,
+            }),
+        })
+    }
+}
+
+/// `train` options.
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Data set options.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Output folder.
+    #[arg(long, default_value = "runs/unet")]
+    pub out: PathBuf,
+    /// Continue from the last checkpoint in --out (with its config.json).
+    #[arg(long)]
+    pub resume: bool,
+    /// Epochs.
+    #[arg(long, default_value_t = 14)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Loss.
+    #[arg(long, value_enum, default_value_t = LossKind::DiceCe)]
+    pub loss: LossKind,
+    /// U-Net depth (down-sampling steps).
+    #[arg(long, default_value_t = 4)]
+    pub depth: usize,
+    /// Channels of the first level.
+    #[arg(long, default_value_t = 16)]
+    pub base_channels: usize,
+    /// Batch normalization after each convolution (on by default: `--batch-norm false` gives
+    /// the plain reference architecture).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub batch_norm: bool,
+    /// Decoder upsampling.
+    #[arg(long, value_enum, default_value_t = UpsamplingArg::Transposed)]
+    pub upsampling: UpsamplingArg,
+    /// Augmentation (flips, ±10° rotations, ±8 % shifts): on by default for mri and folder.
+    #[arg(long)]
+    pub augment: Option<bool>,
+    /// Data loader workers.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+/// Decoder upsampling.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpsamplingArg {
+    /// Transposed convolution.
+    Transposed,
+    /// Bilinear + 1×1 convolution.
+    Bilinear,
+}
+
+impl From<UpsamplingArg> for Upsampling {
+    fn from(u: UpsamplingArg) -> Self {
+        match u {
+            UpsamplingArg::Transposed => Upsampling::Transposed,
+            UpsamplingArg::Bilinear => Upsampling::Bilinear,
+        }
+    }
+}
+
+/// `eval` options.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Data set options (the validation split is evaluated).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The training run's output folder.
+    #[arg(long, default_value = "runs/unet")]
+    pub out: PathBuf,
+    /// Evaluate the checkpoint of this epoch instead of the final model.
+    #[arg(long)]
+    pub epoch: Option<usize>,
+    /// Where to write the JSON table (default: <out>/eval.json).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `predict` options.
+#[derive(Args, Debug, Clone)]
+pub struct PredictArgs {
+    /// The training run's output folder.
+    #[arg(long, default_value = "runs/unet")]
+    pub out: PathBuf,
+    /// Where to write the masks and overlays.
+    #[arg(long, default_value = "predictions")]
+    pub output: PathBuf,
+    /// Image files (PNG or JPEG).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+/// `bench` options.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Timed steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Image side.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+}
