@@ -10,6 +10,9 @@ use burn_dice::{
 };
 use serde::Deserialize;
 
+pub mod crosscheck;
+pub mod parity;
+
 /// The CPU test backend with autodiff.
 pub type NdArrayAutodiff = burn_autodiff::Autodiff<burn_ndarray::NdArray<f32>>;
 /// The same in f64, for finite differences.
@@ -218,11 +221,46 @@ pub fn grad_err(got: &[f64], expected: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// burn-wgpu with autodiff.
+#[cfg(feature = "wgpu")]
+pub type WgpuAutodiff = burn_autodiff::Autodiff<burn_wgpu::Wgpu>;
+
+/// The default wgpu device, after checking that an adapter exists: without one the tests fail
+/// with what to install rather than with wgpu's own panic deep in the runtime.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> burn_wgpu::WgpuDevice {
+    use std::sync::OnceLock;
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let device = burn_wgpu::WgpuDevice::default();
+    let status = CHECKED.get_or_init(|| {
+        let d = device.clone();
+        std::panic::catch_unwind(move || {
+            let t = Tensor::<burn_wgpu::Wgpu, 1>::from_floats([1.0, 2.0], &d);
+            let _ = t.sum().into_scalar();
+        })
+        .map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    if let Err(e) = status {
+        panic!(
+            "the `wgpu` feature is on but no GPU adapter works ({e}). On a machine without a GPU \
+             install Mesa's software Vulkan driver: `apt-get install -y libvulkan1 \
+             mesa-vulkan-drivers` (lavapipe)"
+        );
+    }
+    device
+}
+
 /// Instantiates generic test functions once per backend, in a module per backend.
 ///
 /// ```text
 /// backend_tests!(my_check, other_check);
 /// // expands to `mod ndarray { #[test] fn my_check() { super::my_check::<NdArrayAutodiff>(&Default::default()) } ... }`
+/// // and, with the `wgpu` feature, the same in `mod wgpu` on `WgpuAutodiff`.
 /// ```
 #[macro_export]
 macro_rules! backend_tests {
@@ -232,6 +270,15 @@ macro_rules! backend_tests {
                 #[test]
                 fn $name() {
                     super::$name::<$crate::NdArrayAutodiff>(&Default::default());
+                }
+            )*
+        }
+        #[cfg(feature = "wgpu")]
+        mod wgpu {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name::<$crate::WgpuAutodiff>(&$crate::wgpu_device());
                 }
             )*
         }
