@@ -36,16 +36,21 @@ impl Activation {
             Activation::None => input,
             Activation::Sigmoid => sigmoid(input),
             Activation::Softmax => {
-                let channels = input.dims()[1];
-                assert!(
-                    channels > 1,
-                    "{loss}: `activation` = Softmax needs `input` with at least 2 channels \
-                     (dim 1), got {channels}: softmax over one channel is the constant 1. \
-                     Use Activation::Sigmoid for a single-channel (binary) output."
-                );
+                self.check(input.dims()[1], loss);
                 softmax(input, 1)
             }
         }
+    }
+
+    /// Panics if this activation cannot be applied to an input of `channels` channels (softmax
+    /// over one channel); `loss` names the caller.
+    pub(crate) fn check(self, channels: usize, loss: &str) {
+        assert!(
+            self != Activation::Softmax || channels > 1,
+            "{loss}: `activation` = Softmax needs `input` with at least 2 channels \
+             (dim 1), got {channels}: softmax over one channel is the constant 1. \
+             Use Activation::Sigmoid for a single-channel (binary) output."
+        );
     }
 }
 

@@ -6,6 +6,7 @@ mod checks;
 pub mod dice;
 pub mod dice_ce;
 pub mod dice_focal;
+pub mod fused;
 pub mod generalized_dice;
 pub mod metric;
 mod numerics;

@@ -8,6 +8,9 @@
 //!
 //! False positives and negatives follow as `P − I` and `T − I`.
 //!
+//! On burn-ndarray and burn-flex the three sums come from one fused pass with a custom backward
+//! ([`crate::fused`]); the generic path below is what every other backend runs.
+//!
 //! # Memory
 //! Class-index targets are not one-hot encoded. `I` gathers, at each pixel, the probability of
 //! its labelled class (one float `[batch, 1, pixels]` tensor) and scatter-adds it into a
@@ -19,6 +22,7 @@ use burn::tensor::{backend::Backend, IndexingUpdateOp, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::warn_single_channel_background;
+use crate::fused;
 use crate::target::{FlatTarget, Prepared, PreparedTarget};
 
 /// The three sums, each `[batch, class]` (`[1, class]` when summed over the batch).
@@ -84,15 +88,20 @@ impl<B: Backend> ClassStats<B> {
                 (intersection, counts)
             }
         };
-        let stats = Self {
+        Self {
             intersection,
             pred,
             target,
-        };
+        }
+        .over_batch(batch)
+    }
+
+    /// Sums the tables over the batch (`[1, class]`) when `batch`.
+    fn over_batch(self, batch: bool) -> Self {
         if batch {
-            stats.map(|t| t.sum_dim(0))
+            self.map(|t| t.sum_dim(0))
         } else {
-            stats
+            self
         }
     }
 
@@ -106,9 +115,21 @@ impl<B: Backend> ClassStats<B> {
         batch: bool,
         include_background: bool,
     ) -> Self {
-        let probs = activation.apply(prepared.input, loss);
-        Self::compute(probs, prepared.target, squared_pred, batch)
-            .keep_classes(include_background, loss)
+        activation.check(prepared.channels(), loss);
+        let stats =
+            match fused::class_stats(&prepared.input, &prepared.target, activation, squared_pred) {
+                Some([intersection, pred, target]) => Self {
+                    intersection,
+                    pred,
+                    target,
+                }
+                .over_batch(batch),
+                None => {
+                    let probs = activation.apply(prepared.input, loss);
+                    Self::compute(probs, prepared.target, squared_pred, batch)
+                }
+            };
+        stats.keep_classes(include_background, loss)
     }
 
     /// Applies `f` to each of the three sums.

@@ -192,7 +192,9 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
             );
             // A single channel is the binary case: labels 0/1 are the mask itself.
             let n_labels = c.max(2);
-            if let Some(checks) = checks {
+            let fast_ok = checks.is_some()
+                && crate::fused::labels_in_range(&y, n_labels, ignore_index) == Some(true);
+            if let Some(checks) = checks.filter(|_| !fast_ok) {
                 let mut bad = y
                     .clone()
                     .lower_elem(0)

@@ -1,0 +1,187 @@
+//! What the two benchmark binaries share: the three cases of `shared/anchors/bench_dice.py`,
+//! the losses, and the fused/generic switch.
+
+#![allow(dead_code, missing_docs)]
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Int, Tensor};
+use burn_dice::{
+    Activation, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, DiceTarget,
+    GeneralizedDiceLossConfig, TverskyLossConfig,
+};
+
+/// One of the anchor's three inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// a) sigmoid, dense 0/1 target, `[8, 1, 256, 256]`.
+    SigmoidDense,
+    /// b) softmax, class-index target, `[8, 4, 128, 128]`.
+    SoftmaxIndices,
+    /// c) softmax, class-index target, `[2, 4, 64, 64, 64]`.
+    SoftmaxIndices3d,
+}
+
+impl Case {
+    pub const ALL: [Case; 3] = [
+        Case::SigmoidDense,
+        Case::SoftmaxIndices,
+        Case::SoftmaxIndices3d,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::SigmoidDense => "a sigmoid dense [8,1,256,256]",
+            Case::SoftmaxIndices => "b softmax indices [8,4,128,128]",
+            Case::SoftmaxIndices3d => "c softmax indices 3-D [2,4,64,64,64]",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Case::SigmoidDense => "a",
+            Case::SoftmaxIndices => "b",
+            Case::SoftmaxIndices3d => "c",
+        }
+    }
+
+    pub fn activation(self) -> Activation {
+        match self {
+            Case::SigmoidDense => Activation::Sigmoid,
+            _ => Activation::Softmax,
+        }
+    }
+
+    /// Logits elements.
+    pub fn elements(self) -> usize {
+        match self {
+            Case::SigmoidDense => 8 * 256 * 256,
+            Case::SoftmaxIndices => 8 * 4 * 128 * 128,
+            Case::SoftmaxIndices3d => 2 * 4 * 64 * 64 * 64,
+        }
+    }
+}
+
+/// The losses benchmarked, each configured as MONAI's defaults for the case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    Dice,
+    GeneralizedDice,
+    Tversky,
+    DiceCe,
+    DiceFocal,
+}
+
+impl Loss {
+    pub const ALL: [Loss; 5] = [
+        Loss::Dice,
+        Loss::GeneralizedDice,
+        Loss::Tversky,
+        Loss::DiceCe,
+        Loss::DiceFocal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Dice => "DiceLoss",
+            Loss::GeneralizedDice => "GeneralizedDiceLoss",
+            Loss::Tversky => "TverskyLoss",
+            Loss::DiceCe => "DiceCELoss",
+            Loss::DiceFocal => "DiceFocalLoss",
+        }
+    }
+}
+
+/// The input and target of a case, seeded.
+pub struct Inputs<B: Backend, const D: usize> {
+    pub logits: Tensor<B, D>,
+    pub target: DiceTarget<B, D>,
+}
+
+pub fn inputs<B: Backend, const D: usize>(case: Case, device: &B::Device) -> Inputs<B, D> {
+    B::seed(device, 1234);
+    let dims: Vec<usize> = match case {
+        Case::SigmoidDense => vec![8, 1, 256, 256],
+        Case::SoftmaxIndices => vec![8, 4, 128, 128],
+        Case::SoftmaxIndices3d => vec![2, 4, 64, 64, 64],
+    };
+    assert_eq!(dims.len(), D, "rank of {case:?}");
+    let shape: [usize; D] = dims.clone().try_into().expect("rank checked");
+    let logits = Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let target = match case {
+        Case::SigmoidDense => {
+            DiceTarget::Dense(Tensor::random(shape, Distribution::Bernoulli(0.5), device))
+        }
+        _ => {
+            let mut label_shape = shape;
+            label_shape[1] = 1;
+            DiceTarget::Indices(
+                Tensor::<B, D>::random(label_shape, Distribution::Uniform(0.0, 4.0), device)
+                    .floor()
+                    .int(),
+            )
+        }
+    };
+    Inputs { logits, target }
+}
+
+fn target_clone<B: Backend, const D: usize>(t: &DiceTarget<B, D>) -> DiceTarget<B, D> {
+    match t {
+        DiceTarget::Dense(t) => DiceTarget::Dense(t.clone()),
+        DiceTarget::Indices(t) => DiceTarget::Indices(Tensor::<B, D, Int>::clone(t)),
+    }
+}
+
+/// A loss function of the case, ready to call on logits.
+pub type LossFn<B, const D: usize> = Box<dyn Fn(Tensor<B, D>) -> Tensor<B, 1>>;
+
+pub fn loss_fn<B: Backend, const D: usize>(
+    loss: Loss,
+    case: Case,
+    target: &DiceTarget<B, D>,
+    device: &B::Device,
+) -> LossFn<B, D> {
+    let dice = DiceLossConfig::new().with_activation(case.activation());
+    let t = target_clone(target);
+    match loss {
+        Loss::Dice => {
+            let l = dice.init::<B>(device);
+            Box::new(move |x| l.forward(x, target_clone(&t)))
+        }
+        Loss::GeneralizedDice => {
+            let l = GeneralizedDiceLossConfig::new()
+                .with_activation(case.activation())
+                .init::<B>(device);
+            Box::new(move |x| l.forward(x, target_clone(&t)))
+        }
+        Loss::Tversky => {
+            let l = TverskyLossConfig::new()
+                .with_activation(case.activation())
+                .init::<B>(device);
+            Box::new(move |x| l.forward(x, target_clone(&t)))
+        }
+        Loss::DiceCe => {
+            let l = DiceCELossConfig::new().with_dice(dice).init::<B>(device);
+            Box::new(move |x| l.forward(x, target_clone(&t)))
+        }
+        Loss::DiceFocal => {
+            let l = DiceFocalLossConfig::new().with_dice(dice).init::<B>(device);
+            Box::new(move |x| l.forward(x, target_clone(&t)))
+        }
+    }
+}
+
+/// Forward only (the input does not require a gradient), waiting for the value.
+pub fn forward<B: Backend, const D: usize>(f: &LossFn<B, D>, x: &Tensor<B, D>) -> f32 {
+    f(x.clone()).into_scalar().elem()
+}
+
+/// Forward and backward with respect to the input.
+pub fn forward_backward<B: AutodiffBackend, const D: usize>(
+    f: &LossFn<B, D>,
+    x: &Tensor<B, D>,
+) -> B::Gradients {
+    let x = x.clone().require_grad();
+    f(x).backward()
+}
+
+use burn::tensor::ElementConversion;

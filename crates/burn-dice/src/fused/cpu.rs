@@ -1,0 +1,544 @@
+//! The fused statistics on burn-ndarray and burn-flex: raw data access, the autodiff operation
+//! with its custom backward, and the run-time choice of backend.
+
+use std::any::{Any, TypeId};
+use std::borrow::Cow;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Element, Int, Tensor, TensorData, TensorPrimitive};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::Autodiff;
+use burn_flex::{Flex, FlexTensor};
+use burn_ndarray::{NdArray, NdArrayTensor};
+
+use super::kernel::{self, Labels, Problem, Target};
+use crate::activation::Activation;
+use crate::target::{FlatTarget, PreparedTarget};
+
+/// Integer labels borrowed or copied out of a backend tensor.
+#[derive(Debug)]
+enum LabelData<'a> {
+    I64(Cow<'a, [i64]>),
+    I32(Cow<'a, [i32]>),
+}
+
+impl LabelData<'_> {
+    fn as_labels(&self) -> Labels<'_> {
+        match self {
+            LabelData::I64(v) => Labels::I64(v),
+            LabelData::I32(v) => Labels::I32(v),
+        }
+    }
+}
+
+/// A CPU backend whose tensors can be read as row-major slices.
+trait CpuBackend: Backend {
+    /// The `f32` elements in row-major order (borrowed when contiguous); `None` for other dtypes.
+    fn floats(t: &Self::FloatTensorPrimitive) -> Option<Cow<'_, [f32]>>;
+    /// The integer elements in row-major order; `None` for other dtypes.
+    fn ints(t: &Self::IntTensorPrimitive) -> Option<LabelData<'_>>;
+    /// A new `f32` tensor owning `values`.
+    fn from_floats(values: Vec<f32>, shape: &[usize]) -> Self::FloatTensorPrimitive;
+}
+
+/// The elements of a burn-ndarray storage in row-major order, borrowed when contiguous.
+macro_rules! ndarray_slice {
+    ($storage:expr) => {{
+        let view = $storage.view();
+        match view.to_slice() {
+            Some(slice) => Cow::Borrowed(slice),
+            None => Cow::Owned(view.iter().copied().collect()),
+        }
+    }};
+}
+
+impl CpuBackend for NdArray<f32> {
+    fn floats(t: &NdArrayTensor) -> Option<Cow<'_, [f32]>> {
+        match t {
+            NdArrayTensor::F32(s) => Some(ndarray_slice!(s)),
+            _ => None,
+        }
+    }
+
+    fn ints(t: &NdArrayTensor) -> Option<LabelData<'_>> {
+        match t {
+            NdArrayTensor::I64(s) => Some(LabelData::I64(ndarray_slice!(s))),
+            NdArrayTensor::I32(s) => Some(LabelData::I32(ndarray_slice!(s))),
+            _ => None,
+        }
+    }
+
+    fn from_floats(values: Vec<f32>, shape: &[usize]) -> NdArrayTensor {
+        NdArrayTensor::from_data(TensorData::new(values, shape.to_vec()))
+    }
+}
+
+fn flex_slice<E: Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [E]> {
+    match t.layout().contiguous_offsets() {
+        Some((start, end)) => Cow::Borrowed(&t.storage::<E>()[start..end]),
+        None => Cow::Owned(t.to_contiguous().storage::<E>().to_vec()),
+    }
+}
+
+impl CpuBackend for Flex {
+    fn floats(t: &FlexTensor) -> Option<Cow<'_, [f32]>> {
+        (t.dtype() == DType::F32).then(|| flex_slice::<f32>(t))
+    }
+
+    fn ints(t: &FlexTensor) -> Option<LabelData<'_>> {
+        match t.dtype() {
+            DType::I64 => Some(LabelData::I64(flex_slice::<i64>(t))),
+            DType::I32 => Some(LabelData::I32(flex_slice::<i32>(t))),
+            _ => None,
+        }
+    }
+
+    fn from_floats(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+    }
+}
+
+/// The target as primitives of the inner backend.
+#[derive(Debug, Clone)]
+enum TargetPrim<B: Backend> {
+    Dense(B::FloatTensorPrimitive),
+    Indices(B::IntTensorPrimitive),
+}
+
+/// Shape and options of one statistics problem.
+#[derive(Debug, Clone, Copy)]
+struct Spec {
+    dims: [usize; 3],
+    activation: Activation,
+    squared_pred: bool,
+}
+
+/// Runs `f` on the kernel problem of these primitives; `None` when some tensor is not `f32`
+/// (or not integer, for labels).
+fn with_problem<B: CpuBackend, R>(
+    x: &B::FloatTensorPrimitive,
+    target: &TargetPrim<B>,
+    valid: Option<&B::FloatTensorPrimitive>,
+    spec: Spec,
+    f: impl FnOnce(&Problem) -> R,
+) -> Option<R> {
+    let xs = B::floats(x)?;
+    let valid = match valid {
+        Some(v) => Some(B::floats(v)?),
+        None => None,
+    };
+    let (dense, labels) = match target {
+        TargetPrim::Dense(t) => (Some(B::floats(t)?), None),
+        TargetPrim::Indices(l) => (None, Some(B::ints(l)?)),
+    };
+    let target = match (&dense, &labels) {
+        (Some(t), _) => Target::Dense(t),
+        (_, Some(l)) => Target::Indices(l.as_labels()),
+        _ => unreachable!("one target kind"),
+    };
+    let [batch, classes, pixels] = spec.dims;
+    Some(f(&Problem {
+        x: &xs,
+        target,
+        valid: valid.as_deref(),
+        batch,
+        classes,
+        pixels,
+        activation: spec.activation,
+        squared_pred: spec.squared_pred,
+    }))
+}
+
+fn forward_inner<B: CpuBackend>(
+    x: &B::FloatTensorPrimitive,
+    target: &TargetPrim<B>,
+    valid: Option<&B::FloatTensorPrimitive>,
+    spec: Spec,
+) -> Option<B::FloatTensorPrimitive> {
+    let sums = with_problem::<B, _>(x, target, valid, spec, kernel::forward)?;
+    Some(B::from_floats(sums, &[3, spec.dims[0], spec.dims[1]]))
+}
+
+/// The custom backward of the fused statistics.
+#[derive(Debug)]
+struct StatsBackward;
+
+impl<B: CpuBackend> Backward<B, 1> for StatsBackward {
+    type State = (
+        B::FloatTensorPrimitive,
+        TargetPrim<B>,
+        Option<B::FloatTensorPrimitive>,
+        Spec,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [parent] = ops.parents;
+        let Some(parent) = parent else { return };
+        let (x, target, valid, spec) = ops.state;
+        let grad = B::floats(&grad).expect("the gradient of an f32 output is f32");
+        let dx = with_problem::<B, _>(&x, &target, valid.as_ref(), spec, |p| {
+            kernel::backward(p, &grad)
+        })
+        .expect("the forward pass read the same tensors");
+        grads.register::<B>(parent.id, B::from_floats(dx, &spec.dims));
+    }
+}
+
+/// Moves `value` into type `T` if it is one (the run-time backend choice).
+fn cast<S: 'static, T: 'static>(value: S) -> Result<T, S> {
+    let mut slot = Some(value);
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
+        Some(t) => Ok(t.take().expect("just filled")),
+        None => Err(slot.expect("not taken")),
+    }
+}
+
+fn split<B: Backend>(stacked: Tensor<B, 3>) -> [Tensor<B, 2>; 3] {
+    let [_, b, c] = stacked.dims();
+    [0, 1, 2].map(|s| stacked.clone().narrow(0, s, 1).reshape([b, c]))
+}
+
+/// The inner-backend primitives of the prepared tensors (of backend `B`, known to be `T` or
+/// `Autodiff<T>`).
+fn primitives<B: Backend, T: Backend>(
+    target: &PreparedTarget<B>,
+    float: impl Fn(Tensor<B, 3>) -> Option<T::FloatTensorPrimitive>,
+    int: impl Fn(Tensor<B, 3, Int>) -> Option<T::IntTensorPrimitive>,
+) -> Option<(TargetPrim<T>, Option<T::FloatTensorPrimitive>)> {
+    let target_prim = match &target.target {
+        FlatTarget::Dense(t) => TargetPrim::Dense(float(t.clone())?),
+        FlatTarget::Indices(l) => TargetPrim::Indices(int(l.clone())?),
+    };
+    let valid = match &target.valid {
+        Some(v) => Some(float(v.clone())?),
+        None => None,
+    };
+    Some((target_prim, valid))
+}
+
+/// `B` is the plain CPU backend `T`.
+fn plain<B: Backend, T: CpuBackend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    spec: Spec,
+) -> Option<[Tensor<B, 2>; 3]> {
+    if TypeId::of::<B>() != TypeId::of::<T>() {
+        return None;
+    }
+    let float = |t: Tensor<B, 3>| -> Option<T::FloatTensorPrimitive> {
+        let t: Tensor<T, 3> = cast(t).ok()?;
+        Some(t.into_primitive().tensor())
+    };
+    let int = |t: Tensor<B, 3, Int>| -> Option<T::IntTensorPrimitive> {
+        let t: Tensor<T, 3, Int> = cast(t).ok()?;
+        Some(t.into_primitive())
+    };
+    let (target, valid) = primitives::<B, T>(target, float, int)?;
+    let x = float(input.clone())?;
+    let out = forward_inner::<T>(&x, &target, valid.as_ref(), spec)?;
+    let out: Tensor<B, 3> =
+        cast(Tensor::<T, 3>::from_primitive(TensorPrimitive::Float(out))).ok()?;
+    Some(split(out))
+}
+
+/// `B` is `Autodiff<T>` (no checkpointing).
+fn autodiff<B: Backend, T: CpuBackend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    spec: Spec,
+) -> Option<[Tensor<B, 2>; 3]> {
+    type Ad<T> = Autodiff<T, NoCheckpointing>;
+    if TypeId::of::<B>() != TypeId::of::<Ad<T>>() {
+        return None;
+    }
+    // Gradients flow to the input only: a target or mask that requires a gradient takes the
+    // generic path.
+    let tracked = match &target.target {
+        FlatTarget::Dense(t) => t.is_require_grad(),
+        FlatTarget::Indices(_) => false,
+    } || target.valid.as_ref().is_some_and(|v| v.is_require_grad());
+    if tracked {
+        return None;
+    }
+    let float = |t: Tensor<B, 3>| -> Option<T::FloatTensorPrimitive> {
+        let t: Tensor<Ad<T>, 3> = cast(t).ok()?;
+        Some(t.into_primitive().tensor().primitive)
+    };
+    let int = |t: Tensor<B, 3, Int>| -> Option<T::IntTensorPrimitive> {
+        let t: Tensor<Ad<T>, 3, Int> = cast(t).ok()?;
+        Some(t.into_primitive())
+    };
+    let (target, valid) = primitives::<B, T>(target, float, int)?;
+    let x: Tensor<Ad<T>, 3> = cast(input.clone()).ok()?;
+    let x = x.into_primitive().tensor();
+    let out = forward_inner::<T>(&x.primitive, &target, valid.as_ref(), spec)?;
+    let out = match StatsBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, target, valid, spec), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    let out: Tensor<B, 3> = cast(Tensor::<Ad<T>, 3>::from_primitive(TensorPrimitive::Float(
+        out,
+    )))
+    .ok()?;
+    Some(split(out))
+}
+
+/// Runs `f` on the `f32` data of `t` if `B` is one of the CPU backends (plain or autodiff).
+fn float_data<B: Backend, const D: usize, R>(
+    t: &Tensor<B, D>,
+    f: impl Fn(&[f32]) -> R,
+) -> Option<R> {
+    fn plain<B: Backend, T: CpuBackend, const D: usize, R>(
+        t: &Tensor<B, D>,
+        f: &impl Fn(&[f32]) -> R,
+    ) -> Option<R> {
+        let t: Tensor<T, D> = cast(t.clone()).ok()?;
+        let p = t.into_primitive().tensor();
+        Some(f(&T::floats(&p)?))
+    }
+    fn ad<B: Backend, T: CpuBackend, const D: usize, R>(
+        t: &Tensor<B, D>,
+        f: &impl Fn(&[f32]) -> R,
+    ) -> Option<R> {
+        let t: Tensor<Autodiff<T, NoCheckpointing>, D> = cast(t.clone()).ok()?;
+        let p = t.into_primitive().tensor().primitive;
+        Some(f(&T::floats(&p)?))
+    }
+    ad::<B, Flex, D, R>(t, &f)
+        .or_else(|| ad::<B, NdArray<f32>, D, R>(t, &f))
+        .or_else(|| plain::<B, Flex, D, R>(t, &f))
+        .or_else(|| plain::<B, NdArray<f32>, D, R>(t, &f))
+}
+
+/// Runs `f` on the labels of `t` if `B` is one of the CPU backends (plain or autodiff).
+fn int_data<B: Backend, const D: usize, R>(
+    t: &Tensor<B, D, Int>,
+    f: impl Fn(Labels) -> R,
+) -> Option<R> {
+    fn plain<B: Backend, T: CpuBackend, const D: usize, R>(
+        t: &Tensor<B, D, Int>,
+        f: &impl Fn(Labels) -> R,
+    ) -> Option<R> {
+        let t: Tensor<T, D, Int> = cast(t.clone()).ok()?;
+        let p = t.into_primitive();
+        Some(f(T::ints(&p)?.as_labels()))
+    }
+    fn ad<B: Backend, T: CpuBackend, const D: usize, R>(
+        t: &Tensor<B, D, Int>,
+        f: &impl Fn(Labels) -> R,
+    ) -> Option<R> {
+        let t: Tensor<Autodiff<T, NoCheckpointing>, D, Int> = cast(t.clone()).ok()?;
+        let p = t.into_primitive();
+        Some(f(T::ints(&p)?.as_labels()))
+    }
+    ad::<B, Flex, D, R>(t, &f)
+        .or_else(|| ad::<B, NdArray<f32>, D, R>(t, &f))
+        .or_else(|| plain::<B, Flex, D, R>(t, &f))
+        .or_else(|| plain::<B, NdArray<f32>, D, R>(t, &f))
+}
+
+/// See [`super::all_finite`].
+pub(super) fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<bool> {
+    float_data(t, kernel::all_finite)
+}
+
+/// See [`super::labels_in_range`].
+pub(super) fn labels_in_range<B: Backend, const D: usize>(
+    t: &Tensor<B, D, Int>,
+    classes: usize,
+    ignore: Option<usize>,
+) -> Option<bool> {
+    int_data(t, |l| kernel::labels_in_range(l, classes, ignore))
+}
+
+/// See [`super::class_stats`].
+pub(super) fn class_stats<B: Backend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    activation: Activation,
+    squared_pred: bool,
+) -> Option<[Tensor<B, 2>; 3]> {
+    let spec = Spec {
+        dims: input.dims(),
+        activation,
+        squared_pred,
+    };
+    if spec.dims.contains(&0) {
+        return None;
+    }
+    autodiff::<B, Flex>(input, target, spec)
+        .or_else(|| autodiff::<B, NdArray<f32>>(input, target, spec))
+        .or_else(|| plain::<B, Flex>(input, target, spec))
+        .or_else(|| plain::<B, NdArray<f32>>(input, target, spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fused::generic_only;
+    use crate::{DiceLossConfig, GeneralizedDiceLossConfig, TverskyLossConfig};
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type LossOf<B> = Box<dyn Fn(Tensor<B, 4>) -> Tensor<B, 1>>;
+
+    /// Loss and input gradient of `f` with the fused kernels and with the generic path.
+    fn both<B: AutodiffBackend>(
+        f: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 1>,
+        x: &Tensor<B, 4>,
+    ) -> [(TensorData, TensorData); 2] {
+        let run = || {
+            let x = x.clone().detach().require_grad();
+            let loss = f(x.clone());
+            let grads = loss.backward();
+            (
+                loss.into_data(),
+                x.grad(&grads).expect("tracked").into_data(),
+            )
+        };
+        [run(), generic_only(run)]
+    }
+
+    fn compare_on<B: AutodiffBackend>() {
+        let device = Default::default();
+        let x = Tensor::<B, 4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 2.0), &device);
+        let dense = Tensor::<B, 4>::random([2, 3, 5, 7], Distribution::Bernoulli(0.4), &device);
+        let labels =
+            Tensor::<B, 4, Int>::random([2, 1, 5, 7], Distribution::Uniform(0.0, 4.0), &device);
+        // Label 3 is ignored below.
+        let mask = Tensor::<B, 4>::random([2, 1, 5, 7], Distribution::Bernoulli(0.7), &device);
+        let mut cases: Vec<(String, LossOf<B>)> = Vec::new();
+        for activation in [Activation::None, Activation::Sigmoid, Activation::Softmax] {
+            for squared_pred in [false, true] {
+                let config = DiceLossConfig::new()
+                    .with_activation(activation)
+                    .with_squared_pred(squared_pred);
+                let (d, l, m) = (dense.clone(), labels.clone(), mask.clone());
+                let c = config.clone();
+                cases.push((
+                    format!("{activation:?} sq={squared_pred} dense"),
+                    Box::new(move |x| c.init(&x.device()).forward(x, d.clone())),
+                ));
+                let c = config.clone().with_ignore_index(Some(3));
+                cases.push((
+                    format!("{activation:?} sq={squared_pred} indices+ignore"),
+                    Box::new(move |x| c.init(&x.device()).forward(x, l.clone())),
+                ));
+                let c = config
+                    .clone()
+                    .with_batch(true)
+                    .with_include_background(false);
+                let d = dense.clone();
+                cases.push((
+                    format!("{activation:?} sq={squared_pred} dense masked batch"),
+                    Box::new(move |x| c.init(&x.device()).forward_masked(x, d.clone(), m.clone())),
+                ));
+            }
+        }
+        let l = labels.clone();
+        cases.push((
+            "generalized".into(),
+            Box::new(move |x| {
+                GeneralizedDiceLossConfig::new()
+                    .with_activation(Activation::Softmax)
+                    .with_ignore_index(Some(3))
+                    .init(&x.device())
+                    .forward(x, l.clone())
+            }),
+        ));
+        let d = dense.clone();
+        cases.push((
+            "tversky".into(),
+            Box::new(move |x| {
+                TverskyLossConfig::new()
+                    .with_activation(Activation::Sigmoid)
+                    .with_alpha(0.3)
+                    .with_beta(0.7)
+                    .init(&x.device())
+                    .forward(x, d.clone())
+            }),
+        ));
+        for (name, f) in &cases {
+            // Printed with the failure message of the comparison below.
+            println!("case: {name}");
+            let [(loss, grad), (loss_ref, grad_ref)] = both::<B>(f.as_ref(), &x);
+            let tol = Tolerance::absolute(2e-6).set_relative(1e-5);
+            loss.assert_approx_eq::<f32>(&loss_ref, tol);
+            grad.assert_approx_eq::<f32>(&grad_ref, tol);
+        }
+    }
+
+    #[test]
+    fn fused_equals_generic_on_autodiff_ndarray() {
+        compare_on::<Autodiff<NdArray<f32>>>();
+    }
+
+    #[test]
+    fn fused_equals_generic_on_autodiff_flex() {
+        compare_on::<Autodiff<Flex>>();
+    }
+
+    fn dispatch_on<B: Backend>() -> (bool, bool) {
+        let device = Default::default();
+        let x = Tensor::<B, 3>::ones([1, 2, 3], &device);
+        let target = PreparedTarget {
+            target: FlatTarget::Indices(Tensor::zeros([1, 1, 3], &device)),
+            valid: None,
+        };
+        let fused = crate::fused::class_stats(&x, &target, Activation::Softmax, false);
+        let generic = generic_only(|| {
+            crate::fused::class_stats(&x, &target, Activation::Softmax, false).is_some()
+        });
+        if let Some([i, p, t]) = &fused {
+            // Softmax of equal logits: p = 1/2 everywhere; three pixels of class 0.
+            let expect = |t: &Tensor<B, 2>, v: [f32; 2]| {
+                t.to_data()
+                    .assert_approx_eq::<f32>(&TensorData::from([v]), Tolerance::absolute(1e-6))
+            };
+            expect(i, [1.5, 0.0]);
+            expect(p, [1.5, 1.5]);
+            expect(t, [3.0, 0.0]);
+        }
+        (fused.is_some(), generic)
+    }
+
+    #[test]
+    fn the_fused_path_is_taken_exactly_on_the_cpu_backends() {
+        assert_eq!(dispatch_on::<NdArray<f32>>(), (true, false));
+        assert_eq!(dispatch_on::<Flex>(), (true, false));
+        assert_eq!(dispatch_on::<Autodiff<NdArray<f32>>>(), (true, false));
+        assert_eq!(dispatch_on::<Autodiff<Flex>>(), (true, false));
+        // Other checkpointing strategies take the generic path.
+        type Balanced =
+            Autodiff<NdArray<f32>, burn_autodiff::checkpoint::strategy::BalancedCheckpointing>;
+        assert_eq!(dispatch_on::<Balanced>(), (false, false));
+    }
+}
+
+#[cfg(test)]
+mod borrow_tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn borrowed<T: CpuBackend>() -> bool {
+        let device = Default::default();
+        let x = Tensor::<T, 4>::random([2, 3, 4, 5], Distribution::Default, &device)
+            .reshape([2, 3, 20]);
+        let p = x.into_primitive().tensor();
+        matches!(T::floats(&p), Some(Cow::Borrowed(_)))
+    }
+
+    #[test]
+    fn contiguous_data_is_read_in_place() {
+        assert!(borrowed::<Flex>(), "flex");
+        assert!(borrowed::<NdArray<f32>>(), "ndarray");
+    }
+}
