@@ -9,7 +9,7 @@ use crate::data::mri::{Mri, MriTask, DEFAULT_DIR};
 use crate::data::shapes::Shapes;
 use crate::data::SegmentationData;
 use crate::model::Upsampling;
-use crate::training::LossKind;
+use crate::training::{LossKind, LrSchedule};
 
 /// U-Net segmentation with burn-dice.
 #[derive(Parser, Debug)]
@@ -78,10 +78,10 @@ pub struct DataArgs {
     #[arg(long)]
     pub size: Option<usize>,
     /// shapes: number of training images.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 2048)]
     pub train_images: usize,
     /// shapes: number of validation images.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 256)]
     pub valid_images: usize,
     /// mri: task.
     #[arg(long, value_enum, default_value_t = TaskArg::Brain)]
@@ -168,14 +168,17 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Epochs.
-    #[arg(long, default_value_t = 14)]
+    #[arg(long, default_value_t = 6)]
     pub epochs: usize,
     /// Batch size.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 2e-3)]
+    /// Adam learning rate (the peak of the cosine schedule).
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
+    /// Learning-rate schedule over the run.
+    #[arg(long, value_enum, default_value_t = LrSchedule::Cosine)]
+    pub lr_schedule: LrSchedule,
     /// Loss.
     #[arg(long, value_enum, default_value_t = LossKind::DiceCe)]
     pub loss: LossKind,

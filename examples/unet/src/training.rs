@@ -9,6 +9,7 @@ use std::time::Instant;
 use burn::config::Config;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
+use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::module::Module;
 use burn::optim::AdamConfig;
 use burn::record::CompactRecorder;
@@ -47,6 +48,16 @@ pub enum LossKind {
     DiceFocal,
 }
 
+/// How the learning rate moves over the run.
+#[derive(Config, Debug, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LrSchedule {
+    /// The learning rate throughout.
+    Constant,
+    /// Cosine annealing (Loshchilov & Hutter, "SGDR", ICLR 2017) from the learning rate down to
+    /// 1/50 of it at the last step of the last epoch, without restarts.
+    Cosine,
+}
+
 /// Everything that defines a run; saved as `config.json` in the output folder.
 #[derive(Config, Debug)]
 pub struct TrainConfig {
@@ -65,8 +76,11 @@ pub struct TrainConfig {
     #[config(default = 8)]
     pub batch_size: usize,
     /// Adam learning rate.
-    #[config(default = 2e-3)]
+    #[config(default = 3e-3)]
     pub learning_rate: f64,
+    /// Learning-rate schedule.
+    #[config(default = "LrSchedule::Cosine")]
+    pub lr_schedule: LrSchedule,
     /// Augment training samples.
     #[config(default = false)]
     pub augment: bool,
@@ -245,6 +259,7 @@ pub fn train<B: AutodiffBackend>(
         config.class_names
     );
     let preview: Vec<_> = splits.valid.iter().take(4).cloned().collect();
+    let train_len = splits.train.len();
     let train_loader = DataLoaderBuilder::new(SegBatcher::new(
         config.augment,
         config.ignore_index,
@@ -281,6 +296,16 @@ pub fn train<B: AutodiffBackend>(
     }
     let model = SegModel::<B>::new(&config, device);
     let optimizer = AdamConfig::new().init();
+    let steps = config.epochs * train_len.div_ceil(config.batch_size);
+    let min_lr = match config.lr_schedule {
+        LrSchedule::Constant => config.learning_rate,
+        LrSchedule::Cosine => config.learning_rate / 50.0,
+    };
+    // One scheduler type for both: a cosine from `lr` to `lr` is the constant.
+    let scheduler = CosineAnnealingLrSchedulerConfig::new(config.learning_rate, steps.max(1))
+        .with_min_lr(min_lr)
+        .init()
+        .map_err(|e| format!("--lr {}: {e}", config.learning_rate))?;
     // burn-train 0.21 logs the first epoch of a resumed run as `epoch-1` (its event store has
     // not seen an epoch end yet), overwriting the first epoch's logs, and the later epochs under
     // their real numbers: set the earlier logs aside and renumber after the run.
@@ -288,7 +313,7 @@ pub fn train<B: AutodiffBackend>(
         set_logs_aside(out)?;
     }
     let start = Instant::now();
-    let result = training.launch(Learner::new(model, optimizer, config.learning_rate));
+    let result = training.launch(Learner::new(model, optimizer, scheduler));
     if let Some(epoch) = resume_from {
         merge_resumed_logs(out, epoch)?;
     }
