@@ -139,7 +139,7 @@ pub(crate) fn prepare_with<B: Backend, const D: usize>(
         checks.finish();
     }
     Prepared {
-        input: input.reshape(flat_dims(&dims)),
+        input: crate::fused::reshape(input, flat_dims(&dims)),
         target,
     }
 }
@@ -177,7 +177,7 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
                 checks.finite("target", t.clone());
             }
             PreparedTarget {
-                target: FlatTarget::Dense(t.reshape([b, c, s])),
+                target: FlatTarget::Dense(crate::fused::reshape(t, [b, c, s])),
                 valid: None,
             }
         }
@@ -218,7 +218,7 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
                 };
                 checks.add(bad, detail);
             }
-            let y = y.reshape([b, 1, s]);
+            let y = crate::fused::reshape_int(y, [b, 1, s]);
             let (y, valid) = match ignore_index {
                 Some(ii) => {
                     let ignored = y.clone().equal_elem(ii as i64);

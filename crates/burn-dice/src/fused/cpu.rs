@@ -5,6 +5,8 @@ use std::any::{Any, TypeId};
 use std::borrow::Cow;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::TensorMetadata;
 use burn::tensor::{DType, Element, Int, Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
@@ -359,6 +361,103 @@ pub(super) fn labels_in_range<B: Backend, const D: usize>(
     int_data(t, |l| kernel::labels_in_range(l, classes, ignore))
 }
 
+/// burn-ndarray 0.21 copies the data on every reshape (`to_shape(..).into_shared()`); a
+/// contiguous array only needs new dimensions over the same shared buffer.
+fn ndarray_reshape(t: NdArrayTensor, shape: &[usize]) -> NdArrayTensor {
+    macro_rules! zero_copy {
+        ($($variant:ident),*) => {
+            match t {
+                $(NdArrayTensor::$variant(s) => {
+                    let array = s.into_shared();
+                    if array.is_standard_layout() {
+                        if let Ok(reshaped) = array.clone().into_shape_with_order(shape.to_vec()) {
+                            return reshaped.into();
+                        }
+                    }
+                    NdArray::<f32>::float_reshape(array.into(), shape.into())
+                })*
+                other => NdArray::<f32>::float_reshape(other, shape.into()),
+            }
+        };
+    }
+    zero_copy!(F32, I64, I32)
+}
+
+/// The autodiff reshape of [`ndarray_reshape`]: the gradient is reshaped back the same way.
+#[derive(Debug)]
+struct ReshapeBackward;
+
+impl Backward<NdArray<f32>, 1> for ReshapeBackward {
+    type State = Vec<usize>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<NdArray<f32>>(&ops.node);
+        let [parent] = ops.parents;
+        if let Some(parent) = parent {
+            grads.register::<NdArray<f32>>(parent.id, ndarray_reshape(grad, &ops.state));
+        }
+    }
+}
+
+/// `t.reshape(shape)` without burn-ndarray's copy, where `B` is `NdArray<f32>` (plain or under
+/// `Autodiff`); `Err(t)` for every other backend.
+pub(super) fn reshape<B: Backend, const D: usize, const D2: usize>(
+    t: Tensor<B, D>,
+    shape: [usize; D2],
+) -> Result<Tensor<B, D2>, Tensor<B, D>> {
+    type Nd = NdArray<f32>;
+    type AdNd = Autodiff<Nd, NoCheckpointing>;
+    let t = match cast::<Tensor<B, D>, Tensor<Nd, D>>(t) {
+        Ok(t) => {
+            let out = ndarray_reshape(t.into_primitive().tensor(), &shape);
+            let out = Tensor::<Nd, D2>::from_primitive(TensorPrimitive::Float(out));
+            return Ok(cast(out).expect("B is NdArray<f32>"));
+        }
+        Err(t) => t,
+    };
+    let t = match cast::<Tensor<B, D>, Tensor<AdNd, D>>(t) {
+        Ok(t) => {
+            let x = t.into_primitive().tensor();
+            let original = x.primitive.shape().dims::<D>().to_vec();
+            let out = ndarray_reshape(x.primitive.clone(), &shape);
+            let out = match ReshapeBackward
+                .prepare::<NoCheckpointing>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(original, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            };
+            let out = Tensor::<AdNd, D2>::from_primitive(TensorPrimitive::Float(out));
+            return Ok(cast(out).expect("B is Autodiff<NdArray<f32>>"));
+        }
+        Err(t) => t,
+    };
+    Err(t)
+}
+
+/// [`reshape`] for integer tensors (no autodiff node: integer tensors carry no gradient).
+pub(super) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
+    t: Tensor<B, D, Int>,
+    shape: [usize; D2],
+) -> Result<Tensor<B, D2, Int>, Tensor<B, D, Int>> {
+    fn on<
+        B: Backend,
+        T: Backend<IntTensorPrimitive = NdArrayTensor>,
+        const D: usize,
+        const D2: usize,
+    >(
+        t: Tensor<B, D, Int>,
+        shape: [usize; D2],
+    ) -> Result<Tensor<B, D2, Int>, Tensor<B, D, Int>> {
+        let t: Tensor<T, D, Int> = cast(t)?;
+        let out = Tensor::<T, D2, Int>::from_primitive(ndarray_reshape(t.into_primitive(), &shape));
+        Ok(cast(out).expect("same backend"))
+    }
+    on::<B, NdArray<f32>, D, D2>(t, shape)
+        .or_else(|t| on::<B, Autodiff<NdArray<f32>, NoCheckpointing>, D, D2>(t, shape))
+}
+
 /// See [`super::class_stats`].
 pub(super) fn class_stats<B: Backend>(
     input: &Tensor<B, 3>,
@@ -410,6 +509,9 @@ mod tests {
     fn compare_on<B: AutodiffBackend>() {
         let device = Default::default();
         let x = Tensor::<B, 4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 2.0), &device);
+        // Without an activation the input is a probability map: logits of either sign would
+        // make `P` cancel towards 0 and the ratio ill-conditioned in f32.
+        let probs = Tensor::<B, 4>::random([2, 3, 5, 7], Distribution::Uniform(0.05, 1.0), &device);
         let dense = Tensor::<B, 4>::random([2, 3, 5, 7], Distribution::Bernoulli(0.4), &device);
         let labels =
             Tensor::<B, 4, Int>::random([2, 1, 5, 7], Distribution::Uniform(0.0, 4.0), &device);
@@ -469,7 +571,8 @@ mod tests {
         for (name, f) in &cases {
             // Printed with the failure message of the comparison below.
             println!("case: {name}");
-            let [(loss, grad), (loss_ref, grad_ref)] = both::<B>(f.as_ref(), &x);
+            let input = if name.starts_with("None") { &probs } else { &x };
+            let [(loss, grad), (loss_ref, grad_ref)] = both::<B>(f.as_ref(), input);
             let tol = Tolerance::absolute(2e-6).set_relative(1e-5);
             loss.assert_approx_eq::<f32>(&loss_ref, tol);
             grad.assert_approx_eq::<f32>(&grad_ref, tol);
@@ -540,5 +643,49 @@ mod borrow_tests {
     fn contiguous_data_is_read_in_place() {
         assert!(borrowed::<Flex>(), "flex");
         assert!(borrowed::<NdArray<f32>>(), "ndarray");
+    }
+}
+
+#[cfg(test)]
+mod reshape_tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type Ad = Autodiff<NdArray<f32>>;
+
+    #[test]
+    fn ndarray_reshape_matches_burns_with_gradients() {
+        let device = Default::default();
+        let base = Tensor::<Ad, 4>::random([2, 3, 4, 5], Distribution::Default, &device);
+        let weights = Tensor::<Ad, 3>::random([2, 3, 20], Distribution::Default, &device);
+        // Contiguous, and a permuted (non-contiguous) view that must fall back to a copy.
+        for permuted in [false, true] {
+            // Value and input gradient of `weights · reshape(x)`, one graph per call.
+            let run = |ours: bool| {
+                let x = base.clone().detach().require_grad();
+                let input = if permuted {
+                    x.clone().swap_dims(2, 3)
+                } else {
+                    x.clone()
+                };
+                let y = if ours {
+                    reshape(input, [2, 3, 20]).expect("ndarray handled")
+                } else {
+                    input.reshape([2, 3, 20])
+                };
+                let value = y.to_data();
+                let grads = (y * weights.clone()).sum().backward();
+                (value, x.grad(&grads).expect("tracked").to_data())
+            };
+            let ((v, g), (v_ref, g_ref)) = (run(true), run(false));
+            v.assert_approx_eq::<f32>(&v_ref, Tolerance::absolute(0.0));
+            g.assert_approx_eq::<f32>(&g_ref, Tolerance::absolute(0.0));
+        }
+        let labels = Tensor::<Ad, 1, Int>::arange(0..120, &device).reshape([2, 3, 4, 5]);
+        let flat = reshape_int(labels.clone(), [2, 3, 20]).expect("ndarray handled");
+        assert_eq!(flat.to_data(), labels.reshape([2, 3, 20]).to_data());
+        // Other backends are left to burn.
+        let flex = Tensor::<Flex, 2>::zeros([2, 3], &Default::default());
+        assert!(reshape(flex, [6]).is_err());
     }
 }

@@ -25,6 +25,10 @@
 //! comparison, a reduction and a read-back; on a failure the generic check runs to build the
 //! same error message.
 //!
+//! burn-ndarray 0.21 copies the data on every `reshape`; flattening the input, the target and
+//! (on the way back) the gradient to `[batch, class, pixels]` therefore cost three copies of the
+//! input. burn-dice re-views a contiguous ndarray buffer instead, with its own autodiff node.
+//!
 //! Memory: the forward pass allocates only the `[3, batch, class]` result; the backward pass
 //! allocates the input's gradient (which autodiff needs anyway) and keeps no activation.
 
@@ -122,4 +126,38 @@ pub(crate) fn labels_in_range<B: Backend, const D: usize>(
         let _ = (t, classes, ignore);
         None
     }
+}
+
+/// `t.reshape(shape)`, without the data copy burn-ndarray 0.21 makes on every reshape when the
+/// data is contiguous (plain or autodiff `NdArray<f32>`, the gradient reshaped back the same
+/// way); burn's `reshape` everywhere else.
+pub(crate) fn reshape<B: Backend, const D: usize, const D2: usize>(
+    t: Tensor<B, D>,
+    shape: [usize; D2],
+) -> Tensor<B, D2> {
+    #[cfg(feature = "cpu-kernels")]
+    let t = match fused_enabled() {
+        true => match cpu::reshape(t, shape) {
+            Ok(out) => return out,
+            Err(t) => t,
+        },
+        false => t,
+    };
+    t.reshape(shape)
+}
+
+/// [`reshape`] for class indices.
+pub(crate) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
+    t: Tensor<B, D, Int>,
+    shape: [usize; D2],
+) -> Tensor<B, D2, Int> {
+    #[cfg(feature = "cpu-kernels")]
+    let t = match fused_enabled() {
+        true => match cpu::reshape_int(t, shape) {
+            Ok(out) => return out,
+            Err(t) => t,
+        },
+        false => t,
+    };
+    t.reshape(shape)
 }
