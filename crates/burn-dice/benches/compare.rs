@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use burn_dice::fused::generic_only;
-use common::{forward, forward_backward, inputs, loss_fn, Case, Loss};
+use common::{forward, forward_backward, inputs, loss_fn, on_path, Case, Loss};
 
 /// Counts live heap bytes and their peak.
 struct Counting;
@@ -179,24 +178,17 @@ fn case_on<B: AutodiffBackend, const D: usize>(
     for &loss in losses {
         let f = loss_fn::<B, D>(loss, case, &data.target, &device);
         for &generic in &args.paths {
-            let within = |body: &mut dyn FnMut()| {
-                if generic {
-                    generic_only(body)
-                } else {
-                    body()
-                }
-            };
             let mut value = 0.0;
             let (fwd_ms, _) = time(args.runs, args.warmup, || {
-                within(&mut || value = forward(&f, &data.logits))
+                on_path(generic, &mut || value = forward(&f, &data.logits))
             });
             let (fwd_bwd_ms, faults) = time(args.runs, args.warmup, || {
-                within(&mut || drop(forward_backward(&f, &data.logits)))
+                on_path(generic, &mut || drop(forward_backward(&f, &data.logits)))
             });
             // Peak extra heap bytes of one forward+backward, the gradients included.
             let before = LIVE.load(Ordering::Relaxed);
             PEAK.store(before, Ordering::Relaxed);
-            within(&mut || drop(forward_backward(&f, &data.logits)));
+            on_path(generic, &mut || drop(forward_backward(&f, &data.logits)));
             let peak = PEAK.load(Ordering::Relaxed) - before;
             let row = Row {
                 backend: backend.into(),

@@ -14,8 +14,7 @@ mod common;
 use std::time::Duration;
 
 use burn::tensor::backend::AutodiffBackend;
-use burn_dice::fused::generic_only;
-use common::{forward, forward_backward, inputs, loss_fn, Case, Loss};
+use common::{forward, forward_backward, inputs, loss_fn, on_path, Case, Loss};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn case_on<B: AutodiffBackend, const D: usize>(c: &mut Criterion, backend: &str, case: Case) {
@@ -34,22 +33,15 @@ fn case_on<B: AutodiffBackend, const D: usize>(c: &mut Criterion, backend: &str,
         };
         for &generic in paths {
             let path = if generic { "generic" } else { "fused" };
-            let run = |body: &mut dyn FnMut()| {
-                if generic {
-                    generic_only(body)
-                } else {
-                    body()
-                }
-            };
             group.bench_function(format!("{}/{path}/fwd", loss.name()), |b| {
                 b.iter(|| {
-                    run(&mut || {
+                    on_path(generic, &mut || {
                         std::hint::black_box(forward(&f, &data.logits));
                     })
                 })
             });
             group.bench_function(format!("{}/{path}/fwd+bwd", loss.name()), |b| {
-                b.iter(|| run(&mut || drop(forward_backward(&f, &data.logits))))
+                b.iter(|| on_path(generic, &mut || drop(forward_backward(&f, &data.logits))))
             });
         }
     }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
@@ -30,6 +31,32 @@ pub const PALETTE: [[u8; 3]; 8] = [
     [250, 130, 30],
 ];
 
+/// A chart over epochs on `area`, its mesh drawn, for one panel of `curves.png`.
+fn epoch_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    epochs: usize,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let err = |e: &dyn std::fmt::Display| format!("curves.png: {e}");
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .x_labels(epochs)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(|e| err(&e))?;
+    Ok(chart)
+}
+
 /// Draws the training curves: losses (left) and validation Dice, mean and per class (right).
 pub fn curves(path: &Path, rows: &[EpochRow], class_names: &[String]) -> Result<(), String> {
     ensure_font();
@@ -45,21 +72,8 @@ pub fn curves(path: &Path, rows: &[EpochRow], class_names: &[String]) -> Result<
         .fold(0.0f64, f64::max)
         .max(1e-3)
         * 1.1;
-    let mut chart = ChartBuilder::on(&left)
-        .caption("loss", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(1f64..n, 0f64..max_loss)
-        .map_err(|e| err(&e))?;
     let epochs = rows.len().clamp(2, 10);
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .x_labels(epochs)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = epoch_chart(&left, "loss", 1f64..n, 0f64..max_loss, epochs)?;
     for (label, color, pick) in [
         (
             "train",
@@ -87,20 +101,7 @@ pub fn curves(path: &Path, rows: &[EpochRow], class_names: &[String]) -> Result<
         .draw()
         .map_err(|e| err(&e))?;
 
-    let mut chart = ChartBuilder::on(&right)
-        .caption("validation Dice", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(1f64..n, 0f64..1f64)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .x_labels(epochs)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = epoch_chart(&right, "validation Dice", 1f64..n, 0f64..1f64, epochs)?;
     chart
         .draw_series(
             rows.iter()

@@ -170,6 +170,15 @@ pub fn loss_fn<B: Backend, const D: usize>(
     }
 }
 
+/// Runs `body` on the generic burn-ops path (`generic`) or with the fused kernels.
+pub fn on_path(generic: bool, body: &mut dyn FnMut()) {
+    if generic {
+        burn_dice::fused::generic_only(body)
+    } else {
+        body()
+    }
+}
+
 /// Forward only (the input does not require a gradient), waiting for the value.
 pub fn forward<B: Backend, const D: usize>(f: &LossFn<B, D>, x: &Tensor<B, D>) -> f32 {
     f(x.clone()).into_scalar().elem()

@@ -204,19 +204,42 @@ fn split<B: Backend>(stacked: Tensor<B, 3>) -> [Tensor<B, 2>; 3] {
     [0, 1, 2].map(|s| stacked.clone().narrow(0, s, 1).reshape([b, c]))
 }
 
-/// The inner-backend primitives of the prepared tensors (of backend `B`, known to be `T` or
-/// `Autodiff<T>`).
+/// The inner-backend primitive of a float tensor of `B`, when `B` is `T` or `Autodiff<T>` (no
+/// checkpointing); `None` for every other backend.
+fn inner_float<B: Backend, T: Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> Option<T::FloatTensorPrimitive> {
+    match cast::<_, Tensor<T, D>>(t) {
+        Ok(t) => Some(t.into_primitive().tensor()),
+        Err(t) => cast::<_, Tensor<Autodiff<T, NoCheckpointing>, D>>(t)
+            .ok()
+            .map(|t| t.into_primitive().tensor().primitive),
+    }
+}
+
+/// [`inner_float`] for integer tensors (the same primitive under `Autodiff`).
+fn inner_int<B: Backend, T: Backend, const D: usize>(
+    t: Tensor<B, D, Int>,
+) -> Option<T::IntTensorPrimitive> {
+    match cast::<_, Tensor<T, D, Int>>(t) {
+        Ok(t) => Some(t.into_primitive()),
+        Err(t) => cast::<_, Tensor<Autodiff<T, NoCheckpointing>, D, Int>>(t)
+            .ok()
+            .map(|t| t.into_primitive()),
+    }
+}
+
+/// The inner-backend primitives of the prepared target and mask (of backend `B`, known to be
+/// `T` or `Autodiff<T>`).
 fn primitives<B: Backend, T: Backend>(
     target: &PreparedTarget<B>,
-    float: impl Fn(Tensor<B, 3>) -> Option<T::FloatTensorPrimitive>,
-    int: impl Fn(Tensor<B, 3, Int>) -> Option<T::IntTensorPrimitive>,
 ) -> Option<(TargetPrim<T>, Option<T::FloatTensorPrimitive>)> {
     let target_prim = match &target.target {
-        FlatTarget::Dense(t) => TargetPrim::Dense(float(t.clone())?),
-        FlatTarget::Indices(l) => TargetPrim::Indices(int(l.clone())?),
+        FlatTarget::Dense(t) => TargetPrim::Dense(inner_float::<B, T, 3>(t.clone())?),
+        FlatTarget::Indices(l) => TargetPrim::Indices(inner_int::<B, T, 3>(l.clone())?),
     };
     let valid = match &target.valid {
-        Some(v) => Some(float(v.clone())?),
+        Some(v) => Some(inner_float::<B, T, 3>(v.clone())?),
         None => None,
     };
     Some((target_prim, valid))
@@ -231,16 +254,8 @@ fn plain<B: Backend, T: CpuBackend>(
     if TypeId::of::<B>() != TypeId::of::<T>() {
         return None;
     }
-    let float = |t: Tensor<B, 3>| -> Option<T::FloatTensorPrimitive> {
-        let t: Tensor<T, 3> = cast(t).ok()?;
-        Some(t.into_primitive().tensor())
-    };
-    let int = |t: Tensor<B, 3, Int>| -> Option<T::IntTensorPrimitive> {
-        let t: Tensor<T, 3, Int> = cast(t).ok()?;
-        Some(t.into_primitive())
-    };
-    let (target, valid) = primitives::<B, T>(target, float, int)?;
-    let x = float(input.clone())?;
+    let (target, valid) = primitives::<B, T>(target)?;
+    let x = inner_float::<B, T, 3>(input.clone())?;
     let out = forward_inner::<T>(&x, &target, valid.as_ref(), spec)?;
     let out: Tensor<B, 3> =
         cast(Tensor::<T, 3>::from_primitive(TensorPrimitive::Float(out))).ok()?;
@@ -266,15 +281,7 @@ fn autodiff<B: Backend, T: CpuBackend>(
     if tracked {
         return None;
     }
-    let float = |t: Tensor<B, 3>| -> Option<T::FloatTensorPrimitive> {
-        let t: Tensor<Ad<T>, 3> = cast(t).ok()?;
-        Some(t.into_primitive().tensor().primitive)
-    };
-    let int = |t: Tensor<B, 3, Int>| -> Option<T::IntTensorPrimitive> {
-        let t: Tensor<Ad<T>, 3, Int> = cast(t).ok()?;
-        Some(t.into_primitive())
-    };
-    let (target, valid) = primitives::<B, T>(target, float, int)?;
+    let (target, valid) = primitives::<B, T>(target)?;
     let x: Tensor<Ad<T>, 3> = cast(input.clone()).ok()?;
     let x = x.into_primitive().tensor();
     let out = forward_inner::<T>(&x.primitive, &target, valid.as_ref(), spec)?;
@@ -298,26 +305,14 @@ fn float_data<B: Backend, const D: usize, R>(
     t: &Tensor<B, D>,
     f: impl Fn(&[f32]) -> R,
 ) -> Option<R> {
-    fn plain<B: Backend, T: CpuBackend, const D: usize, R>(
+    fn on<B: Backend, T: CpuBackend, const D: usize, R>(
         t: &Tensor<B, D>,
         f: &impl Fn(&[f32]) -> R,
     ) -> Option<R> {
-        let t: Tensor<T, D> = cast(t.clone()).ok()?;
-        let p = t.into_primitive().tensor();
+        let p = inner_float::<B, T, D>(t.clone())?;
         Some(f(&T::floats(&p)?))
     }
-    fn ad<B: Backend, T: CpuBackend, const D: usize, R>(
-        t: &Tensor<B, D>,
-        f: &impl Fn(&[f32]) -> R,
-    ) -> Option<R> {
-        let t: Tensor<Autodiff<T, NoCheckpointing>, D> = cast(t.clone()).ok()?;
-        let p = t.into_primitive().tensor().primitive;
-        Some(f(&T::floats(&p)?))
-    }
-    ad::<B, Flex, D, R>(t, &f)
-        .or_else(|| ad::<B, NdArray<f32>, D, R>(t, &f))
-        .or_else(|| plain::<B, Flex, D, R>(t, &f))
-        .or_else(|| plain::<B, NdArray<f32>, D, R>(t, &f))
+    on::<B, Flex, D, R>(t, &f).or_else(|| on::<B, NdArray<f32>, D, R>(t, &f))
 }
 
 /// Runs `f` on the labels of `t` if `B` is one of the CPU backends (plain or autodiff).
@@ -325,26 +320,14 @@ fn int_data<B: Backend, const D: usize, R>(
     t: &Tensor<B, D, Int>,
     f: impl Fn(Labels) -> R,
 ) -> Option<R> {
-    fn plain<B: Backend, T: CpuBackend, const D: usize, R>(
+    fn on<B: Backend, T: CpuBackend, const D: usize, R>(
         t: &Tensor<B, D, Int>,
         f: &impl Fn(Labels) -> R,
     ) -> Option<R> {
-        let t: Tensor<T, D, Int> = cast(t.clone()).ok()?;
-        let p = t.into_primitive();
+        let p = inner_int::<B, T, D>(t.clone())?;
         Some(f(T::ints(&p)?.as_labels()))
     }
-    fn ad<B: Backend, T: CpuBackend, const D: usize, R>(
-        t: &Tensor<B, D, Int>,
-        f: &impl Fn(Labels) -> R,
-    ) -> Option<R> {
-        let t: Tensor<Autodiff<T, NoCheckpointing>, D, Int> = cast(t.clone()).ok()?;
-        let p = t.into_primitive();
-        Some(f(T::ints(&p)?.as_labels()))
-    }
-    ad::<B, Flex, D, R>(t, &f)
-        .or_else(|| ad::<B, NdArray<f32>, D, R>(t, &f))
-        .or_else(|| plain::<B, Flex, D, R>(t, &f))
-        .or_else(|| plain::<B, NdArray<f32>, D, R>(t, &f))
+    on::<B, Flex, D, R>(t, &f).or_else(|| on::<B, NdArray<f32>, D, R>(t, &f))
 }
 
 /// See [`super::all_finite`].

@@ -216,13 +216,13 @@ fn forward_job(problem: &Problem, (b, start, count): (usize, usize, usize)) -> V
     let mut lanes = vec![0.0f32; 3 * c_count * BLOCK];
     let mut w = [0.0f32; BLOCK];
     let mut labels = [0.0f32; BLOCK];
+    let (sq, lin) = squared_factors(problem);
     let mut blocks = 0;
     let mut n0 = start;
     while n0 < start + count {
         let len = BLOCK.min(start + count - n0);
         load_block(problem, (b, n0, len), &mut probs, &mut w, &mut labels);
         let (w, labels) = (&w[..len], &labels[..len]);
-        let (sq, lin) = squared_factors(problem);
         for c in 0..c_count {
             let p = &probs[c * BLOCK..c * BLOCK + len];
             let (li, rest) = lanes[3 * c * BLOCK..3 * (c + 1) * BLOCK].split_at_mut(BLOCK);
@@ -357,6 +357,7 @@ fn backward_job(
 ) {
     let (b_count, c_count) = (problem.batch, problem.classes);
     let g = |s: usize, c: usize| grad[(s * b_count + b) * c_count + c];
+    let (sq, lin) = squared_factors(problem);
     let mut probs = vec![0.0f32; c_count * BLOCK];
     let mut dp = vec![0.0f32; c_count * BLOCK];
     let mut w = [0.0f32; BLOCK];
@@ -366,7 +367,6 @@ fn backward_job(
         let len = BLOCK.min(start + count - n0);
         load_block(problem, (b, n0, len), &mut probs, &mut w, &mut labels);
         let (w, labels) = (&w[..len], &labels[..len]);
-        let (sq, lin) = squared_factors(problem);
         for c in 0..c_count {
             let (gi, gp) = (g(0, c), g(1, c));
             let p = &probs[c * BLOCK..c * BLOCK + len];
