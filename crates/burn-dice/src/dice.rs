@@ -65,7 +65,9 @@ pub struct DiceLossConfig {
     pub reduction: DiceReduction,
     /// Check the data of every call: `input` and dense targets finite, class indices in range.
     /// The checks read one small tensor back from the device per call; turn them off to avoid
-    /// that synchronization once the data pipeline is trusted. Default: `true`.
+    /// that synchronization once the data pipeline is trusted. On burn-ndarray and burn-flex
+    /// the fused statistics pass makes them on the data it reads anyway, at almost no cost
+    /// (see [`crate::fused`]). Default: `true`.
     #[config(default = true)]
     pub check_inputs: bool,
 }
@@ -210,6 +212,7 @@ impl<B: Backend> DiceLoss<B> {
             target.into(),
             self.ignore_index,
             self.check_inputs,
+            true,
         );
         self.loss_prepared(prepared)
     }
@@ -261,12 +264,13 @@ impl<B: Backend> DiceLoss<B> {
             target.into(),
             self.ignore_index,
             self.check_inputs,
+            true,
             |checks| flat_mask = Some(prepare_mask(NAME, &dims, mask, checks)),
         );
         let mask = flat_mask.expect("the mask was prepared");
         self.loss_prepared(Prepared {
             target: prepared.target.masked(mask),
-            input: prepared.input,
+            ..prepared
         })
     }
 

@@ -175,6 +175,8 @@ impl<B: Backend> DiceCELoss<B> {
             target,
             self.dice.ignore_index,
             self.dice.check_inputs,
+            // The cross-entropy/focal term reads the data before the statistics do.
+            false,
         )
     }
 

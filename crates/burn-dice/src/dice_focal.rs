@@ -145,6 +145,8 @@ impl<B: Backend> DiceFocalLoss<B> {
             target,
             self.dice.ignore_index,
             self.dice.check_inputs,
+            // The cross-entropy/focal term reads the data before the statistics do.
+            false,
         )
     }
 

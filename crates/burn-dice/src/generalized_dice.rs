@@ -151,6 +151,7 @@ impl<B: Backend> GeneralizedDiceLoss<B> {
             target.into(),
             self.ignore_index,
             self.check_inputs,
+            true,
         );
         self.loss_prepared(prepared)
     }

@@ -116,19 +116,31 @@ impl<B: Backend> ClassStats<B> {
         include_background: bool,
     ) -> Self {
         activation.check(prepared.channels(), loss);
-        let stats =
-            match fused::class_stats(&prepared.input, &prepared.target, activation, squared_pred) {
-                Some([intersection, pred, target]) => Self {
+        let Prepared {
+            input,
+            target,
+            deferred,
+        } = prepared;
+        let stats = match fused::class_stats(&input, &target, activation, squared_pred) {
+            // Data that failed the fused pass's checks (when they were left to it) goes to the
+            // burn-ops checks below, which panic with the message.
+            Some(fused) if fused.valid_data || deferred.is_none() => {
+                let [intersection, pred, target] = fused.sums;
+                Self {
                     intersection,
                     pred,
                     target,
                 }
-                .over_batch(batch),
-                None => {
-                    let probs = activation.apply(prepared.input, loss);
-                    Self::compute(probs, prepared.target, squared_pred, batch)
+                .over_batch(batch)
+            }
+            _ => {
+                if let Some(checks) = deferred {
+                    checks.run();
                 }
-            };
+                let probs = activation.apply(input, loss);
+                Self::compute(probs, target, squared_pred, batch)
+            }
+        };
         stats.keep_classes(include_background, loss)
     }
 
@@ -206,9 +218,16 @@ mod tests {
     #[test]
     fn index_and_dense_targets_agree() {
         // The 4th pixel is ignored: drop it from the dense computation by hand.
-        let dense = prepare_target("t", &[1, 3, 3], onehot().narrow(2, 0, 3).into(), None, None);
+        let dense = prepare_target(
+            "t",
+            &[1, 3, 3],
+            onehot().narrow(2, 0, 3).into(),
+            None,
+            None,
+            false,
+        );
         let a = ClassStats::compute(probs().narrow(2, 0, 3), dense, false, false);
-        let idx = prepare_target("t", &[1, 3, 4], labels().into(), Some(9), None);
+        let idx = prepare_target("t", &[1, 3, 4], labels().into(), Some(9), None, false);
         let b = ClassStats::compute(probs(), idx, false, false);
         close(a.intersection.clone(), [[0.7, 0.8, 0.7]]);
         close(a.pred.clone(), [[1.0, 1.1, 0.9]]);
@@ -222,7 +241,7 @@ mod tests {
     fn squared_pred_and_batch() {
         let p = Tensor::cat(vec![probs(), probs()], 0);
         let t = Tensor::cat(vec![onehot(), onehot()], 0);
-        let prepared = prepare_target("t", &[2, 3, 4], t.into(), None, None);
+        let prepared = prepare_target("t", &[2, 3, 4], t.into(), None, None, false);
         let s = ClassStats::compute(p, prepared, true, true).without_background();
         close2(
             s.pred,

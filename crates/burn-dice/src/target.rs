@@ -82,18 +82,39 @@ impl<B: Backend> PreparedTarget<B> {
 }
 
 /// The network output and its target, checked and flattened.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Prepared<B: Backend> {
     /// The raw input, `[batch, class, pixels]`.
     pub input: Tensor<B, 3>,
     /// The target.
     pub target: PreparedTarget<B>,
+    /// Data checks left to the fused statistics pass, which reads the same data anyway.
+    pub deferred: Option<DeferredChecks>,
 }
 
 impl<B: Backend> Prepared<B> {
     /// Number of channels of the input.
     pub fn channels(&self) -> usize {
         self.input.dims()[1]
+    }
+}
+
+/// The data checks of `check_inputs` on the input and the target (finite values, class indices
+/// in range), left to the fused statistics pass ([`crate::fused`]) where it will run: that pass
+/// reports whether the data it read passed, and only then, or when the fused pass does not run
+/// after all, are these checks run with burn ops, for the same error message.
+pub(crate) struct DeferredChecks(Box<dyn FnOnce()>);
+
+impl DeferredChecks {
+    /// Runs the checks: panics with the message of the first failed one.
+    pub fn run(self) {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for DeferredChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeferredChecks")
     }
 }
 
@@ -104,6 +125,10 @@ pub(crate) fn flat_dims<const D: usize>(dims: &[usize; D]) -> [usize; 3] {
 
 /// Checks `input` and `target` (shapes always, data when `check_inputs`) and flattens both.
 ///
+/// With `defer`, on a backend where the fused statistics may run ([`crate::fused::may_fuse`]),
+/// the finite and class-index checks are left to that pass ([`Prepared::deferred`]): only
+/// for a caller that goes straight to [`crate::stats::ClassStats::of_prepared`].
+///
 /// # Panics
 /// On a wrong rank or shape, `ignore_index` with a dense target, and, with `check_inputs`,
 /// non-finite data or class indices out of range.
@@ -113,8 +138,17 @@ pub(crate) fn prepare<B: Backend, const D: usize>(
     target: DiceTarget<B, D>,
     ignore_index: Option<usize>,
     check_inputs: bool,
+    defer: bool,
 ) -> Prepared<B> {
-    prepare_with(loss, input, target, ignore_index, check_inputs, |_| ())
+    prepare_with(
+        loss,
+        input,
+        target,
+        ignore_index,
+        check_inputs,
+        defer,
+        |_| (),
+    )
 }
 
 /// [`prepare`], with `extra` running before the data checks are read back, so that it can
@@ -125,29 +159,42 @@ pub(crate) fn prepare_with<B: Backend, const D: usize>(
     target: DiceTarget<B, D>,
     ignore_index: Option<usize>,
     check_inputs: bool,
+    defer: bool,
     extra: impl FnOnce(Option<&mut Checks<B>>),
 ) -> Prepared<B> {
     let dims = input.dims();
     check_input_shape(loss, &dims);
+    let defer = check_inputs && defer && crate::fused::may_fuse::<B>();
     let mut checks = check_inputs.then(|| Checks::new(loss));
-    if let Some(checks) = checks.as_mut() {
+    if let Some(checks) = checks.as_mut().filter(|_| !defer) {
         checks.finite("input", input.clone());
     }
     extra(checks.as_mut());
-    let target = prepare_target(loss, &dims, target, ignore_index, checks.as_mut());
+    let deferred = defer.then(|| {
+        let (input, target) = (input.clone(), target.clone());
+        DeferredChecks(Box::new(move || {
+            let mut checks = Checks::new(loss);
+            checks.finite("input", input);
+            prepare_target(loss, &dims, target, ignore_index, Some(&mut checks), false);
+            checks.finish();
+        }))
+    });
+    let target = prepare_target(loss, &dims, target, ignore_index, checks.as_mut(), defer);
     if let Some(checks) = checks {
         checks.finish();
     }
     Prepared {
         input: crate::fused::reshape(input, flat_dims(&dims)),
         target,
+        deferred,
     }
 }
 
 /// Validates `target` against an input of shape `input_dims` and flattens it.
 ///
 /// `ignore_index` is only allowed with class-index targets. Data checks (finite values, class
-/// indices in range) go into `checks`.
+/// indices in range) go into `checks`, except those the fused pass makes (`deferred`: a finite
+/// dense target, class indices of an input of two or more channels).
 ///
 /// # Panics
 /// On a shape mismatch, or `ignore_index` with a dense target.
@@ -157,6 +204,7 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
     target: DiceTarget<B, D>,
     ignore_index: Option<usize>,
     checks: Option<&mut Checks<B>>,
+    deferred: bool,
 ) -> PreparedTarget<B> {
     let [b, c, s] = flat_dims(input_dims);
     match target {
@@ -173,7 +221,7 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
                 "{loss}: `ignore_index` = {ignore_index:?} needs a class-index target \
                  (Tensor<B, {D}, Int> of shape [batch, 1, *spatial]), got a dense target"
             );
-            if let Some(checks) = checks {
+            if let Some(checks) = checks.filter(|_| !deferred) {
                 checks.finite("target", t.clone());
             }
             PreparedTarget {
@@ -192,6 +240,8 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
             );
             // A single channel is the binary case: labels 0/1 are the mask itself.
             let n_labels = c.max(2);
+            // A single-channel input's labels reach the fused pass as floats: checked here.
+            let checks = checks.filter(|_| !(deferred && c > 1));
             let fast_ok = checks.is_some()
                 && crate::fused::labels_in_range(&y, n_labels, ignore_index) == Some(true);
             if let Some(checks) = checks.filter(|_| !fast_ok) {
@@ -295,6 +345,7 @@ mod tests {
             labels([[[0, 2, 9, 1]]]).into(),
             Some(9),
             Some(&mut checks),
+            false,
         );
         checks.finish();
         match p.target {
@@ -318,6 +369,7 @@ mod tests {
             labels([[[0, 1, 1, 0]]]).into(),
             None,
             None,
+            false,
         );
         match p.target {
             FlatTarget::Dense(t) => assert_eq!(
@@ -340,6 +392,7 @@ mod tests {
             labels([[[0, 3, 1, 2]]]).into(),
             None,
             Some(&mut checks),
+            false,
         );
         checks.finish();
     }
@@ -354,6 +407,7 @@ mod tests {
             labels([[[0, -1, 1, 2]]]).into(),
             None,
             Some(&mut checks),
+            false,
         );
         checks.finish();
     }
@@ -370,6 +424,7 @@ mod tests {
             labels([[[0, 2, 1, 1]]]).into(),
             None,
             Some(&mut checks),
+            false,
         );
         checks.finish();
     }
@@ -380,7 +435,7 @@ mod tests {
     )]
     fn dense_shape_mismatch() {
         let t = Tensor::<B, 3>::zeros([1, 2, 3], &Default::default());
-        prepare_target("test", &[1, 2, 4], t.into(), None, None);
+        prepare_target("test", &[1, 2, 4], t.into(), None, None, false);
     }
 
     #[test]
@@ -389,7 +444,7 @@ mod tests {
     )]
     fn index_shape_mismatch() {
         let t = Tensor::<B, 3, Int>::zeros([1, 3, 4], &Default::default());
-        prepare_target("test", &[1, 3, 4], t.into(), None, None);
+        prepare_target("test", &[1, 3, 4], t.into(), None, None, false);
     }
 
     #[test]
@@ -397,7 +452,7 @@ mod tests {
     fn nan_in_dense_target() {
         let t = Tensor::<B, 3>::from_floats([[[0.0, f32::NAN]]], &Default::default());
         let mut checks = Checks::new("test");
-        prepare_target("test", &[1, 1, 2], t.into(), None, Some(&mut checks));
+        prepare_target("test", &[1, 1, 2], t.into(), None, Some(&mut checks), false);
         checks.finish();
     }
 
@@ -405,7 +460,7 @@ mod tests {
     #[should_panic(expected = "needs a class-index target")]
     fn ignore_index_with_dense_target() {
         let t = Tensor::<B, 3>::zeros([1, 2, 4], &Default::default());
-        prepare_target("test", &[1, 2, 4], t.into(), Some(255), None);
+        prepare_target("test", &[1, 2, 4], t.into(), Some(255), None, false);
     }
 
     #[test]

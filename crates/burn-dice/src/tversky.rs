@@ -172,6 +172,7 @@ impl<B: Backend> TverskyLoss<B> {
             target.into(),
             self.ignore_index,
             self.check_inputs,
+            true,
         );
         let ClassStats {
             intersection,

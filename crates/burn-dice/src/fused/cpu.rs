@@ -17,6 +17,7 @@ use burn_flex::{Flex, FlexTensor};
 use burn_ndarray::{NdArray, NdArrayTensor};
 
 use super::kernel::{self, Labels, Problem, Target};
+use super::FusedStats;
 use crate::activation::Activation;
 use crate::target::{FlatTarget, PreparedTarget};
 
@@ -118,16 +119,20 @@ struct Spec {
     squared_pred: bool,
 }
 
-/// Runs `f` on the kernel problem of these primitives; `None` when some tensor is not `f32`
-/// (or not integer, for labels).
+/// Runs `f` on the kernel problem of these primitives (`x`: `None` for a backward pass from
+/// stored probabilities, which does not read it); `None` when some tensor is not `f32` (or not
+/// integer, for labels).
 fn with_problem<B: CpuBackend, R>(
-    x: &B::FloatTensorPrimitive,
+    x: Option<&B::FloatTensorPrimitive>,
     target: &TargetPrim<B>,
     valid: Option<&B::FloatTensorPrimitive>,
     spec: Spec,
     f: impl FnOnce(&Problem) -> R,
 ) -> Option<R> {
-    let xs = B::floats(x)?;
+    let xs = match x {
+        Some(x) => B::floats(x)?,
+        None => Cow::Borrowed(&[][..]),
+    };
     let valid = match valid {
         Some(v) => Some(B::floats(v)?),
         None => None,
@@ -154,14 +159,36 @@ fn with_problem<B: CpuBackend, R>(
     }))
 }
 
+/// The stacked `[3, batch, class]` sums and whether the data passed the checks; with `store`
+/// also the probabilities.
 fn forward_inner<B: CpuBackend>(
     x: &B::FloatTensorPrimitive,
     target: &TargetPrim<B>,
     valid: Option<&B::FloatTensorPrimitive>,
     spec: Spec,
-) -> Option<B::FloatTensorPrimitive> {
-    let sums = with_problem::<B, _>(x, target, valid, spec, kernel::forward)?;
-    Some(B::from_floats(sums, &[3, spec.dims[0], spec.dims[1]]))
+    store: bool,
+) -> Option<(B::FloatTensorPrimitive, bool, Option<Vec<f32>>)> {
+    let (sums, probs) = with_problem::<B, _>(Some(x), target, valid, spec, |p| match store {
+        true => {
+            let (sums, probs) = kernel::forward_storing(p);
+            (sums, Some(probs))
+        }
+        false => (kernel::forward(p), None),
+    })?;
+    Some((
+        B::from_floats(sums.sums, &[3, spec.dims[0], spec.dims[1]]),
+        sums.valid_data,
+        probs,
+    ))
+}
+
+/// What the backward pass starts from.
+#[derive(Debug, Clone)]
+enum Saved<B: Backend> {
+    /// The input: the activation is recomputed (no activation, where `p = x`).
+    Input(B::FloatTensorPrimitive),
+    /// The probabilities, stored by the forward pass and overwritten by the gradient.
+    Probs(Vec<f32>),
 }
 
 /// The custom backward of the fused statistics.
@@ -170,7 +197,7 @@ struct StatsBackward;
 
 impl<B: CpuBackend> Backward<B, 1> for StatsBackward {
     type State = (
-        B::FloatTensorPrimitive,
+        Saved<B>,
         TargetPrim<B>,
         Option<B::FloatTensorPrimitive>,
         Spec,
@@ -180,11 +207,19 @@ impl<B: CpuBackend> Backward<B, 1> for StatsBackward {
         let grad = grads.consume::<B>(&ops.node);
         let [parent] = ops.parents;
         let Some(parent) = parent else { return };
-        let (x, target, valid, spec) = ops.state;
+        let (saved, target, valid, spec) = ops.state;
         let grad = B::floats(&grad).expect("the gradient of an f32 output is f32");
-        let dx = with_problem::<B, _>(&x, &target, valid.as_ref(), spec, |p| {
-            kernel::backward(p, &grad)
-        })
+        let dx = match saved {
+            Saved::Input(x) => with_problem::<B, _>(Some(&x), &target, valid.as_ref(), spec, |p| {
+                kernel::backward(p, &grad)
+            }),
+            Saved::Probs(mut probs) => {
+                with_problem::<B, _>(None, &target, valid.as_ref(), spec, |p| {
+                    kernel::backward_stored(p, &grad, &mut probs)
+                })
+                .map(|()| probs)
+            }
+        }
         .expect("the forward pass read the same tensors");
         grads.register::<B>(parent.id, B::from_floats(dx, &spec.dims));
     }
@@ -250,16 +285,19 @@ fn plain<B: Backend, T: CpuBackend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     spec: Spec,
-) -> Option<[Tensor<B, 2>; 3]> {
+) -> Option<FusedStats<B>> {
     if TypeId::of::<B>() != TypeId::of::<T>() {
         return None;
     }
     let (target, valid) = primitives::<B, T>(target)?;
     let x = inner_float::<B, T, 3>(input.clone())?;
-    let out = forward_inner::<T>(&x, &target, valid.as_ref(), spec)?;
+    let (out, valid_data, _) = forward_inner::<T>(&x, &target, valid.as_ref(), spec, false)?;
     let out: Tensor<B, 3> =
         cast(Tensor::<T, 3>::from_primitive(TensorPrimitive::Float(out))).ok()?;
-    Some(split(out))
+    Some(FusedStats {
+        sums: split(out),
+        valid_data,
+    })
 }
 
 /// `B` is `Autodiff<T>` (no checkpointing).
@@ -267,7 +305,7 @@ fn autodiff<B: Backend, T: CpuBackend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     spec: Spec,
-) -> Option<[Tensor<B, 2>; 3]> {
+) -> Option<FusedStats<B>> {
     type Ad<T> = Autodiff<T, NoCheckpointing>;
     if TypeId::of::<B>() != TypeId::of::<Ad<T>>() {
         return None;
@@ -284,20 +322,37 @@ fn autodiff<B: Backend, T: CpuBackend>(
     let (target, valid) = primitives::<B, T>(target)?;
     let x: Tensor<Ad<T>, 3> = cast(input.clone()).ok()?;
     let x = x.into_primitive().tensor();
-    let out = forward_inner::<T>(&x.primitive, &target, valid.as_ref(), spec)?;
-    let out = match StatsBackward
+    let (out, valid_data) = match StatsBackward
         .prepare::<NoCheckpointing>([x.node.clone()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, target, valid, spec), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
+        OpsKind::Tracked(prep) => {
+            // Store the probabilities for the backward pass: it then needs no activation and
+            // no buffer of its own (they become the gradient). With no activation `p = x`.
+            let store = spec.activation != Activation::None;
+            let (out, valid_data, probs) =
+                forward_inner::<T>(&x.primitive, &target, valid.as_ref(), spec, store)?;
+            let saved = match probs {
+                Some(probs) => Saved::Probs(probs),
+                None => Saved::Input(x.primitive),
+            };
+            (prep.finish((saved, target, valid, spec), out), valid_data)
+        }
+        OpsKind::UnTracked(prep) => {
+            let (out, ok, _) =
+                forward_inner::<T>(&x.primitive, &target, valid.as_ref(), spec, false)?;
+            (prep.finish(out), ok)
+        }
     };
     let out: Tensor<B, 3> = cast(Tensor::<Ad<T>, 3>::from_primitive(TensorPrimitive::Float(
         out,
     )))
     .ok()?;
-    Some(split(out))
+    Some(FusedStats {
+        sums: split(out),
+        valid_data,
+    })
 }
 
 /// Runs `f` on the `f32` data of `t` if `B` is one of the CPU backends (plain or autodiff).
@@ -441,13 +496,26 @@ pub(super) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
         .or_else(|t| on::<B, Autodiff<NdArray<f32>, NoCheckpointing>, D, D2>(t, shape))
 }
 
+/// See [`super::may_fuse`].
+pub(super) fn may_fuse<B: Backend>() -> bool {
+    type Ad<T> = Autodiff<T, NoCheckpointing>;
+    let id = TypeId::of::<B>();
+    [
+        TypeId::of::<Flex>(),
+        TypeId::of::<NdArray<f32>>(),
+        TypeId::of::<Ad<Flex>>(),
+        TypeId::of::<Ad<NdArray<f32>>>(),
+    ]
+    .contains(&id)
+}
+
 /// See [`super::class_stats`].
 pub(super) fn class_stats<B: Backend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     activation: Activation,
     squared_pred: bool,
-) -> Option<[Tensor<B, 2>; 3]> {
+) -> Option<FusedStats<B>> {
     let spec = Spec {
         dims: input.dims(),
         activation,
@@ -572,6 +640,123 @@ mod tests {
         compare_on::<Autodiff<Flex>>();
     }
 
+    /// The panic message of `f`, or `None` if it returns.
+    fn panic_message(f: impl FnOnce()) -> Option<String> {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).err()?;
+        Some(match payload.downcast::<String>() {
+            Ok(message) => *message,
+            Err(payload) => payload
+                .downcast::<&str>()
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The data checks left to the fused pass fail with the messages of the burn-ops checks,
+    /// on the fused path (`B`) and on the generic one, for every loss that defers them.
+    fn deferred_checks_on<B: Backend>() {
+        let device = Default::default();
+        let x = || Tensor::<B, 4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device);
+        let nan_x = || x().slice_fill([1..2, 2..3, 3..4, 0..1], f32::NAN);
+        let dense = || Tensor::<B, 4>::random([2, 3, 4, 5], Distribution::Bernoulli(0.5), &device);
+        let labels = |bad: Option<i64>| {
+            let l =
+                Tensor::<B, 4, Int>::random([2, 1, 4, 5], Distribution::Uniform(0.0, 3.0), &device);
+            match bad {
+                Some(v) => l.slice_fill([1..2, 0..1, 2..3, 4..5], v),
+                None => l,
+            }
+        };
+        let mask = || Tensor::<B, 4>::ones([2, 1, 4, 5], &device);
+        let input_message = |loss: &str| {
+            format!("{loss}: `input` holds NaN or infinite values; expected finite numbers")
+        };
+        let dice = DiceLossConfig::new().with_activation(Activation::Softmax);
+        // The expected message (`None`: no panic) and the call.
+        type Case<'a> = (Option<String>, Box<dyn Fn() + 'a>);
+        let cases: Vec<Case> = vec![
+            (None, Box::new(|| drop(dice.init::<B>(&device).forward(x(), labels(None))))),
+            (
+                Some(input_message("DiceLoss")),
+                Box::new(|| drop(dice.init::<B>(&device).forward(nan_x(), dense()))),
+            ),
+            (
+                Some(input_message("DiceLoss")),
+                Box::new(|| {
+                    drop(dice.init::<B>(&device).forward_masked(nan_x(), labels(None), mask()))
+                }),
+            ),
+            (
+                Some("DiceLoss: `target` holds NaN or infinite values; expected finite numbers".into()),
+                Box::new(|| {
+                    let t = dense().slice_fill([0..1, 1..2, 0..1, 0..1], f32::INFINITY);
+                    drop(dice.init::<B>(&device).forward(x(), t))
+                }),
+            ),
+            (
+                Some("DiceLoss: `target` holds class index 7, expected 0..3 (input has 3 channel(s))".into()),
+                Box::new(|| drop(dice.init::<B>(&device).forward(x(), labels(Some(7))))),
+            ),
+            (
+                Some("DiceLoss: `target` holds class index -2, expected 0..3 (input has 3 channel(s)) or the ignore_index 255".into()),
+                Box::new(|| {
+                    let loss = dice.clone().with_ignore_index(Some(255)).init::<B>(&device);
+                    drop(loss.forward(x(), labels(Some(-2))))
+                }),
+            ),
+            (
+                None,
+                Box::new(|| {
+                    let loss = dice.clone().with_ignore_index(Some(255)).init::<B>(&device);
+                    drop(loss.forward(x(), labels(Some(255))))
+                }),
+            ),
+            (
+                Some(input_message("GeneralizedDiceLoss")),
+                Box::new(|| {
+                    let loss = GeneralizedDiceLossConfig::new().init::<B>(&device);
+                    drop(loss.forward(nan_x(), labels(None)))
+                }),
+            ),
+            (
+                Some("TverskyLoss: `target` holds class index 3".into()),
+                Box::new(|| {
+                    let loss = TverskyLossConfig::new().init::<B>(&device);
+                    drop(loss.forward(x(), labels(Some(3))))
+                }),
+            ),
+            // Checks off: no panic, whatever the data.
+            (
+                None,
+                Box::new(|| {
+                    let loss = dice.clone().with_check_inputs(false).init::<B>(&device);
+                    drop(loss.forward(nan_x(), labels(None)))
+                }),
+            ),
+        ];
+        for (i, (expected, case)) in cases.iter().enumerate() {
+            for generic in [false, true] {
+                let run = || panic_message(case);
+                let got = if generic { generic_only(run) } else { run() };
+                match (expected, &got) {
+                    (None, None) => {}
+                    (Some(e), Some(g)) if g.starts_with(e.as_str()) => {}
+                    _ => panic!(
+                        "case {i} (generic path: {generic}): expected {expected:?}, got {got:?}"
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deferred_checks_fail_with_the_same_messages() {
+        deferred_checks_on::<NdArray<f32>>();
+        deferred_checks_on::<Flex>();
+        deferred_checks_on::<Autodiff<NdArray<f32>>>();
+        deferred_checks_on::<Autodiff<Flex>>();
+    }
+
     fn dispatch_on<B: Backend>() -> (bool, bool) {
         let device = Default::default();
         let x = Tensor::<B, 3>::ones([1, 2, 3], &device);
@@ -583,7 +768,12 @@ mod tests {
         let generic = generic_only(|| {
             crate::fused::class_stats(&x, &target, Activation::Softmax, false).is_some()
         });
-        if let Some([i, p, t]) = &fused {
+        if let Some(FusedStats {
+            sums: [i, p, t],
+            valid_data,
+        }) = &fused
+        {
+            assert!(valid_data);
             // Softmax of equal logits: p = 1/2 everywhere; three pixels of class 0.
             let expect = |t: &Tensor<B, 2>, v: [f32; 2]| {
                 t.to_data()
@@ -593,6 +783,7 @@ mod tests {
             expect(p, [1.5, 1.5]);
             expect(t, [3.0, 0.0]);
         }
+        assert_eq!(super::may_fuse::<B>(), fused.is_some());
         (fused.is_some(), generic)
     }
 

@@ -1,19 +1,22 @@
 //! The fused per-(sample, class) statistics over contiguous `f32` slices: one pass forward, one
-//! pass backward, the activation recomputed in the backward pass instead of stored.
+//! pass backward, from the probabilities the forward pass stored or with the activation
+//! recomputed.
 //!
 //! Layout: `x` is `[batch, class, pixels]` row-major; dense targets have the same layout; class
 //! indices and the validity weights are `[batch, pixels]`. Work is split into jobs of one sample
 //! and a run of pixels; each job walks its pixels in blocks of [`BLOCK`], computes the
 //! probabilities of all classes of a block into a scratch buffer and accumulates the three sums
-//! in `BLOCK` independent `f32` lanes per class (so the compiler vectorizes the loops), flushed
-//! into `f64` every [`FLUSH`] blocks.
+//! in [`LANES`] independent `f32` lanes per class (registers: one AVX-512 vector), added into
+//! `f64` lanes after each block and summed across at the end of the job.
+
+use std::mem::MaybeUninit;
 
 use crate::activation::Activation;
 
 /// Pixels per block.
-const BLOCK: usize = 64;
-/// Blocks between flushes of the `f32` lanes into the `f64` sums.
-const FLUSH: usize = 16;
+const BLOCK: usize = 256;
+/// Independent `f32` accumulators per sum.
+const LANES: usize = 16;
 /// Pixels per job (per thread task).
 const JOB: usize = 16 * 1024;
 /// Below this many input elements everything runs on the calling thread.
@@ -70,12 +73,23 @@ pub(crate) struct Problem<'a> {
     pub squared_pred: bool,
 }
 
+/// `a·b + c`, as one fused multiply-add where the caller is compiled for FMA (`FMA`), else a
+/// product and a sum (a software `fma` would be slow there).
+#[inline(always)]
+fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `e^x` for `f32`, branch-free so that loops over it vectorize: Cody-Waite range reduction
 /// `x = k·ln 2 + r` and Cephes' degree-6 polynomial for `e^r` (relative error about 1 ulp on the
 /// whole range; inputs are clamped to `[-87.3, 88.3]`, so `e^x` never overflows and underflows to
-/// about 1e-38 instead of 0).
+/// about 1e-38 instead of 0). `FMA`: see [`mul_add`].
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -84,20 +98,20 @@ pub(crate) fn exp(x: f32) -> f32 {
     // `max`/`min` rather than `clamp`: they compile to vmaxps/vminps, `clamp` did not vectorize.
     #[allow(clippy::manual_clamp)]
     let x = x.max(-87.3).min(88.3);
-    let shifted = x * LOG2E + MAGIC;
+    let shifted = mul_add::<FMA>(x, LOG2E, MAGIC);
     let k = shifted - MAGIC;
     // The integer k sits in the low mantissa bits of `shifted`: no float-to-int conversion
     // (whose saturating form does not vectorize).
     let k_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
-    let r = x - k * LN2_HI - k * LN2_LO;
+    let r = mul_add::<FMA>(-k, LN2_LO, mul_add::<FMA>(-k, LN2_HI, x));
     let r2 = r * r;
     let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let e = p * r2 + r + 1.0;
+    let p = mul_add::<FMA>(p, r, 1.398_199_9e-3);
+    let p = mul_add::<FMA>(p, r, 8.333_452e-3);
+    let p = mul_add::<FMA>(p, r, 4.166_579_6e-2);
+    let p = mul_add::<FMA>(p, r, 1.666_666_5e-1);
+    let p = mul_add::<FMA>(p, r, 0.5);
+    let e = mul_add::<FMA>(p, r2, r + 1.0);
     let scale = f32::from_bits(k_bits.wrapping_add(127) << 23);
     e * scale
 }
@@ -105,7 +119,13 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// The probabilities of the classes of pixels `n0..n0 + len` of sample `b` into
 /// `probs[c * BLOCK..c * BLOCK + len]`.
 #[inline(always)]
-fn activate(problem: &Problem, b: usize, n0: usize, len: usize, probs: &mut [f32]) {
+fn activate<const FMA: bool>(
+    problem: &Problem,
+    b: usize,
+    n0: usize,
+    len: usize,
+    probs: &mut [f32],
+) {
     let (c_count, n) = (problem.classes, problem.pixels);
     let row = |c: usize| &problem.x[(b * c_count + c) * n + n0..][..len];
     match problem.activation {
@@ -117,7 +137,7 @@ fn activate(problem: &Problem, b: usize, n0: usize, len: usize, probs: &mut [f32
         Activation::Sigmoid => {
             for c in 0..c_count {
                 for (p, &v) in probs[c * BLOCK..c * BLOCK + len].iter_mut().zip(row(c)) {
-                    *p = 1.0 / (1.0 + exp(-v));
+                    *p = 1.0 / (1.0 + exp::<FMA>(-v));
                 }
             }
         }
@@ -135,7 +155,7 @@ fn activate(problem: &Problem, b: usize, n0: usize, len: usize, probs: &mut [f32
                 let p = &mut probs[c * BLOCK..c * BLOCK + len];
                 let r = row(c);
                 for k in 0..len {
-                    let e = exp(r[k] - max[k]);
+                    let e = exp::<FMA>(r[k] - max[k]);
                     p[k] = e;
                     sum[k] += e;
                 }
@@ -161,20 +181,60 @@ fn weights(problem: &Problem, b: usize, n0: usize, len: usize, out: &mut [f32; B
     }
 }
 
-/// Loads one block: the probabilities of every class, the weights and (for class indices)
-/// the labels of pixels `n0..n0 + len` of sample `b`.
+/// Loads the weights and (for class indices) the labels of pixels `n0..n0 + len` of sample `b`.
 #[inline(always)]
-fn load_block(
+fn load_aux(
     problem: &Problem,
     (b, n0, len): (usize, usize, usize),
-    probs: &mut [f32],
     w: &mut [f32; BLOCK],
     labels: &mut [f32; BLOCK],
 ) {
-    activate(problem, b, n0, len, probs);
     weights(problem, b, n0, len, w);
     if let Target::Indices(l) = problem.target {
         l.fill(b * problem.pixels + n0, &mut labels[..len]);
+    }
+}
+
+/// `1` if a value's exponent is all ones (an infinity or a NaN), else `0`; branch-free.
+#[inline(always)]
+fn non_finite(v: f32) -> u32 {
+    (v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32
+}
+
+/// Marks (non-zero in `bad`, lane by lane) a non-finite input or dense target value, or a
+/// class index outside `0..classes` (`labels` as loaded by [`load_aux`]) in the block: the
+/// checks of `check_inputs`, done on data the forward pass reads anyway.
+#[inline(always)]
+fn block_bad(
+    problem: &Problem,
+    (b, n0, len): (usize, usize, usize),
+    labels: &[f32],
+    bad: &mut [u32; BLOCK],
+) {
+    let (c_count, n) = (problem.classes, problem.pixels);
+    let bad = &mut bad[..len];
+    for c in 0..c_count {
+        let x = &problem.x[(b * c_count + c) * n + n0..][..len];
+        for k in 0..len {
+            bad[k] |= non_finite(x[k]);
+        }
+    }
+    match problem.target {
+        Target::Dense(t) => {
+            for c in 0..c_count {
+                let t = &t[(b * c_count + c) * n + n0..][..len];
+                for k in 0..len {
+                    bad[k] |= non_finite(t[k]);
+                }
+            }
+        }
+        Target::Indices(_) => {
+            let classes = c_count as f32;
+            let labels = &labels[..len];
+            for k in 0..len {
+                bad[k] |= !(labels[k] >= 0.0 && labels[k] < classes) as u32;
+            }
+        }
     }
 }
 
@@ -190,7 +250,10 @@ fn squared_factors(problem: &Problem) -> (f32, f32) {
 }
 
 /// Jobs: `(sample, first pixel, pixel count)`.
-fn jobs(problem: &Problem) -> Vec<(usize, usize, usize)> {
+type Job = (usize, usize, usize);
+
+/// The jobs of a problem, sample by sample.
+fn jobs(problem: &Problem) -> Vec<Job> {
     let mut out = Vec::new();
     for b in 0..problem.batch {
         let mut n0 = 0;
@@ -207,153 +270,307 @@ fn parallel(problem: &Problem) -> bool {
     problem.x.len() >= PARALLEL_MIN
 }
 
-/// Sums of one job: `[3][classes]` (intersection, prediction, target).
-#[inline(always)]
-fn forward_job(problem: &Problem, (b, start, count): (usize, usize, usize)) -> Vec<f64> {
-    let c_count = problem.classes;
-    let mut sums = vec![0.0f64; 3 * c_count];
-    let mut probs = vec![0.0f32; c_count * BLOCK];
-    let mut lanes = vec![0.0f32; 3 * c_count * BLOCK];
-    let mut w = [0.0f32; BLOCK];
-    let mut labels = [0.0f32; BLOCK];
-    let (sq, lin) = squared_factors(problem);
-    let mut blocks = 0;
-    let mut n0 = start;
-    while n0 < start + count {
-        let len = BLOCK.min(start + count - n0);
-        load_block(problem, (b, n0, len), &mut probs, &mut w, &mut labels);
-        let (w, labels) = (&w[..len], &labels[..len]);
-        for c in 0..c_count {
-            let p = &probs[c * BLOCK..c * BLOCK + len];
-            let (li, rest) = lanes[3 * c * BLOCK..3 * (c + 1) * BLOCK].split_at_mut(BLOCK);
-            let (lp, lt) = rest.split_at_mut(BLOCK);
-            // Every slice exactly `len` long: no bounds checks in the loops below.
-            let (li, lp, lt) = (&mut li[..len], &mut lp[..len], &mut lt[..len]);
-            match problem.target {
-                Target::Dense(t) => {
-                    let t = &t[(b * c_count + c) * problem.pixels + n0..][..len];
-                    for k in 0..len {
-                        // (p·w)·(t·w), as the generic path multiplies both by the mask.
-                        let (pw, tw) = (p[k] * w[k], t[k] * w[k]);
-                        li[k] += pw * tw;
-                        lp[k] += pw * (sq * pw + lin);
-                        lt[k] += tw * (sq * tw + lin);
-                    }
-                }
-                Target::Indices(_) => {
-                    let class = c as f32;
-                    for k in 0..len {
-                        let pw = p[k] * w[k];
-                        let hit = if labels[k] == class { w[k] } else { 0.0 };
-                        li[k] += p[k] * hit;
-                        lp[k] += pw * (sq * pw + lin);
-                        lt[k] += hit;
-                    }
-                }
-            }
-        }
-        blocks += 1;
-        n0 += len;
-        if blocks % FLUSH == 0 || n0 >= start + count {
-            for (s, lane) in sums.iter_mut().zip(lanes.chunks_exact_mut(BLOCK)) {
-                // Lanes are [class][stat][BLOCK]; sums are [stat][class].
-                *s += lane.iter().map(|&v| v as f64).sum::<f64>();
-                lane.fill(0.0);
-            }
-        }
-    }
-    // Reorder [class][stat] into [stat][class].
-    let mut out = vec![0.0f64; 3 * c_count];
-    for c in 0..c_count {
-        for s in 0..3 {
-            out[s * c_count + c] = sums[c * 3 + s];
-        }
-    }
-    out
+/// `buf` (`[batch, class, pixels]`) cut along the jobs: for each job of `jobs`, in order, its
+/// run of pixels in each class row of its sample. The pieces are disjoint, so the jobs can
+/// write them in parallel.
+fn job_rows<'a, T>(problem: &Problem, jobs: &[Job], buf: &'a mut [T]) -> Vec<Vec<&'a mut [T]>> {
+    let (c_count, n) = (problem.classes, problem.pixels);
+    // Every (sample, class) row cut into its jobs' runs, each list reversed to pop in order.
+    let mut per_row: Vec<Vec<&mut [T]>> = buf
+        .chunks_mut(n)
+        .map(|row| {
+            let mut parts: Vec<&mut [T]> = row.chunks_mut(JOB).collect();
+            parts.reverse();
+            parts
+        })
+        .collect();
+    jobs.iter()
+        .map(|&(b, _, _)| {
+            (0..c_count)
+                .map(|c| {
+                    per_row[b * c_count + c]
+                        .pop()
+                        .expect("one run per job and row")
+                })
+                .collect()
+        })
+        .collect()
 }
 
-/// The three `[batch, class]` tables, stacked: `[3, batch, class]`.
-pub(crate) fn forward(problem: &Problem) -> Vec<f32> {
-    let (b_count, c_count) = (problem.batch, problem.classes);
-    let jobs = jobs(problem);
-    let partial: Vec<Vec<f64>> = if parallel(problem) {
+/// Runs `job` for each job with its rows of the output, in parallel on large problems.
+fn run_jobs<T: Send, R: Send>(
+    problem: &Problem,
+    jobs: &[Job],
+    rows: &mut [Vec<&mut [T]>],
+    job: impl Fn(Job, &mut [&mut [T]]) -> R + Sync,
+) -> Vec<R> {
+    if parallel(problem) {
         use rayon::prelude::*;
         jobs.par_iter()
-            .map(|&job| dispatch_forward(problem, job))
+            .zip(rows.par_iter_mut())
+            .map(|(&j, out)| job(j, out))
             .collect()
     } else {
         jobs.iter()
-            .map(|&job| dispatch_forward(problem, job))
+            .zip(rows.iter_mut())
+            .map(|(&j, out)| job(j, out))
             .collect()
+    }
+}
+
+/// Scratch space of one forward job.
+struct ForwardScratch {
+    /// `[class][BLOCK]` probabilities of the block.
+    probs: Vec<f32>,
+    w: [f32; BLOCK],
+    labels: [f32; BLOCK],
+    bad: [u32; BLOCK],
+    /// `[class][stat][LANES]` running sums.
+    wide: Vec<f64>,
+}
+
+/// Three sums in `LANES` independent lanes each: `f32` registers inside a block.
+type Acc = [[f32; LANES]; 3];
+
+/// Adds the block sums `acc` into `wide` (`[3][LANES]` `f64`).
+#[inline(always)]
+fn widen(acc: &Acc, wide: &mut [f64]) {
+    let wide: &mut [f64; 3 * LANES] = wide.try_into().expect("3 × LANES lanes");
+    for s in 0..3 {
+        for j in 0..LANES {
+            wide[s * LANES + j] += acc[s][j] as f64;
+        }
+    }
+}
+
+/// One block of [`forward_job`]: pixels `n0..n0 + len` of sample `b`, `local` pixels into the
+/// job. Called with `len = BLOCK` for full blocks, so that those loops have a constant length.
+#[inline(always)]
+fn forward_block<const FMA: bool>(
+    problem: &Problem,
+    (b, n0, len): (usize, usize, usize),
+    local: usize,
+    out: &mut [&mut [MaybeUninit<f32>]],
+    scratch: &mut ForwardScratch,
+) {
+    let c_count = problem.classes;
+    let ForwardScratch {
+        probs,
+        w,
+        labels,
+        bad,
+        wide,
+    } = scratch;
+    activate::<FMA>(problem, b, n0, len, probs);
+    load_aux(problem, (b, n0, len), w, labels);
+    block_bad(problem, (b, n0, len), &labels[..], bad);
+    for (c, row) in out.iter_mut().enumerate() {
+        for (o, &p) in row[local..local + len].iter_mut().zip(&probs[c * BLOCK..]) {
+            o.write(p);
+        }
+    }
+    let (sq, lin) = squared_factors(problem);
+    let (w, labels) = (&w[..len], &labels[..len]);
+    for c in 0..c_count {
+        let p = &probs[c * BLOCK..c * BLOCK + len];
+        let (mut ai, mut ap, mut at) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+        let mut tail = [0.0f32; 3];
+        match problem.target {
+            Target::Dense(t) => {
+                let t = &t[(b * c_count + c) * problem.pixels + n0..][..len];
+                let chunks = p
+                    .chunks_exact(LANES)
+                    .zip(t.chunks_exact(LANES))
+                    .zip(w.chunks_exact(LANES));
+                for ((p, t), w) in chunks {
+                    for j in 0..LANES {
+                        // (p·w)·(t·w), as the generic path multiplies both by the mask.
+                        let (pw, tw) = (p[j] * w[j], t[j] * w[j]);
+                        ai[j] += pw * tw;
+                        ap[j] += pw * (sq * pw + lin);
+                        at[j] += tw * (sq * tw + lin);
+                    }
+                }
+                // The tail of a partial block, into lane 0 (a dynamic lane index would keep
+                // the lanes out of registers).
+                for k in len - len % LANES..len {
+                    let (pw, tw) = (p[k] * w[k], t[k] * w[k]);
+                    tail[0] += pw * tw;
+                    tail[1] += pw * (sq * pw + lin);
+                    tail[2] += tw * (sq * tw + lin);
+                }
+            }
+            Target::Indices(_) => {
+                let class = c as f32;
+                let chunks = p
+                    .chunks_exact(LANES)
+                    .zip(labels.chunks_exact(LANES))
+                    .zip(w.chunks_exact(LANES));
+                for ((p, l), w) in chunks {
+                    for j in 0..LANES {
+                        let pw = p[j] * w[j];
+                        let hit = if l[j] == class { w[j] } else { 0.0 };
+                        ai[j] += p[j] * hit;
+                        ap[j] += pw * (sq * pw + lin);
+                        at[j] += hit;
+                    }
+                }
+                for k in len - len % LANES..len {
+                    let pw = p[k] * w[k];
+                    let hit = if labels[k] == class { w[k] } else { 0.0 };
+                    tail[0] += p[k] * hit;
+                    tail[1] += pw * (sq * pw + lin);
+                    tail[2] += hit;
+                }
+            }
+        }
+        ai[0] += tail[0];
+        ap[0] += tail[1];
+        at[0] += tail[2];
+        widen(&[ai, ap, at], &mut wide[3 * c * LANES..3 * (c + 1) * LANES]);
+    }
+}
+
+/// Sums of one job, `[3][classes]` (intersection, prediction, target), and whether
+/// [`block_bad`] marked anything. With `out` non-empty, the probabilities are also written
+/// there (one run per class).
+#[inline(always)]
+fn forward_job<const FMA: bool>(
+    problem: &Problem,
+    (b, start, count): Job,
+    out: &mut [&mut [MaybeUninit<f32>]],
+) -> (Vec<f64>, u32) {
+    let c_count = problem.classes;
+    let mut scratch = ForwardScratch {
+        probs: vec![0.0; c_count * BLOCK],
+        w: [0.0; BLOCK],
+        labels: [0.0; BLOCK],
+        bad: [0; BLOCK],
+        wide: vec![0.0; 3 * c_count * LANES],
     };
+    let mut n0 = start;
+    while n0 < start + count {
+        let len = BLOCK.min(start + count - n0);
+        if len == BLOCK {
+            forward_block::<FMA>(problem, (b, n0, BLOCK), n0 - start, out, &mut scratch);
+        } else {
+            forward_block::<FMA>(problem, (b, n0, len), n0 - start, out, &mut scratch);
+        }
+        n0 += len;
+    }
+    // Lanes are [class][stat][LANES]; the sums are [stat][class].
+    let mut out = vec![0.0f64; 3 * c_count];
+    for (i, lane) in scratch.wide.chunks_exact(LANES).enumerate() {
+        let (c, s) = (i / 3, i % 3);
+        out[s * c_count + c] = lane.iter().sum::<f64>();
+    }
+    (out, scratch.bad.iter().fold(0, |acc, &v| acc | v))
+}
+
+/// What the forward pass returns.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sums {
+    /// The three `[batch, class]` tables, stacked: `[3, batch, class]`.
+    pub sums: Vec<f32>,
+    /// Every input and dense target value is finite and every class index is in
+    /// `0..classes` (the data checks of `check_inputs`).
+    pub valid_data: bool,
+}
+
+/// The statistics of `problem`.
+pub(crate) fn forward(problem: &Problem) -> Sums {
+    forward_on(Isa::best(), problem, None)
+}
+
+/// [`forward`], and the probabilities (the input's size), for [`backward_stored`].
+pub(crate) fn forward_storing(problem: &Problem) -> (Sums, Vec<f32>) {
+    forward_storing_on(Isa::best(), problem)
+}
+
+/// [`forward_storing`] compiled for `isa`, which the CPU must support.
+#[allow(unsafe_code)]
+pub(crate) fn forward_storing_on(isa: Isa, problem: &Problem) -> (Sums, Vec<f32>) {
+    // Not zeroed: every element is written below, and zeroing is a serial pass as long as the
+    // kernel itself on one core.
+    let mut probs = Vec::with_capacity(problem.x.len());
+    let sums = forward_on(isa, problem, Some(probs.spare_capacity_mut()));
+    // SAFETY: `forward_on` wrote every element: the jobs cover every (sample, pixel), and each
+    // writes its pixels of every class row (`job_rows`, `forward_block`), whatever the data.
+    unsafe { probs.set_len(problem.x.len()) };
+    (sums, probs)
+}
+
+/// The statistics of `problem` compiled for `isa` (which the CPU must support); with `probs`
+/// (the input's size) the probabilities are written there too.
+fn forward_on(isa: Isa, problem: &Problem, probs: Option<&mut [MaybeUninit<f32>]>) -> Sums {
+    let (b_count, c_count) = (problem.batch, problem.classes);
+    let jobs = jobs(problem);
+    let mut rows = match probs {
+        Some(buf) => job_rows(problem, &jobs, buf),
+        None => jobs.iter().map(|_| Vec::new()).collect(),
+    };
+    let partial = run_jobs(problem, &jobs, &mut rows, |job, out| {
+        dispatch_forward(isa, problem, job, out)
+    });
     let mut out = vec![0.0f64; 3 * b_count * c_count];
-    for (&(b, _, _), sums) in jobs.iter().zip(&partial) {
+    let mut bad = 0;
+    for (&(b, _, _), (sums, job_bad)) in jobs.iter().zip(&partial) {
+        bad |= job_bad;
         for s in 0..3 {
             for c in 0..c_count {
                 out[(s * b_count + b) * c_count + c] += sums[s * c_count + c];
             }
         }
     }
-    out.into_iter().map(|v| v as f32).collect()
+    Sums {
+        sums: out.into_iter().map(|v| v as f32).collect(),
+        valid_data: bad == 0,
+    }
 }
 
 /// The gradient with respect to `x` of `Σ g_I·I + g_P·P + g_T·T` for `grad` = `[3, batch, class]`
-/// (`T` does not depend on `x`).
+/// (`T` does not depend on `x`), the activation recomputed from `x`.
 ///
 /// With `pw = p·w`: `∂I/∂p = t·w²` (dense) or `w·[label = c]` (indices), `∂P/∂p = w` or
 /// `2·p·w²` (`squared_pred`); then through the activation: sigmoid `p(1 − p)`, softmax
 /// `p_c (dp_c − Σ_k p_k dp_k)`.
 pub(crate) fn backward(problem: &Problem, grad: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0f32; problem.x.len()];
-    let jobs = jobs(problem);
-    let (c_count, n) = (problem.classes, problem.pixels);
-    // Each job writes its own pixels of every class of its sample: split dx accordingly.
-    let mut pieces: Vec<(usize, usize, usize, Vec<&mut [f32]>)> = Vec::with_capacity(jobs.len());
-    {
-        let mut rows: Vec<&mut [f32]> = dx.chunks_mut(n).collect();
-        rows.reverse();
-        let mut per_row: Vec<Vec<&mut [f32]>> = Vec::new();
-        for _ in 0..problem.batch * c_count {
-            let row = rows.pop().expect("one row per (sample, class)");
-            let mut parts = Vec::new();
-            let mut rest = row;
-            let mut n0 = 0;
-            while n0 < n {
-                let len = JOB.min(n - n0);
-                let (head, tail) = rest.split_at_mut(len);
-                parts.push(head);
-                rest = tail;
-                n0 += len;
-            }
-            parts.reverse();
-            per_row.push(parts);
-        }
-        for &(b, n0, len) in &jobs {
-            let rows = (0..c_count)
-                .map(|c| per_row[b * c_count + c].pop().expect("one part per job"))
-                .collect();
-            pieces.push((b, n0, len, rows));
-        }
-    }
-    if parallel(problem) {
-        use rayon::prelude::*;
-        pieces
-            .par_iter_mut()
-            .for_each(|(b, n0, len, out)| dispatch_backward(problem, grad, (*b, *n0, *len), out));
-    } else {
-        for (b, n0, len, out) in &mut pieces {
-            dispatch_backward(problem, grad, (*b, *n0, *len), out);
-        }
-    }
+    backward_on(Isa::best(), problem, grad, &mut dx, false);
     dx
 }
 
-#[inline(always)]
-fn backward_job(
+/// [`backward`] from the probabilities that [`forward`] stored in `probs`, overwritten in
+/// place by the gradient: no activation to recompute and no new buffer. `problem.x` is not
+/// read.
+pub(crate) fn backward_stored(problem: &Problem, grad: &[f32], probs: &mut [f32]) {
+    backward_on(Isa::best(), problem, grad, probs, true);
+}
+
+/// The backward pass compiled for `isa` (which the CPU must support) into `out`; `stored`: see
+/// [`backward_stored`].
+pub(crate) fn backward_on(
+    isa: Isa,
     problem: &Problem,
     grad: &[f32],
-    (b, start, count): (usize, usize, usize),
+    out: &mut [f32],
+    stored: bool,
+) {
+    let jobs = jobs(problem);
+    let mut rows = job_rows(problem, &jobs, out);
+    run_jobs(problem, &jobs, &mut rows, |job, out| {
+        dispatch_backward(isa, problem, grad, job, out, stored)
+    });
+}
+
+/// One job of [`backward`] (`stored`: the probabilities are read from `out`, then replaced).
+#[inline(always)]
+fn backward_job<const FMA: bool>(
+    problem: &Problem,
+    grad: &[f32],
+    (b, start, count): Job,
     out: &mut [&mut [f32]],
+    stored: bool,
 ) {
     let (b_count, c_count) = (problem.batch, problem.classes);
     let g = |s: usize, c: usize| grad[(s * b_count + b) * c_count + c];
@@ -365,7 +582,15 @@ fn backward_job(
     let mut n0 = start;
     while n0 < start + count {
         let len = BLOCK.min(start + count - n0);
-        load_block(problem, (b, n0, len), &mut probs, &mut w, &mut labels);
+        let local = n0 - start;
+        if stored {
+            for (c, row) in out.iter().enumerate() {
+                probs[c * BLOCK..c * BLOCK + len].copy_from_slice(&row[local..local + len]);
+            }
+        } else {
+            activate::<FMA>(problem, b, n0, len, &mut probs);
+        }
+        load_aux(problem, (b, n0, len), &mut w, &mut labels);
         let (w, labels) = (&w[..len], &labels[..len]);
         for c in 0..c_count {
             let (gi, gp) = (g(0, c), g(1, c));
@@ -389,7 +614,6 @@ fn backward_job(
                 }
             }
         }
-        let local = n0 - start;
         match problem.activation {
             Activation::None => {
                 for c in 0..c_count {
@@ -400,13 +624,15 @@ fn backward_job(
                 for c in 0..c_count {
                     let p = &probs[c * BLOCK..c * BLOCK + len];
                     let d = &dp[c * BLOCK..c * BLOCK + len];
-                    for (k, o) in out[c][local..local + len].iter_mut().enumerate() {
-                        *o = d[k] * p[k] * (1.0 - p[k]);
+                    let o = &mut out[c][local..local + len];
+                    for k in 0..len {
+                        o[k] = d[k] * p[k] * (1.0 - p[k]);
                     }
                 }
             }
             Activation::Softmax => {
                 let mut dot = [0.0f32; BLOCK];
+                let dot = &mut dot[..len];
                 for c in 0..c_count {
                     let p = &probs[c * BLOCK..c * BLOCK + len];
                     let d = &dp[c * BLOCK..c * BLOCK + len];
@@ -417,8 +643,9 @@ fn backward_job(
                 for c in 0..c_count {
                     let p = &probs[c * BLOCK..c * BLOCK + len];
                     let d = &dp[c * BLOCK..c * BLOCK + len];
-                    for (k, o) in out[c][local..local + len].iter_mut().enumerate() {
-                        *o = p[k] * (d[k] - dot[k]);
+                    let o = &mut out[c][local..local + len];
+                    for k in 0..len {
+                        o[k] = p[k] * (d[k] - dot[k]);
                     }
                 }
             }
@@ -457,10 +684,63 @@ pub(crate) fn labels_in_range(labels: Labels, classes: usize, ignore: Option<usi
 // Runtime dispatch to an AVX2 + FMA build of the same loops where the CPU has them (8 lanes
 // instead of SSE2's 4); the code is identical, only the instruction set differs.
 
+/// The instruction sets the jobs are compiled for; the code is the same, only the vector width
+/// (SSE2's 4 lanes, AVX2's 8, AVX-512's 16) and the fused multiply-adds differ. Chosen at run
+/// time from what the CPU has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// The target's baseline (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 and FMA.
+    Avx2,
+    /// AVX-512 (F and VL), AVX2 and FMA.
+    Avx512,
+}
+
+impl Isa {
+    /// The widest this CPU runs.
+    pub fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    }
+
+    /// Every level this CPU runs (for tests).
+    #[cfg(test)]
+    pub fn available() -> Vec<Isa> {
+        [Isa::Baseline, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&isa| isa == Isa::Baseline || Isa::best() == isa || Isa::best() == Isa::Avx512)
+            .collect()
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn forward_job_avx2(problem: &Problem, job: (usize, usize, usize)) -> Vec<f64> {
-    forward_job(problem, job)
+fn forward_job_avx2(
+    problem: &Problem,
+    job: Job,
+    out: &mut [&mut [MaybeUninit<f32>]],
+) -> (Vec<f64>, u32) {
+    forward_job::<true>(problem, job, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn forward_job_avx512(
+    problem: &Problem,
+    job: Job,
+    out: &mut [&mut [MaybeUninit<f32>]],
+) -> (Vec<f64>, u32) {
+    forward_job::<true>(problem, job, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -468,40 +748,61 @@ fn forward_job_avx2(problem: &Problem, job: (usize, usize, usize)) -> Vec<f64> {
 fn backward_job_avx2(
     problem: &Problem,
     grad: &[f32],
-    job: (usize, usize, usize),
+    job: Job,
     out: &mut [&mut [f32]],
+    stored: bool,
 ) {
-    backward_job(problem, grad, job, out)
+    backward_job::<true>(problem, grad, job, out, stored)
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn backward_job_avx512(
+    problem: &Problem,
+    grad: &[f32],
+    job: Job,
+    out: &mut [&mut [f32]],
+    stored: bool,
+) {
+    backward_job::<true>(problem, grad, job, out, stored)
 }
 
 #[allow(unsafe_code)]
-fn dispatch_forward(problem: &Problem, job: (usize, usize, usize)) -> Vec<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-        return unsafe { forward_job_avx2(problem, job) };
+fn dispatch_forward(
+    isa: Isa,
+    problem: &Problem,
+    job: Job,
+    out: &mut [&mut [MaybeUninit<f32>]],
+) -> (Vec<f64>, u32) {
+    match isa {
+        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { forward_job_avx512(problem, job, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { forward_job_avx2(problem, job, out) },
+        _ => forward_job::<false>(problem, job, out),
     }
-    forward_job(problem, job)
 }
 
 #[allow(unsafe_code)]
 fn dispatch_backward(
+    isa: Isa,
     problem: &Problem,
     grad: &[f32],
-    job: (usize, usize, usize),
+    job: Job,
     out: &mut [&mut [f32]],
+    stored: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-        return unsafe { backward_job_avx2(problem, grad, job, out) };
+    match isa {
+        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { backward_job_avx512(problem, grad, job, out, stored) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { backward_job_avx2(problem, grad, job, out, stored) },
+        _ => backward_job::<false>(problem, grad, job, out, stored),
     }
-    backward_job(problem, grad, job, out)
 }
 
 #[cfg(test)]
@@ -513,14 +814,16 @@ mod tests {
         let mut worst = 0.0f32;
         let mut x = -87.0f32;
         while x < 88.0 {
-            let (ours, std) = (exp(x), x.exp());
+            let (ours, std) = (exp::<false>(x), x.exp());
+            let fused = exp::<true>(x);
+            worst = worst.max(((fused - std) / std).abs());
             worst = worst.max(((ours - std) / std).abs());
             x += 0.0137;
         }
         assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
-        assert!(exp(1000.0).is_finite());
+        assert_eq!(exp::<false>(0.0), 1.0);
+        assert!(exp::<false>(-1000.0) < 1e-37 && exp::<false>(-1000.0) >= 0.0);
+        assert!(exp::<false>(1000.0).is_finite());
     }
 
     #[test]
@@ -566,7 +869,8 @@ mod tests {
             Target::Indices(Labels::I64(&labels)),
             None,
             Activation::None,
-        ));
+        ))
+        .sums;
         // I: class 0 gets p0[1] = 0.6; class 1 gets p1[0] + p1[2] = 0.8 + 0.5.
         let expected = [0.6, 1.3, 1.3, 1.7, 1.0, 2.0];
         for (a, b) in sums.iter().zip(expected) {
@@ -579,11 +883,106 @@ mod tests {
             Target::Indices(Labels::I32(&[1, 0, 1])),
             Some(&valid),
             Activation::None,
-        ));
+        ))
+        .sums;
         let expected = [0.0, 1.3, 0.7, 1.3, 0.0, 2.0];
         for (a, b) in sums.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{sums:?}");
         }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_numbers() {
+        // 2 samples, 3 classes, 1000 pixels: full blocks and a partial one.
+        let (batch, classes, pixels) = (2, 3, 1000);
+        let wave = |i: usize, f: f32| (i as f32 * f).sin() * 4.0;
+        let x: Vec<f32> = (0..batch * classes * pixels)
+            .map(|i| wave(i, 0.37))
+            .collect();
+        let dense: Vec<f32> = (0..x.len())
+            .map(|i| (wave(i, 0.11) > 0.0) as u8 as f32)
+            .collect();
+        let labels: Vec<i32> = (0..batch * pixels).map(|i| (i * 7 % 3) as i32).collect();
+        let valid: Vec<f32> = (0..batch * pixels)
+            .map(|i| (i % 5 != 0) as u8 as f32)
+            .collect();
+        let grad: Vec<f32> = (0..3 * batch * classes).map(|i| wave(i, 1.3)).collect();
+        for activation in [Activation::Sigmoid, Activation::Softmax] {
+            for (target, valid) in [
+                (Target::Dense(&dense), None),
+                (Target::Indices(Labels::I32(&labels)), Some(&valid[..])),
+            ] {
+                let problem = Problem {
+                    x: &x,
+                    target,
+                    valid,
+                    batch,
+                    classes,
+                    pixels,
+                    activation,
+                    squared_pred: true,
+                };
+                let run = |isa| {
+                    let (sums, mut probs) = forward_storing_on(isa, &problem);
+                    assert_eq!(sums, forward_on(isa, &problem, None));
+                    let mut dx = vec![0.0; x.len()];
+                    backward_on(isa, &problem, &grad, &mut dx, false);
+                    backward_on(isa, &problem, &grad, &mut probs, true);
+                    (sums, dx, probs)
+                };
+                let (sums, dx, from_probs) = run(Isa::Baseline);
+                assert!(sums.valid_data);
+                for isa in Isa::available() {
+                    let (s, d, p) = run(isa);
+                    let close = |a: &[f32], b: &[f32], tol: f32| {
+                        a.iter()
+                            .zip(b)
+                            .all(|(a, b)| (a - b).abs() <= tol * (1.0 + b.abs()))
+                    };
+                    assert!(
+                        close(&s.sums, &sums.sums, 1e-5),
+                        "{isa:?} {activation:?} sums"
+                    );
+                    assert!(close(&d, &dx, 1e-5), "{isa:?} {activation:?} gradient");
+                    assert!(
+                        close(&p, &from_probs, 1e-5),
+                        "{isa:?} {activation:?} stored"
+                    );
+                    assert!(
+                        close(&p, &dx, 1e-5),
+                        "{isa:?} {activation:?} stored vs recomputed"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn data_checks_in_the_forward_pass() {
+        let x = [0.2, 0.6, 0.5, 0.8, 0.4, 0.5];
+        let dense = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let labels = [1i64, 0, 1];
+        fn valid(x: &[f32], target: Target) -> bool {
+            forward(&problem(x, target, None, Activation::Softmax)).valid_data
+        }
+        assert!(valid(&x, Target::Dense(&dense)));
+        assert!(valid(&x, Target::Indices(Labels::I64(&labels))));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut y = x;
+            y[4] = bad;
+            assert!(!valid(&y, Target::Dense(&dense)), "input {bad}");
+            let mut t = dense;
+            t[5] = bad;
+            assert!(!valid(&x, Target::Dense(&t)), "target {bad}");
+        }
+        for label in [-1i64, 2, 1 << 40] {
+            let l = [0, label, 1];
+            assert!(
+                !valid(&x, Target::Indices(Labels::I64(&l))),
+                "label {label}"
+            );
+        }
+        assert!(!valid(&x, Target::Indices(Labels::I32(&[0, 1, 7]))));
     }
 
     #[test]
@@ -604,13 +1003,20 @@ mod tests {
                     let mut p = problem(&x, target, valid, activation);
                     p.squared_pred = squared_pred;
                     let objective = |x: &[f32]| {
-                        let sums = forward(&Problem { x, ..p });
+                        let sums = forward(&Problem { x, ..p }).sums;
                         sums.iter()
                             .zip(&grad)
                             .map(|(s, g)| (s * g) as f64)
                             .sum::<f64>()
                     };
                     let dx = backward(&p, &grad);
+                    // The same gradient from the probabilities stored by the forward pass.
+                    let (with_probs, mut stored) = forward_storing(&p);
+                    assert_eq!(with_probs, forward(&p));
+                    backward_stored(&Problem { x: &[], ..p }, &grad, &mut stored);
+                    for (a, b) in stored.iter().zip(&dx) {
+                        assert!((a - b).abs() < 1e-6, "{activation:?}: {stored:?} vs {dx:?}");
+                    }
                     for i in 0..x.len() {
                         let h = 1e-3f32;
                         let (mut up, mut down) = (x, x);

@@ -6,12 +6,16 @@
 //! class-index targets a gather and two scatter-adds; autodiff then walks that chain back. On
 //! burn-ndarray (`NdArray<f32>`) and burn-flex (`Flex`), with or without `Autodiff` (its default
 //! checkpointing), burn-dice instead runs one fused pass over the contiguous `f32` data that
-//! computes the activation and the three sums together (SIMD lanes, both cores), and registers
-//! a custom backward (burn-autodiff's `Backward` trait) that recomputes the activation and
-//! writes the input's gradient in one more pass, from the closed form
+//! computes the activation and the three sums together (SIMD lanes: SSE2, AVX2 or AVX-512,
+//! whichever the CPU has; both cores), and registers a custom backward (burn-autodiff's
+//! `Backward` trait) that writes the input's gradient in one more pass, from the closed form
 //! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)`. Everything after the statistics (smoothing,
 //! weights, the formula of each loss, the reduction) stays in burn ops on `[batch, class]`
 //! tensors, so every option of every loss is covered and its gradient still comes from autodiff.
+//!
+//! When the input requires a gradient, the forward pass also stores the probabilities, and the
+//! backward pass overwrites them in place with the gradient: no activation to recompute and no
+//! second buffer. (With no activation `p = x` and nothing is stored.)
 //!
 //! The choice is made at run time from the backend type, so `DiceLoss<B>` stays generic and a
 //! training loop needs no change; every other backend (wgpu, `f64`, other checkpointing
@@ -20,17 +24,20 @@
 //! runs the MONAI fixtures through the fused path); [`generic_only`] runs code with the fused
 //! kernels switched off, to compare or to rule them out.
 //!
-//! The data checks of `check_inputs` (finite input and target, class indices in range) read
-//! the raw data the same way on these backends, in one vectorized pass each instead of a burn
-//! comparison, a reduction and a read-back; on a failure the generic check runs to build the
-//! same error message.
+//! The data checks of `check_inputs` (finite input and dense target, class indices in range)
+//! are made by the fused pass itself for `DiceLoss`, `GeneralizedDiceLoss` and `TverskyLoss`,
+//! on the data it reads anyway; only when it reports bad data (or does not run after all) do
+//! the burn-ops checks run, to panic with their message. `DiceCELoss` and `DiceFocalLoss`,
+//! whose cross-entropy reads the data first, check before, reading the raw data in one
+//! vectorized pass instead of a burn comparison, a reduction and a read-back.
 //!
 //! burn-ndarray 0.21 copies the data on every `reshape`; flattening the input, the target and
 //! (on the way back) the gradient to `[batch, class, pixels]` therefore cost three copies of the
 //! input. burn-dice re-views a contiguous ndarray buffer instead, with its own autodiff node.
 //!
-//! Memory: the forward pass allocates only the `[3, batch, class]` result; the backward pass
-//! allocates the input's gradient (which autodiff needs anyway) and keeps no activation.
+//! Memory: the forward pass allocates the `[3, batch, class]` result and, when the input is
+//! tracked, the probabilities (the input's size), which become the input's gradient (which
+//! autodiff needs anyway): one buffer of the input's size in all.
 
 #[cfg(feature = "cpu-kernels")]
 mod cpu;
@@ -67,15 +74,40 @@ pub fn fused_enabled() -> bool {
     cfg!(feature = "cpu-kernels") && !GENERIC_ONLY.with(|g| g.get())
 }
 
-/// The three `[batch, class]` sums (intersection, prediction, target) of `input`
-/// (`[batch, class, pixels]`, raw) after `activation`, if a fused kernel handles this backend
-/// and these tensors; `None` means: use the generic path.
+/// Whether the fused statistics may run for tensors of backend `B` on this thread: the
+/// backend is burn-ndarray or burn-flex (plain or under `Autodiff`) and [`fused_enabled`].
+/// Whether they do run also depends on the tensors (`f32`, a target without gradient).
+pub(crate) fn may_fuse<B: Backend>() -> bool {
+    if !fused_enabled() {
+        return false;
+    }
+    #[cfg(feature = "cpu-kernels")]
+    {
+        cpu::may_fuse::<B>()
+    }
+    #[cfg(not(feature = "cpu-kernels"))]
+    {
+        false
+    }
+}
+
+/// The result of the fused statistics.
+pub(crate) struct FusedStats<B: Backend> {
+    /// The three `[batch, class]` sums: intersection, prediction, target.
+    pub sums: [Tensor<B, 2>; 3],
+    /// Whether the input and a dense target are finite and class indices in range: the data
+    /// checks of `check_inputs`, from the same pass (see [`may_fuse`]).
+    pub valid_data: bool,
+}
+
+/// The statistics of `input` (`[batch, class, pixels]`, raw) after `activation`, if a fused
+/// kernel handles this backend and these tensors; `None` means: use the generic path.
 pub(crate) fn class_stats<B: Backend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     activation: Activation,
     squared_pred: bool,
-) -> Option<[Tensor<B, 2>; 3]> {
+) -> Option<FusedStats<B>> {
     if !fused_enabled() {
         return None;
     }
