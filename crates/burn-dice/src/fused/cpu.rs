@@ -757,6 +757,23 @@ mod tests {
         deferred_checks_on::<Autodiff<Flex>>();
     }
 
+    #[test]
+    fn deferred_checks_run_when_the_fused_pass_does_not() {
+        // A dense target that requires a gradient takes the generic path on a backend where
+        // the checks were left to the fused pass: they must still run.
+        type B = Autodiff<NdArray<f32>>;
+        let device = Default::default();
+        let x = Tensor::<B, 4>::ones([1, 2, 2, 2], &device)
+            .slice_fill([0..1, 0..1, 0..1, 0..1], f32::NAN);
+        let t = Tensor::<B, 4>::ones([1, 2, 2, 2], &device).require_grad();
+        let loss = DiceLossConfig::new().init::<B>(&device);
+        let message = panic_message(|| drop(loss.forward(x, t)));
+        assert_eq!(
+            message.as_deref(),
+            Some("DiceLoss: `input` holds NaN or infinite values; expected finite numbers")
+        );
+    }
+
     fn dispatch_on<B: Backend>() -> (bool, bool) {
         let device = Default::default();
         let x = Tensor::<B, 3>::ones([1, 2, 3], &device);
