@@ -756,49 +756,39 @@ impl Isa {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn forward_job_avx2(
-    problem: &Problem,
-    job: Job,
-    out: &mut [&mut [MaybeUninit<f32>]],
-) -> (Vec<f64>, u32) {
-    forward_job::<true>(problem, job, out)
+/// A module with [`forward_job`] and [`backward_job`] compiled with `$features` enabled (and
+/// fused multiply-adds); calling them is sound only on a CPU that has those features.
+macro_rules! build_for {
+    ($module:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub(super) fn forward(
+                problem: &Problem,
+                job: Job,
+                out: &mut [&mut [MaybeUninit<f32>]],
+            ) -> (Vec<f64>, u32) {
+                forward_job::<true>(problem, job, out)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn backward(
+                problem: &Problem,
+                grad: &[f32],
+                job: Job,
+                out: &mut [&mut [f32]],
+                stored: bool,
+            ) {
+                backward_job::<true>(problem, grad, job, out, stored)
+            }
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-fn forward_job_avx512(
-    problem: &Problem,
-    job: Job,
-    out: &mut [&mut [MaybeUninit<f32>]],
-) -> (Vec<f64>, u32) {
-    forward_job::<true>(problem, job, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn backward_job_avx2(
-    problem: &Problem,
-    grad: &[f32],
-    job: Job,
-    out: &mut [&mut [f32]],
-    stored: bool,
-) {
-    backward_job::<true>(problem, grad, job, out, stored)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-fn backward_job_avx512(
-    problem: &Problem,
-    grad: &[f32],
-    job: Job,
-    out: &mut [&mut [f32]],
-    stored: bool,
-) {
-    backward_job::<true>(problem, grad, job, out, stored)
-}
+build_for!(avx2, "avx2,fma");
+build_for!(avx512, "avx512f,avx512vl,avx2,fma");
 
 #[allow(unsafe_code)]
 fn dispatch_forward(
@@ -810,10 +800,10 @@ fn dispatch_forward(
     match isa {
         // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { forward_job_avx512(problem, job, out) },
+        Isa::Avx512 => unsafe { avx512::forward(problem, job, out) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { forward_job_avx2(problem, job, out) },
+        Isa::Avx2 => unsafe { avx2::forward(problem, job, out) },
         _ => forward_job::<false>(problem, job, out),
     }
 }
@@ -830,10 +820,10 @@ fn dispatch_backward(
     match isa {
         // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { backward_job_avx512(problem, grad, job, out, stored) },
+        Isa::Avx512 => unsafe { avx512::backward(problem, grad, job, out, stored) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { backward_job_avx2(problem, grad, job, out, stored) },
+        Isa::Avx2 => unsafe { avx2::backward(problem, grad, job, out, stored) },
         _ => backward_job::<false>(problem, grad, job, out, stored),
     }
 }
