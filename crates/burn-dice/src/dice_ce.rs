@@ -115,10 +115,11 @@ pub struct DiceCELoss<B: Backend> {
     pub pos_weight: Option<f32>,
 }
 
-/// Per-pixel cross-entropy and its normalizer, `[batch, 1, pixels]` each.
-struct PixelCe<B: Backend> {
-    loss: Tensor<B, 3>,
-    norm: Tensor<B, 3>,
+/// Per sample, the summed pixel cross-entropies and their normalizer (the summed weights),
+/// `[batch]` each.
+struct SampleCe<B: Backend> {
+    loss: Tensor<B, 1>,
+    norm: Tensor<B, 1>,
 }
 
 impl<B: Backend> DiceCELoss<B> {
@@ -138,7 +139,7 @@ impl<B: Backend> DiceCELoss<B> {
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 1> {
         let prepared = self.prepare(input, target.into());
-        let ce = self.pixel_ce(&prepared);
+        let ce = self.sample_ce(&prepared);
         let dice = self
             .dice
             .reduction
@@ -157,9 +158,9 @@ impl<B: Backend> DiceCELoss<B> {
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 2> {
         let prepared = self.prepare(input, target.into());
-        let ce = self.pixel_ce(&prepared);
+        let ce = self.sample_ce(&prepared);
         let b = ce.loss.dims()[0];
-        let per_sample = (ce.loss.sum_dim(2) * reciprocal(ce.norm.sum_dim(2))).reshape([b, 1]);
+        let per_sample = (ce.loss * reciprocal(ce.norm)).reshape([b, 1]);
         let dice = self.dice.loss_prepared(prepared);
         dice.mul_scalar(self.lambda_dice) + per_sample.mul_scalar(self.lambda_ce)
     }
@@ -180,25 +181,15 @@ impl<B: Backend> DiceCELoss<B> {
         )
     }
 
-    fn pixel_ce(&self, prepared: &Prepared<B>) -> PixelCe<B> {
-        let logits = prepared.input.clone();
-        let [b, c, s] = logits.dims();
-        let (loss, norm) = if c == 1 {
+    /// The cross-entropy sums of every sample: from the fused kernel on burn-ndarray and
+    /// burn-flex ([`crate::fused`]), else from burn ops.
+    fn sample_ce(&self, prepared: &Prepared<B>) -> SampleCe<B> {
+        let c = prepared.channels();
+        if c == 1 {
             assert!(
                 self.ce_weight.is_none(),
                 "{NAME}: `ce_weight` needs a multi-class input, got 1 channel (use `pos_weight`)"
             );
-            let t = match &prepared.target.target {
-                FlatTarget::Dense(t) => t.clone(),
-                FlatTarget::Indices(_) => unreachable!("single-channel labels are dense"),
-            };
-            let positive = log_sigmoid(logits.clone()) * t.clone();
-            let positive = match self.pos_weight {
-                Some(w) => positive.mul_scalar(w),
-                None => positive,
-            };
-            let negative = log_sigmoid(logits.neg()) * t.clone().neg().add_scalar(1.0);
-            ((positive + negative).neg(), t.ones_like())
         } else {
             assert!(
                 self.pos_weight.is_none(),
@@ -212,6 +203,49 @@ impl<B: Backend> DiceCELoss<B> {
                      background included)"
                 );
             }
+        }
+        if crate::fused::may_fuse::<B>() {
+            let options = crate::fused::CeOptions {
+                class_weight: self.ce_weight.as_ref().map(|w| {
+                    w.to_data()
+                        .convert::<f32>()
+                        .into_vec::<f32>()
+                        .expect("f32 weights")
+                }),
+                pos_weight: self.pos_weight.unwrap_or(1.0),
+                label_smoothing: self.label_smoothing as f32,
+            };
+            if let Some([loss, norm]) =
+                crate::fused::ce_sums(&prepared.input, &prepared.target, &options)
+            {
+                return SampleCe { loss, norm };
+            }
+        }
+        let (loss, norm) = self.pixel_ce(prepared);
+        let b = loss.dims()[0];
+        SampleCe {
+            loss: loss.sum_dim(2).reshape([b]),
+            norm: norm.sum_dim(2).reshape([b]),
+        }
+    }
+
+    /// Per-pixel cross-entropy and its normalizer, `[batch, 1, pixels]` each, from burn ops.
+    fn pixel_ce(&self, prepared: &Prepared<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let logits = prepared.input.clone();
+        let [b, c, s] = logits.dims();
+        let (loss, norm) = if c == 1 {
+            let t = match &prepared.target.target {
+                FlatTarget::Dense(t) => t.clone(),
+                FlatTarget::Indices(_) => unreachable!("single-channel labels are dense"),
+            };
+            let positive = log_sigmoid(logits.clone()) * t.clone();
+            let positive = match self.pos_weight {
+                Some(w) => positive.mul_scalar(w),
+                None => positive,
+            };
+            let negative = log_sigmoid(logits.neg()) * t.clone().neg().add_scalar(1.0);
+            ((positive + negative).neg(), t.ones_like())
+        } else {
             let logp = log_softmax(logits, 1);
             let eps = self.label_smoothing;
             let weighted = match &self.ce_weight {
@@ -247,11 +281,8 @@ impl<B: Backend> DiceCELoss<B> {
             }
         };
         match &prepared.target.valid {
-            Some(valid) => PixelCe {
-                loss: loss * valid.clone(),
-                norm: norm * valid.clone(),
-            },
-            None => PixelCe { loss, norm },
+            Some(valid) => (loss * valid.clone(), norm * valid.clone()),
+            None => (loss, norm),
         }
     }
 }

@@ -16,8 +16,9 @@ use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use burn_ndarray::{NdArray, NdArrayTensor};
 
+use super::kernel::ce::CeProblem;
 use super::kernel::{self, Labels, Problem, Target};
-use super::FusedStats;
+use super::{CeOptions, FusedStats};
 use crate::activation::Activation;
 use crate::target::{FlatTarget, PreparedTarget};
 
@@ -300,6 +301,16 @@ fn plain<B: Backend, T: CpuBackend>(
     })
 }
 
+/// Whether a dense target or the mask requires a gradient: the fused operations give
+/// gradients to the input only, so such targets take the generic path.
+fn target_tracked<B: Backend>(target: &PreparedTarget<B>) -> bool {
+    let dense = match &target.target {
+        FlatTarget::Dense(t) => t.is_require_grad(),
+        FlatTarget::Indices(_) => false,
+    };
+    dense || target.valid.as_ref().is_some_and(|v| v.is_require_grad())
+}
+
 /// `B` is `Autodiff<T>` (no checkpointing).
 fn autodiff<B: Backend, T: CpuBackend>(
     input: &Tensor<B, 3>,
@@ -310,13 +321,7 @@ fn autodiff<B: Backend, T: CpuBackend>(
     if TypeId::of::<B>() != TypeId::of::<Ad<T>>() {
         return None;
     }
-    // Gradients flow to the input only: a target or mask that requires a gradient takes the
-    // generic path.
-    let tracked = match &target.target {
-        FlatTarget::Dense(t) => t.is_require_grad(),
-        FlatTarget::Indices(_) => false,
-    } || target.valid.as_ref().is_some_and(|v| v.is_require_grad());
-    if tracked {
+    if target_tracked(target) {
         return None;
     }
     let (target, valid) = primitives::<B, T>(target)?;
@@ -496,6 +501,125 @@ pub(super) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
         .or_else(|t| on::<B, Autodiff<NdArray<f32>, NoCheckpointing>, D, D2>(t, shape))
 }
 
+/// The options of the cross-entropy term, owned (autodiff state).
+#[derive(Debug, Clone)]
+struct CeSpec {
+    dims: [usize; 3],
+    class_weight: Option<Vec<f32>>,
+    pos_weight: f32,
+    label_smoothing: f32,
+}
+
+/// Runs `f` on the cross-entropy problem of these primitives.
+fn with_ce_problem<B: CpuBackend, R>(
+    x: &B::FloatTensorPrimitive,
+    target: &TargetPrim<B>,
+    valid: Option<&B::FloatTensorPrimitive>,
+    spec: &CeSpec,
+    f: impl FnOnce(&CeProblem) -> R,
+) -> Option<R> {
+    let base = Spec {
+        dims: spec.dims,
+        activation: Activation::Softmax,
+        squared_pred: false,
+    };
+    with_problem::<B, _>(Some(x), target, valid, base, |p| {
+        f(&CeProblem {
+            base: *p,
+            class_weight: spec.class_weight.as_deref(),
+            pos_weight: spec.pos_weight,
+            label_smoothing: spec.label_smoothing,
+        })
+    })
+}
+
+/// The custom backward of the fused cross-entropy sums (`[2, batch]`: loss, norm; the norm
+/// does not depend on the input).
+#[derive(Debug)]
+struct CeBackward;
+
+impl<B: CpuBackend> Backward<B, 1> for CeBackward {
+    type State = (
+        B::FloatTensorPrimitive,
+        TargetPrim<B>,
+        Option<B::FloatTensorPrimitive>,
+        CeSpec,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [parent] = ops.parents;
+        let Some(parent) = parent else { return };
+        let (x, target, valid, spec) = ops.state;
+        let grad = B::floats(&grad).expect("the gradient of an f32 output is f32");
+        let dx = with_ce_problem::<B, _>(&x, &target, valid.as_ref(), &spec, |p| {
+            kernel::ce::backward(p, &grad[..spec.dims[0]])
+        })
+        .expect("the forward pass read the same tensors");
+        grads.register::<B>(parent.id, B::from_floats(dx, &spec.dims));
+    }
+}
+
+/// The fused cross-entropy sums `[2, batch]` where `B` is `T` or `Autodiff<T>`.
+fn ce_on<B: Backend, T: CpuBackend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    spec: &CeSpec,
+) -> Option<Tensor<B, 2>> {
+    type Ad<T> = Autodiff<T, NoCheckpointing>;
+    let forward = |x: &T::FloatTensorPrimitive, t: &TargetPrim<T>, v: Option<&_>| {
+        let sums = with_ce_problem::<T, _>(x, t, v, spec, kernel::ce::forward)?;
+        Some(T::from_floats(sums, &[2, spec.dims[0]]))
+    };
+    if TypeId::of::<B>() == TypeId::of::<T>() {
+        let (t, v) = primitives::<B, T>(target)?;
+        let x = inner_float::<B, T, 3>(input.clone())?;
+        let out = forward(&x, &t, v.as_ref())?;
+        return cast(Tensor::<T, 2>::from_primitive(TensorPrimitive::Float(out))).ok();
+    }
+    if TypeId::of::<B>() != TypeId::of::<Ad<T>>() || target_tracked(target) {
+        return None;
+    }
+    let (t, v) = primitives::<B, T>(target)?;
+    let x: Tensor<Ad<T>, 3> = cast(input.clone()).ok()?;
+    let x = x.into_primitive().tensor();
+    let out = forward(&x.primitive, &t, v.as_ref())?;
+    let out = match CeBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, t, v, spec.clone()), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    cast(Tensor::<Ad<T>, 2>::from_primitive(TensorPrimitive::Float(
+        out,
+    )))
+    .ok()
+}
+
+/// See [`super::ce_sums`].
+pub(super) fn ce_sums<B: Backend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    options: &CeOptions,
+) -> Option<[Tensor<B, 1>; 2]> {
+    let dims = input.dims();
+    if dims.contains(&0) {
+        return None;
+    }
+    let spec = CeSpec {
+        dims,
+        class_weight: options.class_weight.clone(),
+        pos_weight: options.pos_weight,
+        label_smoothing: options.label_smoothing,
+    };
+    let out = ce_on::<B, Flex>(input, target, &spec)
+        .or_else(|| ce_on::<B, NdArray<f32>>(input, target, &spec))?;
+    let batch = dims[0];
+    Some([0, 1].map(|s| out.clone().narrow(0, s, 1).reshape([batch])))
+}
+
 /// See [`super::may_fuse`].
 pub(super) fn may_fuse<B: Backend>() -> bool {
     type Ad<T> = Autodiff<T, NoCheckpointing>;
@@ -534,7 +658,7 @@ pub(super) fn class_stats<B: Backend>(
 mod tests {
     use super::*;
     use crate::fused::generic_only;
-    use crate::{DiceLossConfig, GeneralizedDiceLossConfig, TverskyLossConfig};
+    use crate::{DiceCELossConfig, DiceLossConfig, GeneralizedDiceLossConfig, TverskyLossConfig};
     use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::{Distribution, Tolerance};
 
@@ -617,6 +741,43 @@ mod tests {
                     .with_beta(0.7)
                     .init(&x.device())
                     .forward(x, d.clone())
+            }),
+        ));
+        // DiceCE: the cross-entropy term has its own fused pass.
+        let dice = DiceLossConfig::new().with_activation(Activation::Softmax);
+        let l = labels.clone();
+        let c = DiceCELossConfig::new()
+            .with_dice(dice.clone().with_ignore_index(Some(3)))
+            .with_ce_weight(Some(vec![0.5, 2.0, 1.5]))
+            .with_label_smoothing(0.1);
+        cases.push((
+            "dice-ce indices+ignore weights smoothing".into(),
+            Box::new(move |x| c.init(&x.device()).forward(x, l.clone())),
+        ));
+        let l = labels.clone();
+        let c = DiceCELossConfig::new().with_dice(dice.clone().with_ignore_index(Some(3)));
+        cases.push((
+            "dice-ce indices no reduction".into(),
+            Box::new(move |x| c.init(&x.device()).forward_no_reduction(x, l.clone()).sum()),
+        ));
+        let d = dense.clone();
+        let c = DiceCELossConfig::new()
+            .with_dice(dice.clone())
+            .with_ce_weight(Some(vec![1.0, 0.3, 2.0]))
+            .with_label_smoothing(0.2);
+        cases.push((
+            "dice-ce dense weights smoothing".into(),
+            Box::new(move |x| c.init(&x.device()).forward(x, d.clone())),
+        ));
+        let d = dense.clone();
+        let c = DiceCELossConfig::new()
+            .with_dice(DiceLossConfig::new().with_activation(Activation::Sigmoid))
+            .with_pos_weight(Some(2.5));
+        cases.push((
+            "dice-ce binary pos_weight".into(),
+            Box::new(move |x| {
+                let x = x.narrow(1, 0, 1);
+                c.init(&x.device()).forward(x, d.clone().narrow(1, 0, 1))
             }),
         ));
         for (name, f) in &cases {

@@ -13,6 +13,8 @@ use std::mem::MaybeUninit;
 
 use crate::activation::Activation;
 
+pub(crate) mod ce;
+
 /// Pixels per block.
 const BLOCK: usize = 256;
 /// Independent `f32` accumulators per sum.
@@ -756,7 +758,8 @@ impl Isa {
     }
 }
 
-/// A module with [`forward_job`] and [`backward_job`] compiled with `$features` enabled (and
+/// A module with [`forward_job`], [`backward_job`] and their cross-entropy counterparts
+/// ([`ce`]) compiled with `$features` enabled (and
 /// fused multiply-adds); calling them is sound only on a CPU that has those features.
 macro_rules! build_for {
     ($module:ident, $features:literal) => {
@@ -782,6 +785,21 @@ macro_rules! build_for {
                 stored: bool,
             ) {
                 backward_job::<true>(problem, grad, job, out, stored)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn ce_forward(cp: &ce::CeProblem, job: Job) -> (f64, f64) {
+                ce::forward_job::<true>(cp, job)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn ce_backward(
+                cp: &ce::CeProblem,
+                grad: &[f32],
+                job: Job,
+                out: &mut [&mut [f32]],
+            ) {
+                ce::backward_job::<true>(cp, grad, job, out)
             }
         }
     };

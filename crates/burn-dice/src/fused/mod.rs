@@ -122,6 +122,38 @@ pub(crate) fn class_stats<B: Backend>(
     }
 }
 
+/// The options of the cross-entropy term of `DiceCELoss` (see [`kernel::ce`]).
+#[derive(Debug, Clone)]
+pub(crate) struct CeOptions {
+    /// One weight per class, or none.
+    pub class_weight: Option<Vec<f32>>,
+    /// The weight of the positive term (single channel).
+    pub pos_weight: f32,
+    pub label_smoothing: f32,
+}
+
+/// Per sample, the sum of the pixel cross-entropies and the sum of their weights (`[batch]`
+/// each), from one fused pass with a custom backward, if a kernel handles this backend and
+/// these tensors; `None`: use the generic path.
+pub(crate) fn ce_sums<B: Backend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    options: &CeOptions,
+) -> Option<[Tensor<B, 1>; 2]> {
+    if !fused_enabled() {
+        return None;
+    }
+    #[cfg(feature = "cpu-kernels")]
+    {
+        cpu::ce_sums(input, target, options)
+    }
+    #[cfg(not(feature = "cpu-kernels"))]
+    {
+        let _ = (input, target, options);
+        None
+    }
+}
+
 /// Whether `t` holds only finite values, answered from the raw data in one vectorized pass on
 /// the CPU backends; `None` elsewhere (the caller then checks with burn ops).
 pub(crate) fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<bool> {

@@ -1,0 +1,482 @@
+//! The cross-entropy term of `DiceCELoss` in the same layout and job structure as the Dice
+//! statistics: one pass forward (per-sample sums of the pixel losses and of their weights), one
+//! pass backward with the closed-form gradient, the softmax recomputed.
+//!
+//! Per pixel, with `w` the class weights (ones without `ce_weight`), `ε` the label smoothing,
+//! `C` the class count, `v` the validity weight and `log p = log_softmax(x)`:
+//! - class indices `y`: `loss = −v·((1 − ε)·w_y·log p_y + ε/C · Σ_c w_c log p_c)`, `norm = v·w_y`;
+//!   `∂loss/∂x_k = v·((1 − ε)·w_y·(p_k − [y = k]) + ε/C·(p_k Σ_c w_c − w_k))`;
+//! - dense targets: `t' = (1 − ε)·t + ε/C`, `loss = −v·Σ_c w_c t'_c log p_c`, `norm = v`;
+//!   `∂loss/∂x_k = v·(p_k Σ_c w_c t'_c − w_k t'_k)`;
+//! - one channel (binary cross-entropy with logits, `π` the positive weight):
+//!   `loss = −v·(π·t·log σ(x) + (1 − t)·log σ(−x))`, `norm = v`;
+//!   `∂loss/∂x = v·(σ(x)·(π·t + 1 − t) − π·t)`.
+
+use super::*;
+
+/// One cross-entropy problem: the data of `base` (its activation and `squared_pred` are not
+/// read) and the options of the term.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CeProblem<'a> {
+    pub base: Problem<'a>,
+    /// One weight per class (`ce_weight`), or ones.
+    pub class_weight: Option<&'a [f32]>,
+    /// The weight of the positive term of the single-channel case.
+    pub pos_weight: f32,
+    pub label_smoothing: f32,
+}
+
+/// `ln x` for finite `x ≥ 1`, branch-free: `x = m·2^e` with `m` in `[√½, √2)` and Cephes'
+/// polynomial for `ln m` (about 1 ulp).
+#[inline(always)]
+pub(crate) fn ln<const FMA: bool>(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let big = m > std::f32::consts::SQRT_2;
+    let m = if big { m * 0.5 } else { m };
+    let e = ((bits >> 23) as i32 - 127 + big as i32) as f32;
+    let f = m - 1.0;
+    let z = f * f;
+    let y = 7.037_683_6e-2_f32;
+    let y = mul_add::<FMA>(y, f, -1.151_461e-1);
+    let y = mul_add::<FMA>(y, f, 1.167_699_9e-1);
+    let y = mul_add::<FMA>(y, f, -1.242_014_1e-1);
+    let y = mul_add::<FMA>(y, f, 1.424_932_3e-1);
+    let y = mul_add::<FMA>(y, f, -1.666_805_8e-1);
+    let y = mul_add::<FMA>(y, f, 2.000_071_4e-1);
+    let y = mul_add::<FMA>(y, f, -2.499_999_4e-1);
+    let y = mul_add::<FMA>(y, f, 3.333_333e-1);
+    let y = y * f * z;
+    let y = mul_add::<FMA>(-2.121_944_4e-4, e, y);
+    let y = mul_add::<FMA>(-0.5, z, y);
+    mul_add::<FMA>(0.693_359_4, e, f + y)
+}
+
+/// Scratch space of one block.
+struct Block {
+    /// `[class][BLOCK]`: the exponentials `e^(x − max)` (multi-class) or `x` (one channel).
+    e: Vec<f32>,
+    /// Per pixel: `max + ln Σ e` (multi-class) or `ln(1 + e^−|x|)` (one channel).
+    lse: [f32; BLOCK],
+    /// Per pixel: `1 / Σ e`.
+    inv: [f32; BLOCK],
+    w: [f32; BLOCK],
+    labels: [f32; BLOCK],
+}
+
+impl Block {
+    fn new(classes: usize) -> Self {
+        Block {
+            e: vec![0.0; classes * BLOCK],
+            lse: [0.0; BLOCK],
+            inv: [0.0; BLOCK],
+            w: [0.0; BLOCK],
+            labels: [0.0; BLOCK],
+        }
+    }
+
+    /// Loads pixels `n0..n0 + len` of sample `b`.
+    #[inline(always)]
+    fn load<const FMA: bool>(&mut self, cp: &CeProblem, (b, n0, len): Job) {
+        let p = &cp.base;
+        let (c_count, n) = (p.classes, p.pixels);
+        let row = |c: usize| &p.x[(b * c_count + c) * n + n0..][..len];
+        load_aux(p, (b, n0, len), &mut self.w, &mut self.labels);
+        if c_count == 1 {
+            let (e, lse) = (&mut self.e[..len], &mut self.lse[..len]);
+            for (k, &v) in row(0).iter().enumerate() {
+                e[k] = v;
+                lse[k] = ln::<FMA>(1.0 + exp::<FMA>(-v.abs()));
+            }
+            return;
+        }
+        let mut max = [f32::NEG_INFINITY; BLOCK];
+        let max = &mut max[..len];
+        for c in 0..c_count {
+            for (m, &v) in max.iter_mut().zip(row(c)) {
+                *m = m.max(v);
+            }
+        }
+        let mut sum = [0.0f32; BLOCK];
+        let sum = &mut sum[..len];
+        for c in 0..c_count {
+            let e = &mut self.e[c * BLOCK..c * BLOCK + len];
+            let r = row(c);
+            for k in 0..len {
+                e[k] = exp::<FMA>(r[k] - max[k]);
+                sum[k] += e[k];
+            }
+        }
+        let (lse, inv) = (&mut self.lse[..len], &mut self.inv[..len]);
+        for k in 0..len {
+            lse[k] = max[k] + ln::<FMA>(sum[k]);
+            inv[k] = 1.0 / sum[k];
+        }
+    }
+}
+
+/// The class weight of class `c`.
+#[inline(always)]
+fn class_weight(cp: &CeProblem, c: usize) -> f32 {
+    cp.class_weight.map_or(1.0, |w| w[c])
+}
+
+/// One job of [`forward`]: `(Σ loss, Σ norm)` over its pixels.
+#[inline(always)]
+pub(super) fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Job) -> (f64, f64) {
+    let p = &cp.base;
+    let (c_count, n) = (p.classes, p.pixels);
+    let eps = cp.label_smoothing;
+    let mut block = Block::new(c_count);
+    let (mut loss_sum, mut norm_sum) = (0.0f64, 0.0f64);
+    let mut n0 = start;
+    while n0 < start + count {
+        let len = BLOCK.min(start + count - n0);
+        block.load::<FMA>(cp, (b, n0, len));
+        let (w, lse, labels) = (&block.w[..len], &block.lse[..len], &block.labels[..len]);
+        let mut loss = [0.0f32; BLOCK];
+        let mut norm = [0.0f32; BLOCK];
+        let (loss, norm) = (&mut loss[..len], &mut norm[..len]);
+        match p.target {
+            Target::Dense(t) if c_count == 1 => {
+                let (x, t) = (&block.e[..len], &t[b * n + n0..][..len]);
+                let pw = cp.pos_weight;
+                for k in 0..len {
+                    // log σ(x) = min(x, 0) − ln(1 + e^−|x|), log σ(−x) = min(−x, 0) − …
+                    let pos = x[k].min(0.0) - lse[k];
+                    let neg = (-x[k]).min(0.0) - lse[k];
+                    loss[k] = -(pw * t[k] * pos + (1.0 - t[k]) * neg) * w[k];
+                    norm[k] = w[k];
+                }
+            }
+            Target::Dense(t) => {
+                for c in 0..c_count {
+                    let x = &p.x[(b * c_count + c) * n + n0..][..len];
+                    let t = &t[(b * c_count + c) * n + n0..][..len];
+                    let wc = class_weight(cp, c);
+                    for k in 0..len {
+                        let ts = t[k] * (1.0 - eps) + eps / c_count as f32;
+                        loss[k] -= wc * ts * (x[k] - lse[k]);
+                    }
+                }
+                for (l, w) in loss.iter_mut().zip(w) {
+                    *l *= w;
+                }
+                norm.copy_from_slice(w);
+            }
+            Target::Indices(_) => {
+                let mut picked = [0.0f32; BLOCK];
+                let mut smooth = [0.0f32; BLOCK];
+                let (picked, smooth) = (&mut picked[..len], &mut smooth[..len]);
+                for c in 0..c_count {
+                    let x = &p.x[(b * c_count + c) * n + n0..][..len];
+                    let (wc, class) = (class_weight(cp, c), c as f32);
+                    for k in 0..len {
+                        let logp = x[k] - lse[k];
+                        let hit = labels[k] == class;
+                        picked[k] += if hit { wc * logp } else { 0.0 };
+                        norm[k] += if hit { wc } else { 0.0 };
+                        smooth[k] += wc * logp;
+                    }
+                }
+                for k in 0..len {
+                    loss[k] = -((1.0 - eps) * picked[k] + eps / c_count as f32 * smooth[k]) * w[k];
+                    norm[k] *= w[k];
+                }
+            }
+        }
+        loss_sum += loss.iter().map(|&v| v as f64).sum::<f64>();
+        norm_sum += norm.iter().map(|&v| v as f64).sum::<f64>();
+        n0 += len;
+    }
+    (loss_sum, norm_sum)
+}
+
+/// One job of [`backward`]: `∂(Σ_b g_b·loss_b)/∂x` into `out` (one run per class).
+#[inline(always)]
+pub(super) fn backward_job<const FMA: bool>(
+    cp: &CeProblem,
+    grad: &[f32],
+    (b, start, count): Job,
+    out: &mut [&mut [f32]],
+) {
+    let p = &cp.base;
+    let (c_count, n) = (p.classes, p.pixels);
+    let eps = cp.label_smoothing;
+    let g = grad[b];
+    let weight_total: f32 = (0..c_count).map(|c| class_weight(cp, c)).sum();
+    let mut block = Block::new(c_count);
+    let mut n0 = start;
+    while n0 < start + count {
+        let len = BLOCK.min(start + count - n0);
+        let local = n0 - start;
+        block.load::<FMA>(cp, (b, n0, len));
+        let (w, labels, inv) = (&block.w[..len], &block.labels[..len], &block.inv[..len]);
+        match p.target {
+            Target::Dense(t) if c_count == 1 => {
+                let (x, t) = (&block.e[..len], &t[b * n + n0..][..len]);
+                let pw = cp.pos_weight;
+                let o = &mut out[0][local..local + len];
+                for k in 0..len {
+                    let sigma = 1.0 / (1.0 + exp::<FMA>(-x[k]));
+                    o[k] = g * w[k] * (sigma * (pw * t[k] + 1.0 - t[k]) - pw * t[k]);
+                }
+            }
+            Target::Dense(t) => {
+                // Σ_c w_c t'_c per pixel.
+                let mut total = [0.0f32; BLOCK];
+                let total = &mut total[..len];
+                for c in 0..c_count {
+                    let t = &t[(b * c_count + c) * n + n0..][..len];
+                    let wc = class_weight(cp, c);
+                    for k in 0..len {
+                        total[k] += wc * (t[k] * (1.0 - eps) + eps / c_count as f32);
+                    }
+                }
+                for c in 0..c_count {
+                    let t = &t[(b * c_count + c) * n + n0..][..len];
+                    let e = &block.e[c * BLOCK..c * BLOCK + len];
+                    let wc = class_weight(cp, c);
+                    let o = &mut out[c][local..local + len];
+                    for k in 0..len {
+                        let ts = t[k] * (1.0 - eps) + eps / c_count as f32;
+                        o[k] = g * w[k] * (e[k] * inv[k] * total[k] - wc * ts);
+                    }
+                }
+            }
+            Target::Indices(_) => {
+                // w_y per pixel.
+                let mut wy = [0.0f32; BLOCK];
+                let wy = &mut wy[..len];
+                for c in 0..c_count {
+                    let (wc, class) = (class_weight(cp, c), c as f32);
+                    for k in 0..len {
+                        wy[k] += if labels[k] == class { wc } else { 0.0 };
+                    }
+                }
+                let smooth = eps / c_count as f32;
+                for (c, row) in out.iter_mut().enumerate() {
+                    let e = &block.e[c * BLOCK..c * BLOCK + len];
+                    let (wc, class) = (class_weight(cp, c), c as f32);
+                    let o = &mut row[local..local + len];
+                    for k in 0..len {
+                        let pk = e[k] * inv[k];
+                        let hit = if labels[k] == class { 1.0 } else { 0.0 };
+                        let main = (1.0 - eps) * wy[k] * (pk - hit);
+                        o[k] = g * w[k] * (main + smooth * (pk * weight_total - wc));
+                    }
+                }
+            }
+        }
+        n0 += len;
+    }
+}
+
+/// Per sample: `[Σ loss, Σ norm]`, stacked `[2, batch]`.
+pub(crate) fn forward(cp: &CeProblem) -> Vec<f32> {
+    let isa = Isa::best();
+    let jobs = jobs(&cp.base);
+    let mut rows: Vec<Vec<&mut [f32]>> = jobs.iter().map(|_| Vec::new()).collect();
+    let partial = run_jobs(&cp.base, &jobs, &mut rows, |job, _| {
+        dispatch_ce_forward(isa, cp, job)
+    });
+    let batch = cp.base.batch;
+    let mut out = vec![0.0f64; 2 * batch];
+    for (&(b, _, _), (loss, norm)) in jobs.iter().zip(partial) {
+        out[b] += loss;
+        out[batch + b] += norm;
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}
+
+/// The gradient with respect to `x` of `Σ_b grad[b]·loss_b` (`norm` does not depend on `x`).
+pub(crate) fn backward(cp: &CeProblem, grad: &[f32]) -> Vec<f32> {
+    let isa = Isa::best();
+    let mut dx = vec![0.0f32; cp.base.x.len()];
+    let jobs = jobs(&cp.base);
+    let mut rows = job_rows(&cp.base, &jobs, &mut dx);
+    run_jobs(&cp.base, &jobs, &mut rows, |job, out| {
+        dispatch_ce_backward(isa, cp, grad, job, out)
+    });
+    dx
+}
+
+#[allow(unsafe_code)]
+fn dispatch_ce_forward(isa: Isa, cp: &CeProblem, job: Job) -> (f64, f64) {
+    match isa {
+        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::ce_forward(cp, job) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::ce_forward(cp, job) },
+        _ => forward_job::<false>(cp, job),
+    }
+}
+
+#[allow(unsafe_code)]
+fn dispatch_ce_backward(isa: Isa, cp: &CeProblem, grad: &[f32], job: Job, out: &mut [&mut [f32]]) {
+    match isa {
+        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::ce_backward(cp, grad, job, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::ce_backward(cp, grad, job, out) },
+        _ => backward_job::<false>(cp, grad, job, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ln_is_within_two_ulp_of_std() {
+        let mut worst = 0.0f32;
+        let mut x = 1.0f32;
+        while x < 1e6 {
+            for fma in [false, true] {
+                let ours = if fma { ln::<true>(x) } else { ln::<false>(x) };
+                let std = x.ln();
+                worst = worst.max((ours - std).abs() / std.abs().max(f32::EPSILON));
+            }
+            x *= 1.0137;
+        }
+        assert!(worst < 2.5e-7, "worst relative error {worst}");
+        assert_eq!(ln::<false>(1.0), 0.0);
+    }
+
+    /// The loss, its norm and its gradient against an `f64` computation of the formulas at
+    /// the top of this module, and the gradient against finite differences of the loss.
+    #[test]
+    fn matches_the_formulas() {
+        let (batch, classes, pixels) = (2, 3, 5);
+        let x: Vec<f32> = (0..batch * classes * pixels)
+            .map(|i| (i as f32 * 0.77).sin() * 3.0)
+            .collect();
+        let labels = [0i64, 2, 1, 1, 0, 2, 2, 0, 1, 0];
+        let dense: Vec<f32> = (0..x.len()).map(|i| ((i * 7) % 5) as f32 / 4.0).collect();
+        let valid = [1.0f32, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0];
+        let cw = [0.5f32, 2.0, 1.5];
+        let grad = [0.7f32, -1.3];
+        for (target, weights, eps, valid) in [
+            (Target::Indices(Labels::I64(&labels)), None, 0.0, None),
+            (
+                Target::Indices(Labels::I64(&labels)),
+                Some(&cw[..]),
+                0.1,
+                Some(&valid[..]),
+            ),
+            (Target::Dense(&dense), None, 0.0, None),
+            (Target::Dense(&dense), Some(&cw[..]), 0.2, Some(&valid[..])),
+        ] {
+            let cp = CeProblem {
+                base: Problem {
+                    x: &x,
+                    target,
+                    valid,
+                    batch,
+                    classes,
+                    pixels,
+                    activation: Activation::Softmax,
+                    squared_pred: false,
+                },
+                class_weight: weights,
+                pos_weight: 1.0,
+                label_smoothing: eps,
+            };
+            let reference = |x: &[f32]| {
+                let mut out = vec![0.0f64; 2 * batch];
+                for b in 0..batch {
+                    for px in 0..pixels {
+                        let at = |c: usize| (b * classes + c) * pixels + px;
+                        let z: f64 = (0..classes).map(|c| (x[at(c)] as f64).exp()).sum();
+                        let logp = |c: usize| x[at(c)] as f64 - z.ln();
+                        let v = valid.map_or(1.0, |v| v[b * pixels + px] as f64);
+                        let w = |c: usize| weights.map_or(1.0, |w| w[c] as f64);
+                        let eps = eps as f64;
+                        let (loss, norm) = match target {
+                            Target::Indices(_) => {
+                                let y = labels[b * pixels + px] as usize;
+                                let smooth: f64 = (0..classes).map(|c| w(c) * logp(c)).sum();
+                                let l =
+                                    (1.0 - eps) * w(y) * logp(y) + eps / classes as f64 * smooth;
+                                (-l, w(y))
+                            }
+                            Target::Dense(t) => {
+                                let ts = |c: usize| t[at(c)] as f64 * (1.0 - eps) + eps / 3.0;
+                                (
+                                    -(0..classes).map(|c| w(c) * ts(c) * logp(c)).sum::<f64>(),
+                                    1.0,
+                                )
+                            }
+                        };
+                        out[b] += v * loss;
+                        out[batch + b] += v * norm;
+                    }
+                }
+                out
+            };
+            let ours = forward(&cp);
+            for (a, b) in ours.iter().zip(reference(&x)) {
+                assert!((*a as f64 - b).abs() < 1e-5 * b.abs().max(1.0), "{ours:?}");
+            }
+            let dx = backward(&cp, &grad);
+            let objective = |x: &[f32]| {
+                let r = reference(x);
+                grad[0] as f64 * r[0] + grad[1] as f64 * r[1]
+            };
+            for i in 0..x.len() {
+                let h = 1e-3f32;
+                let (mut up, mut down) = (x.clone(), x.clone());
+                up[i] += h;
+                down[i] -= h;
+                let fd = (objective(&up) - objective(&down)) / (2.0 * h as f64);
+                assert!(
+                    (fd - dx[i] as f64).abs() < 1e-3,
+                    "x[{i}]: {} vs {fd}",
+                    dx[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn binary_matches_the_formula() {
+        let x = [-30.0f32, -2.0, -0.1, 0.0, 0.4, 3.0, 25.0, 1.0];
+        let t = [0.0f32, 1.0, 0.3, 1.0, 0.0, 1.0, 0.0, 1.0];
+        let cp = CeProblem {
+            base: Problem {
+                x: &x,
+                target: Target::Dense(&t),
+                valid: None,
+                batch: 2,
+                classes: 1,
+                pixels: 4,
+                activation: Activation::Sigmoid,
+                squared_pred: false,
+            },
+            class_weight: None,
+            pos_weight: 2.5,
+            label_smoothing: 0.0,
+        };
+        let log_sigmoid = |v: f64| -(1.0 + (-v).exp()).ln();
+        let (ours, dx) = (forward(&cp), backward(&cp, &[1.0, -0.5]));
+        for b in 0..2 {
+            let mut loss = 0.0;
+            for k in 0..4 {
+                let (v, t) = (x[b * 4 + k] as f64, t[b * 4 + k] as f64);
+                loss -= 2.5 * t * log_sigmoid(v) + (1.0 - t) * log_sigmoid(-v);
+                let sigma = 1.0 / (1.0 + (-v).exp());
+                let g = [1.0, -0.5][b] * (sigma * (2.5 * t + 1.0 - t) - 2.5 * t);
+                assert!((dx[b * 4 + k] as f64 - g).abs() < 1e-6, "{dx:?}");
+            }
+            assert!(
+                (ours[b] as f64 - loss).abs() < 1e-5 * loss.abs().max(1.0),
+                "{ours:?}"
+            );
+            assert_eq!(ours[2 + b], 4.0);
+        }
+    }
+}
