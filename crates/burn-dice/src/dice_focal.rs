@@ -153,23 +153,37 @@ impl<B: Backend> DiceFocalLoss<B> {
     /// The focal term per (sample, kept class), `[batch, class']`, weighted.
     fn focal(&self, prepared: &Prepared<B>) -> Tensor<B, 2> {
         let x = prepared.input.clone();
-        let [b, c, _] = x.dims();
-        let t = prepared.target.per_channel(c);
-        let bce = x.clone() - x.clone() * t.clone() - log_sigmoid(x.clone());
-        let sign = t.clone().mul_scalar(2.0).sub_scalar(1.0);
-        let modulation = log_sigmoid(x.neg() * sign).mul_scalar(self.gamma).exp();
-        let mut loss = modulation * bce;
-        if let Some(alpha) = self.alpha {
-            loss = loss * t.mul_scalar(2.0 * alpha - 1.0).add_scalar(1.0 - alpha);
-        }
+        let [b, c, s] = x.dims();
+        // Σ over the pixels that count, [b, c]: fused on burn-ndarray and burn-flex.
+        let fused = crate::fused::focal_sums(
+            &x,
+            &prepared.target,
+            self.gamma as f32,
+            self.alpha.map(|a| a as f32),
+        );
+        let sums = fused.unwrap_or_else(|| {
+            let t = prepared.target.per_channel(c);
+            let bce = x.clone() - x.clone() * t.clone() - log_sigmoid(x.clone());
+            let sign = t.clone().mul_scalar(2.0).sub_scalar(1.0);
+            let modulation = log_sigmoid(x.neg() * sign).mul_scalar(self.gamma).exp();
+            let mut loss = modulation * bce;
+            if let Some(alpha) = self.alpha {
+                loss = loss * t.mul_scalar(2.0 * alpha - 1.0).add_scalar(1.0 - alpha);
+            }
+            match &prepared.target.valid {
+                Some(valid) => loss * valid.clone(),
+                None => loss,
+            }
+            .sum_dim(2)
+            .reshape([b, c])
+        });
         let per_class = match &prepared.target.valid {
             Some(valid) => {
-                let counted = valid.clone().sum_dim(2).clamp_min(1.0);
-                (loss * valid.clone()).sum_dim(2) * reciprocal(counted)
+                let counted = valid.clone().sum_dim(2).clamp_min(1.0).reshape([b, 1]);
+                sums * reciprocal(counted)
             }
-            None => loss.mean_dim(2),
-        }
-        .reshape([b, c]);
+            None => sums.div_scalar(s as f64),
+        };
         let kept = if self.dice.include_background || c == 1 {
             per_class
         } else {

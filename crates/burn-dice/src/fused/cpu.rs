@@ -17,6 +17,7 @@ use burn_flex::{Flex, FlexTensor};
 use burn_ndarray::{NdArray, NdArrayTensor};
 
 use super::kernel::ce::CeProblem;
+use super::kernel::focal::FocalProblem;
 use super::kernel::{self, Labels, Problem, Target};
 use super::{CeOptions, FusedStats};
 use crate::activation::Activation;
@@ -560,17 +561,35 @@ impl<B: CpuBackend> Backward<B, 1> for CeBackward {
     }
 }
 
-/// The fused cross-entropy sums `[2, batch]` where `B` is `T` or `Autodiff<T>`.
-fn ce_on<B: Backend, T: CpuBackend>(
+/// A fused operation of the input alone (target and mask are data): runs `forward` on the
+/// inner primitives where `B` is `T` or `Autodiff<T>` (no checkpointing), registering `op`
+/// with `state` for the backward pass when the input is tracked; `None` for other backends,
+/// tracked targets, or data the kernel cannot read.
+fn fused_op<B: Backend, T: CpuBackend, S, Op>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
-    spec: &CeSpec,
-) -> Option<Tensor<B, 2>> {
+    op: Op,
+    state: S,
+    forward: impl Fn(
+        &T::FloatTensorPrimitive,
+        &TargetPrim<T>,
+        Option<&T::FloatTensorPrimitive>,
+    ) -> Option<T::FloatTensorPrimitive>,
+) -> Option<Tensor<B, 2>>
+where
+    Op: Backward<
+        T,
+        1,
+        State = (
+            T::FloatTensorPrimitive,
+            TargetPrim<T>,
+            Option<T::FloatTensorPrimitive>,
+            S,
+        ),
+    >,
+    S: Clone + Send + std::fmt::Debug + 'static,
+{
     type Ad<T> = Autodiff<T, NoCheckpointing>;
-    let forward = |x: &T::FloatTensorPrimitive, t: &TargetPrim<T>, v: Option<&_>| {
-        let sums = with_ce_problem::<T, _>(x, t, v, spec, kernel::ce::forward)?;
-        Some(T::from_floats(sums, &[2, spec.dims[0]]))
-    };
     if TypeId::of::<B>() == TypeId::of::<T>() {
         let (t, v) = primitives::<B, T>(target)?;
         let x = inner_float::<B, T, 3>(input.clone())?;
@@ -584,18 +603,30 @@ fn ce_on<B: Backend, T: CpuBackend>(
     let x: Tensor<Ad<T>, 3> = cast(input.clone()).ok()?;
     let x = x.into_primitive().tensor();
     let out = forward(&x.primitive, &t, v.as_ref())?;
-    let out = match CeBackward
+    let out = match op
         .prepare::<NoCheckpointing>([x.node.clone()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, t, v, spec.clone()), out),
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, t, v, state), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     cast(Tensor::<Ad<T>, 2>::from_primitive(TensorPrimitive::Float(
         out,
     )))
     .ok()
+}
+
+/// The fused cross-entropy sums `[2, batch]` where `B` is `T` or `Autodiff<T>`.
+fn ce_on<B: Backend, T: CpuBackend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    spec: &CeSpec,
+) -> Option<Tensor<B, 2>> {
+    fused_op::<B, T, _, _>(input, target, CeBackward, spec.clone(), |x, t, v| {
+        let sums = with_ce_problem::<T, _>(x, t, v, spec, kernel::ce::forward)?;
+        Some(T::from_floats(sums, &[2, spec.dims[0]]))
+    })
 }
 
 /// See [`super::ce_sums`].
@@ -618,6 +649,87 @@ pub(super) fn ce_sums<B: Backend>(
         .or_else(|| ce_on::<B, NdArray<f32>>(input, target, &spec))?;
     let batch = dims[0];
     Some([0, 1].map(|s| out.clone().narrow(0, s, 1).reshape([batch])))
+}
+
+/// The options of the focal term, owned (autodiff state).
+#[derive(Debug, Clone, Copy)]
+struct FocalSpec {
+    dims: [usize; 3],
+    gamma: f32,
+    alpha: Option<f32>,
+}
+
+/// Runs `f` on the focal problem of these primitives.
+fn with_focal_problem<B: CpuBackend, R>(
+    x: &B::FloatTensorPrimitive,
+    target: &TargetPrim<B>,
+    valid: Option<&B::FloatTensorPrimitive>,
+    spec: FocalSpec,
+    f: impl FnOnce(&FocalProblem) -> R,
+) -> Option<R> {
+    let base = Spec {
+        dims: spec.dims,
+        activation: Activation::Sigmoid,
+        squared_pred: false,
+    };
+    with_problem::<B, _>(Some(x), target, valid, base, |p| {
+        f(&FocalProblem {
+            base: *p,
+            gamma: spec.gamma,
+            alpha: spec.alpha,
+        })
+    })
+}
+
+/// The custom backward of the fused focal sums (`[batch, class]`).
+#[derive(Debug)]
+struct FocalBackward;
+
+impl<B: CpuBackend> Backward<B, 1> for FocalBackward {
+    type State = (
+        B::FloatTensorPrimitive,
+        TargetPrim<B>,
+        Option<B::FloatTensorPrimitive>,
+        FocalSpec,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [parent] = ops.parents;
+        let Some(parent) = parent else { return };
+        let (x, target, valid, spec) = ops.state;
+        let grad = B::floats(&grad).expect("the gradient of an f32 output is f32");
+        let dx = with_focal_problem::<B, _>(&x, &target, valid.as_ref(), spec, |p| {
+            kernel::focal::backward(p, &grad)
+        })
+        .expect("the forward pass read the same tensors");
+        grads.register::<B>(parent.id, B::from_floats(dx, &spec.dims));
+    }
+}
+
+/// See [`super::focal_sums`].
+pub(super) fn focal_sums<B: Backend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    gamma: f32,
+    alpha: Option<f32>,
+) -> Option<Tensor<B, 2>> {
+    let dims = input.dims();
+    if dims.contains(&0) {
+        return None;
+    }
+    let spec = FocalSpec { dims, gamma, alpha };
+    fn run<B: Backend, T: CpuBackend>(
+        input: &Tensor<B, 3>,
+        target: &PreparedTarget<B>,
+        spec: FocalSpec,
+    ) -> Option<Tensor<B, 2>> {
+        fused_op::<B, T, _, _>(input, target, FocalBackward, spec, |x, t, v| {
+            let sums = with_focal_problem::<T, _>(x, t, v, spec, kernel::focal::forward)?;
+            Some(T::from_floats(sums, &[spec.dims[0], spec.dims[1]]))
+        })
+    }
+    run::<B, Flex>(input, target, spec).or_else(|| run::<B, NdArray<f32>>(input, target, spec))
 }
 
 /// See [`super::may_fuse`].
@@ -658,7 +770,10 @@ pub(super) fn class_stats<B: Backend>(
 mod tests {
     use super::*;
     use crate::fused::generic_only;
-    use crate::{DiceCELossConfig, DiceLossConfig, GeneralizedDiceLossConfig, TverskyLossConfig};
+    use crate::{
+        DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, GeneralizedDiceLossConfig,
+        TverskyLossConfig,
+    };
     use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::{Distribution, Tolerance};
 
@@ -779,6 +894,26 @@ mod tests {
                 let x = x.narrow(1, 0, 1);
                 c.init(&x.device()).forward(x, d.clone().narrow(1, 0, 1))
             }),
+        ));
+        // DiceFocal: the focal term has its own fused pass too.
+        let l = labels.clone();
+        let c = DiceFocalLossConfig::new()
+            .with_dice(dice.clone().with_ignore_index(Some(3)))
+            .with_gamma(1.5)
+            .with_alpha(Some(0.25));
+        cases.push((
+            "dice-focal indices+ignore alpha".into(),
+            Box::new(move |x| c.init(&x.device()).forward(x, l.clone())),
+        ));
+        let d = dense.clone();
+        let c = DiceFocalLossConfig::new().with_dice(
+            DiceLossConfig::new()
+                .with_activation(Activation::Sigmoid)
+                .with_include_background(false),
+        );
+        cases.push((
+            "dice-focal dense no reduction".into(),
+            Box::new(move |x| c.init(&x.device()).forward_no_reduction(x, d.clone()).sum()),
         ));
         for (name, f) in &cases {
             // Printed with the failure message of the comparison below.

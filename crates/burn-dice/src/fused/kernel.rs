@@ -14,6 +14,7 @@ use std::mem::MaybeUninit;
 use crate::activation::Activation;
 
 pub(crate) mod ce;
+pub(crate) mod focal;
 
 /// Pixels per block.
 const BLOCK: usize = 256;
@@ -800,6 +801,21 @@ macro_rules! build_for {
                 out: &mut [&mut [f32]],
             ) {
                 ce::backward_job::<true>(cp, grad, job, out)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn focal_forward(fp: &focal::FocalProblem, job: Job) -> Vec<f64> {
+                focal::forward_job::<true>(fp, job)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn focal_backward(
+                fp: &focal::FocalProblem,
+                grad: &[f32],
+                job: Job,
+                out: &mut [&mut [f32]],
+            ) {
+                focal::backward_job::<true>(fp, grad, job, out)
             }
         }
     };

@@ -154,6 +154,29 @@ pub(crate) fn ce_sums<B: Backend>(
     }
 }
 
+/// Per (sample, class), the focal term of `DiceFocalLoss` summed over the pixels that count
+/// (`[batch, class]`; see [`kernel::focal`]), from one fused pass with a custom backward, if a
+/// kernel handles this backend and these tensors; `None`: use the generic path.
+pub(crate) fn focal_sums<B: Backend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    gamma: f32,
+    alpha: Option<f32>,
+) -> Option<Tensor<B, 2>> {
+    if !fused_enabled() {
+        return None;
+    }
+    #[cfg(feature = "cpu-kernels")]
+    {
+        cpu::focal_sums(input, target, gamma, alpha)
+    }
+    #[cfg(not(feature = "cpu-kernels"))]
+    {
+        let _ = (input, target, gamma, alpha);
+        None
+    }
+}
+
 /// Whether `t` holds only finite values, answered from the raw data in one vectorized pass on
 /// the CPU backends; `None` elsewhere (the caller then checks with burn ops).
 pub(crate) fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<bool> {
