@@ -95,6 +95,9 @@ impl DiceCELossConfig {
 /// `ignore_index` for the cross-entropy: out of the sum and of the normalization). `Sum` sums
 /// the cross-entropy over the pixels, as PyTorch's `reduction="sum"`.
 ///
+/// On burn-ndarray and burn-flex the cross-entropy comes from a fused kernel with its own
+/// backward ([`crate::fused`]): per sample, the summed pixel losses and weights in one pass.
+///
 /// `forward_no_reduction` gives `[batch, class']`: `lambda_dice·dice[b, c] + lambda_ce·ce[b]`,
 /// with `ce[b]` sample `b`'s own (weighted) mean cross-entropy; without class weights and
 /// ignored pixels its mean is `forward`'s value. With the Dice part's `batch`, the batch Dice

@@ -86,9 +86,12 @@ impl DiceFocalLossConfig {
 /// `lambda_dice·dice[b, c] + lambda_focal·focal[b, c]` (with the Dice part's `batch`, the batch
 /// Dice `[1, class']` is broadcast to every sample).
 ///
-/// # Memory
-/// The focal term is element-wise over every channel, so class-index targets are compared with
-/// each class index (a `[batch, class, *spatial]` boolean/float tensor), unlike the Dice part.
+/// # Memory and speed
+/// On burn-ndarray and burn-flex the focal term comes from a fused kernel with its own backward
+/// ([`crate::fused`]): one pass, no tensor of the input's size besides the gradient. On other
+/// backends it is element-wise burn ops over every channel, so class-index targets are compared
+/// with each class index (a `[batch, class, *spatial]` boolean/float tensor), unlike the Dice
+/// part.
 #[derive(Module, Debug)]
 pub struct DiceFocalLoss<B: Backend> {
     /// The Dice part.

@@ -3,6 +3,7 @@
 
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensorOps;
@@ -502,7 +503,36 @@ pub(super) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
         .or_else(|t| on::<B, Autodiff<NdArray<f32>, NoCheckpointing>, D, D2>(t, shape))
 }
 
-/// The options of the cross-entropy term, owned (autodiff state).
+/// A fused operation of the input alone (target and mask are data): its options and its
+/// forward and backward kernels on the raw data (the autodiff state of [`InputOpBackward`]).
+trait InputOp: Clone + Send + std::fmt::Debug + 'static {
+    /// `[batch, class, pixels]` of the input.
+    fn dims(&self) -> [usize; 3];
+    /// The shape of the output.
+    fn out_shape(&self) -> Vec<usize>;
+    /// The output, from the data of `problem` (whose activation is not read).
+    fn forward(&self, problem: &Problem) -> Vec<f32>;
+    /// The input's gradient for the output's gradient `grad`.
+    fn backward(&self, problem: &Problem, grad: &[f32]) -> Vec<f32>;
+
+    /// Runs `f` on the kernel problem of these primitives (see [`with_problem`]).
+    fn with<B: CpuBackend, R>(
+        &self,
+        x: &B::FloatTensorPrimitive,
+        target: &TargetPrim<B>,
+        valid: Option<&B::FloatTensorPrimitive>,
+        f: impl FnOnce(&Problem) -> R,
+    ) -> Option<R> {
+        let spec = Spec {
+            dims: self.dims(),
+            activation: Activation::None,
+            squared_pred: false,
+        };
+        with_problem::<B, _>(Some(x), target, valid, spec, f)
+    }
+}
+
+/// The options of the cross-entropy term: per sample `[Σ loss, Σ norm]`, `[2, batch]`.
 #[derive(Debug, Clone)]
 struct CeSpec {
     dims: [usize; 3],
@@ -511,85 +541,104 @@ struct CeSpec {
     label_smoothing: f32,
 }
 
-/// Runs `f` on the cross-entropy problem of these primitives.
-fn with_ce_problem<B: CpuBackend, R>(
-    x: &B::FloatTensorPrimitive,
-    target: &TargetPrim<B>,
-    valid: Option<&B::FloatTensorPrimitive>,
-    spec: &CeSpec,
-    f: impl FnOnce(&CeProblem) -> R,
-) -> Option<R> {
-    let base = Spec {
-        dims: spec.dims,
-        activation: Activation::Softmax,
-        squared_pred: false,
-    };
-    with_problem::<B, _>(Some(x), target, valid, base, |p| {
-        f(&CeProblem {
-            base: *p,
-            class_weight: spec.class_weight.as_deref(),
-            pos_weight: spec.pos_weight,
-            label_smoothing: spec.label_smoothing,
-        })
-    })
+impl CeSpec {
+    fn problem<'a>(&'a self, base: &Problem<'a>) -> CeProblem<'a> {
+        CeProblem {
+            base: *base,
+            class_weight: self.class_weight.as_deref(),
+            pos_weight: self.pos_weight,
+            label_smoothing: self.label_smoothing,
+        }
+    }
 }
 
-/// The custom backward of the fused cross-entropy sums (`[2, batch]`: loss, norm; the norm
-/// does not depend on the input).
-#[derive(Debug)]
-struct CeBackward;
+impl InputOp for CeSpec {
+    fn dims(&self) -> [usize; 3] {
+        self.dims
+    }
+    fn out_shape(&self) -> Vec<usize> {
+        vec![2, self.dims[0]]
+    }
+    fn forward(&self, problem: &Problem) -> Vec<f32> {
+        kernel::ce::forward(&self.problem(problem))
+    }
+    fn backward(&self, problem: &Problem, grad: &[f32]) -> Vec<f32> {
+        // The norm row does not depend on the input.
+        kernel::ce::backward(&self.problem(problem), &grad[..self.dims[0]])
+    }
+}
 
-impl<B: CpuBackend> Backward<B, 1> for CeBackward {
+/// The options of the focal term: per (sample, class) sums, `[batch, class]`.
+#[derive(Debug, Clone, Copy)]
+struct FocalSpec {
+    dims: [usize; 3],
+    gamma: f32,
+    alpha: Option<f32>,
+}
+
+impl FocalSpec {
+    fn problem<'a>(&self, base: &Problem<'a>) -> FocalProblem<'a> {
+        FocalProblem {
+            base: *base,
+            gamma: self.gamma,
+            alpha: self.alpha,
+        }
+    }
+}
+
+impl InputOp for FocalSpec {
+    fn dims(&self) -> [usize; 3] {
+        self.dims
+    }
+    fn out_shape(&self) -> Vec<usize> {
+        vec![self.dims[0], self.dims[1]]
+    }
+    fn forward(&self, problem: &Problem) -> Vec<f32> {
+        kernel::focal::forward(&self.problem(problem))
+    }
+    fn backward(&self, problem: &Problem, grad: &[f32]) -> Vec<f32> {
+        kernel::focal::backward(&self.problem(problem), grad)
+    }
+}
+
+/// The custom backward of an [`InputOp`].
+#[derive(Debug)]
+struct InputOpBackward<S>(PhantomData<S>);
+
+impl<B: CpuBackend, S: InputOp> Backward<B, 1> for InputOpBackward<S> {
     type State = (
         B::FloatTensorPrimitive,
         TargetPrim<B>,
         Option<B::FloatTensorPrimitive>,
-        CeSpec,
+        S,
     );
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         let [parent] = ops.parents;
         let Some(parent) = parent else { return };
-        let (x, target, valid, spec) = ops.state;
+        let (x, target, valid, op) = ops.state;
         let grad = B::floats(&grad).expect("the gradient of an f32 output is f32");
-        let dx = with_ce_problem::<B, _>(&x, &target, valid.as_ref(), &spec, |p| {
-            kernel::ce::backward(p, &grad[..spec.dims[0]])
-        })
-        .expect("the forward pass read the same tensors");
-        grads.register::<B>(parent.id, B::from_floats(dx, &spec.dims));
+        let dx = op
+            .with::<B, _>(&x, &target, valid.as_ref(), |p| op.backward(p, &grad))
+            .expect("the forward pass read the same tensors");
+        grads.register::<B>(parent.id, B::from_floats(dx, &op.dims()));
     }
 }
 
-/// A fused operation of the input alone (target and mask are data): runs `forward` on the
-/// inner primitives where `B` is `T` or `Autodiff<T>` (no checkpointing), registering `op`
-/// with `state` for the backward pass when the input is tracked; `None` for other backends,
-/// tracked targets, or data the kernel cannot read.
-fn fused_op<B: Backend, T: CpuBackend, S, Op>(
+/// Runs `op` where `B` is `T` or `Autodiff<T>` (no checkpointing), registering its backward
+/// when the input is tracked; `None` for other backends, tracked targets, or data the kernel
+/// cannot read.
+fn fused_op<B: Backend, T: CpuBackend, S: InputOp>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
-    op: Op,
-    state: S,
-    forward: impl Fn(
-        &T::FloatTensorPrimitive,
-        &TargetPrim<T>,
-        Option<&T::FloatTensorPrimitive>,
-    ) -> Option<T::FloatTensorPrimitive>,
-) -> Option<Tensor<B, 2>>
-where
-    Op: Backward<
-        T,
-        1,
-        State = (
-            T::FloatTensorPrimitive,
-            TargetPrim<T>,
-            Option<T::FloatTensorPrimitive>,
-            S,
-        ),
-    >,
-    S: Clone + Send + std::fmt::Debug + 'static,
-{
+    op: &S,
+) -> Option<Tensor<B, 2>> {
     type Ad<T> = Autodiff<T, NoCheckpointing>;
+    let forward = |x: &T::FloatTensorPrimitive, t: &TargetPrim<T>, v: Option<&_>| {
+        let out = op.with::<T, _>(x, t, v, |p| op.forward(p))?;
+        Some(T::from_floats(out, &op.out_shape()))
+    };
     if TypeId::of::<B>() == TypeId::of::<T>() {
         let (t, v) = primitives::<B, T>(target)?;
         let x = inner_float::<B, T, 3>(input.clone())?;
@@ -603,12 +652,12 @@ where
     let x: Tensor<Ad<T>, 3> = cast(input.clone()).ok()?;
     let x = x.into_primitive().tensor();
     let out = forward(&x.primitive, &t, v.as_ref())?;
-    let out = match op
+    let out = match InputOpBackward::<S>(PhantomData)
         .prepare::<NoCheckpointing>([x.node.clone()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, t, v, state), out),
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, t, v, op.clone()), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     cast(Tensor::<Ad<T>, 2>::from_primitive(TensorPrimitive::Float(
@@ -617,16 +666,17 @@ where
     .ok()
 }
 
-/// The fused cross-entropy sums `[2, batch]` where `B` is `T` or `Autodiff<T>`.
-fn ce_on<B: Backend, T: CpuBackend>(
+/// [`fused_op`] on burn-flex or burn-ndarray.
+fn input_op<B: Backend, S: InputOp>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
-    spec: &CeSpec,
+    op: S,
 ) -> Option<Tensor<B, 2>> {
-    fused_op::<B, T, _, _>(input, target, CeBackward, spec.clone(), |x, t, v| {
-        let sums = with_ce_problem::<T, _>(x, t, v, spec, kernel::ce::forward)?;
-        Some(T::from_floats(sums, &[2, spec.dims[0]]))
-    })
+    if op.dims().contains(&0) {
+        return None;
+    }
+    fused_op::<B, Flex, S>(input, target, &op)
+        .or_else(|| fused_op::<B, NdArray<f32>, S>(input, target, &op))
 }
 
 /// See [`super::ce_sums`].
@@ -636,75 +686,14 @@ pub(super) fn ce_sums<B: Backend>(
     options: &CeOptions,
 ) -> Option<[Tensor<B, 1>; 2]> {
     let dims = input.dims();
-    if dims.contains(&0) {
-        return None;
-    }
     let spec = CeSpec {
         dims,
         class_weight: options.class_weight.clone(),
         pos_weight: options.pos_weight,
         label_smoothing: options.label_smoothing,
     };
-    let out = ce_on::<B, Flex>(input, target, &spec)
-        .or_else(|| ce_on::<B, NdArray<f32>>(input, target, &spec))?;
-    let batch = dims[0];
-    Some([0, 1].map(|s| out.clone().narrow(0, s, 1).reshape([batch])))
-}
-
-/// The options of the focal term, owned (autodiff state).
-#[derive(Debug, Clone, Copy)]
-struct FocalSpec {
-    dims: [usize; 3],
-    gamma: f32,
-    alpha: Option<f32>,
-}
-
-/// Runs `f` on the focal problem of these primitives.
-fn with_focal_problem<B: CpuBackend, R>(
-    x: &B::FloatTensorPrimitive,
-    target: &TargetPrim<B>,
-    valid: Option<&B::FloatTensorPrimitive>,
-    spec: FocalSpec,
-    f: impl FnOnce(&FocalProblem) -> R,
-) -> Option<R> {
-    let base = Spec {
-        dims: spec.dims,
-        activation: Activation::Sigmoid,
-        squared_pred: false,
-    };
-    with_problem::<B, _>(Some(x), target, valid, base, |p| {
-        f(&FocalProblem {
-            base: *p,
-            gamma: spec.gamma,
-            alpha: spec.alpha,
-        })
-    })
-}
-
-/// The custom backward of the fused focal sums (`[batch, class]`).
-#[derive(Debug)]
-struct FocalBackward;
-
-impl<B: CpuBackend> Backward<B, 1> for FocalBackward {
-    type State = (
-        B::FloatTensorPrimitive,
-        TargetPrim<B>,
-        Option<B::FloatTensorPrimitive>,
-        FocalSpec,
-    );
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [parent] = ops.parents;
-        let Some(parent) = parent else { return };
-        let (x, target, valid, spec) = ops.state;
-        let grad = B::floats(&grad).expect("the gradient of an f32 output is f32");
-        let dx = with_focal_problem::<B, _>(&x, &target, valid.as_ref(), spec, |p| {
-            kernel::focal::backward(p, &grad)
-        })
-        .expect("the forward pass read the same tensors");
-        grads.register::<B>(parent.id, B::from_floats(dx, &spec.dims));
-    }
+    let out = input_op(input, target, spec)?;
+    Some([0, 1].map(|s| out.clone().narrow(0, s, 1).reshape([dims[0]])))
 }
 
 /// See [`super::focal_sums`].
@@ -715,21 +704,7 @@ pub(super) fn focal_sums<B: Backend>(
     alpha: Option<f32>,
 ) -> Option<Tensor<B, 2>> {
     let dims = input.dims();
-    if dims.contains(&0) {
-        return None;
-    }
-    let spec = FocalSpec { dims, gamma, alpha };
-    fn run<B: Backend, T: CpuBackend>(
-        input: &Tensor<B, 3>,
-        target: &PreparedTarget<B>,
-        spec: FocalSpec,
-    ) -> Option<Tensor<B, 2>> {
-        fused_op::<B, T, _, _>(input, target, FocalBackward, spec, |x, t, v| {
-            let sums = with_focal_problem::<T, _>(x, t, v, spec, kernel::focal::forward)?;
-            Some(T::from_floats(sums, &[spec.dims[0], spec.dims[1]]))
-        })
-    }
-    run::<B, Flex>(input, target, spec).or_else(|| run::<B, NdArray<f32>>(input, target, spec))
+    input_op(input, target, FocalSpec { dims, gamma, alpha })
 }
 
 /// See [`super::may_fuse`].

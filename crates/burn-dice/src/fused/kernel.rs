@@ -145,24 +145,9 @@ fn activate<const FMA: bool>(
             }
         }
         Activation::Softmax => {
-            let mut max = [f32::NEG_INFINITY; BLOCK];
-            let max = &mut max[..len];
-            for c in 0..c_count {
-                for (m, &v) in max.iter_mut().zip(row(c)) {
-                    *m = m.max(v);
-                }
-            }
-            let mut sum = [0.0f32; BLOCK];
+            let (mut max, mut sum) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+            softmax_exps::<FMA>(c_count, len, row, probs, &mut max, &mut sum);
             let sum = &mut sum[..len];
-            for c in 0..c_count {
-                let p = &mut probs[c * BLOCK..c * BLOCK + len];
-                let r = row(c);
-                for k in 0..len {
-                    let e = exp::<FMA>(r[k] - max[k]);
-                    p[k] = e;
-                    sum[k] += e;
-                }
-            }
             for s in sum.iter_mut() {
                 *s = 1.0 / *s;
             }
@@ -171,6 +156,35 @@ fn activate<const FMA: bool>(
                     *p *= s;
                 }
             }
+        }
+    }
+}
+
+/// The unnormalized softmax of a block: `e[c·BLOCK + k] = e^(x_c − max)`, with the per-pixel
+/// `max` and `sum = Σ_c e` (the first `len` entries of each), from the class rows `row(c)`.
+#[inline(always)]
+pub(super) fn softmax_exps<'x, const FMA: bool>(
+    c_count: usize,
+    len: usize,
+    row: impl Fn(usize) -> &'x [f32],
+    e: &mut [f32],
+    max: &mut [f32; BLOCK],
+    sum: &mut [f32; BLOCK],
+) {
+    let (max, sum) = (&mut max[..len], &mut sum[..len]);
+    max.fill(f32::NEG_INFINITY);
+    for c in 0..c_count {
+        for (m, &v) in max.iter_mut().zip(row(c)) {
+            *m = m.max(v);
+        }
+    }
+    sum.fill(0.0);
+    for c in 0..c_count {
+        let e = &mut e[c * BLOCK..c * BLOCK + len];
+        let r = &row(c)[..len];
+        for k in 0..len {
+            e[k] = exp::<FMA>(r[k] - max[k]);
+            sum[k] += e[k];
         }
     }
 }
@@ -351,6 +365,23 @@ fn run_jobs<T: Send, R: Send>(
                 .expect("every job ran")
         })
         .collect()
+}
+
+/// Runs `job` for every job of `problem` (nothing written), in parallel on large problems.
+fn map_jobs<R: Send>(problem: &Problem, job: impl Fn(Job) -> R + Sync) -> Vec<(Job, R)> {
+    let jobs = jobs(problem);
+    let mut rows: Vec<Vec<&mut [f32]>> = jobs.iter().map(|_| Vec::new()).collect();
+    let out = run_jobs(problem, &jobs, &mut rows, |j, _| job(j));
+    jobs.into_iter().zip(out).collect()
+}
+
+/// A new buffer of the input's size, each job writing its rows (every element) with `job`.
+fn write_jobs(problem: &Problem, job: impl Fn(Job, &mut [&mut [f32]]) + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; problem.x.len()];
+    let jobs = jobs(problem);
+    let mut rows = job_rows(problem, &jobs, &mut out);
+    run_jobs(problem, &jobs, &mut rows, job);
+    out
 }
 
 /// Scratch space of one forward job.
@@ -545,7 +576,7 @@ fn forward_on(isa: Isa, problem: &Problem, probs: Option<&mut [MaybeUninit<f32>]
         None => jobs.iter().map(|_| Vec::new()).collect(),
     };
     let partial = run_jobs(problem, &jobs, &mut rows, |job, out| {
-        dispatch_forward(isa, problem, job, out)
+        dispatch(isa, ForwardJob { problem, job, out })
     });
     let mut out = vec![0.0f64; 3 * b_count * c_count];
     let mut bad = 0;
@@ -594,7 +625,16 @@ pub(crate) fn backward_on(
     let jobs = jobs(problem);
     let mut rows = job_rows(problem, &jobs, out);
     run_jobs(problem, &jobs, &mut rows, |job, out| {
-        dispatch_backward(isa, problem, grad, job, out, stored)
+        dispatch(
+            isa,
+            BackwardJob {
+                problem,
+                grad,
+                job,
+                out,
+                stored,
+            },
+        )
     });
 }
 
@@ -759,63 +799,23 @@ impl Isa {
     }
 }
 
-/// A module with [`forward_job`], [`backward_job`] and their cross-entropy counterparts
-/// ([`ce`]) compiled with `$features` enabled (and
-/// fused multiply-adds); calling them is sound only on a CPU that has those features.
+/// One job of a kernel, compiled for whichever instruction set [`dispatch`] picks:
+/// `run::<true>` inside the AVX2 and AVX-512 builds (fused multiply-adds), `run::<false>` for
+/// the baseline.
+pub(super) trait Kernel {
+    type Out;
+    fn run<const FMA: bool>(self) -> Self::Out;
+}
+
+/// A module whose `run` runs a [`Kernel`] compiled with `$features` enabled; calling it is
+/// sound only on a CPU that has those features.
 macro_rules! build_for {
     ($module:ident, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
         mod $module {
-            use super::*;
-
             #[target_feature(enable = $features)]
-            pub(super) fn forward(
-                problem: &Problem,
-                job: Job,
-                out: &mut [&mut [MaybeUninit<f32>]],
-            ) -> (Vec<f64>, u32) {
-                forward_job::<true>(problem, job, out)
-            }
-
-            #[target_feature(enable = $features)]
-            pub(super) fn backward(
-                problem: &Problem,
-                grad: &[f32],
-                job: Job,
-                out: &mut [&mut [f32]],
-                stored: bool,
-            ) {
-                backward_job::<true>(problem, grad, job, out, stored)
-            }
-
-            #[target_feature(enable = $features)]
-            pub(super) fn ce_forward(cp: &ce::CeProblem, job: Job) -> (f64, f64) {
-                ce::forward_job::<true>(cp, job)
-            }
-
-            #[target_feature(enable = $features)]
-            pub(super) fn ce_backward(
-                cp: &ce::CeProblem,
-                grad: &[f32],
-                job: Job,
-                out: &mut [&mut [f32]],
-            ) {
-                ce::backward_job::<true>(cp, grad, job, out)
-            }
-
-            #[target_feature(enable = $features)]
-            pub(super) fn focal_forward(fp: &focal::FocalProblem, job: Job) -> Vec<f64> {
-                focal::forward_job::<true>(fp, job)
-            }
-
-            #[target_feature(enable = $features)]
-            pub(super) fn focal_backward(
-                fp: &focal::FocalProblem,
-                grad: &[f32],
-                job: Job,
-                out: &mut [&mut [f32]],
-            ) {
-                focal::backward_job::<true>(fp, grad, job, out)
+            pub(super) fn run<K: super::Kernel>(kernel: K) -> K::Out {
+                kernel.run::<true>()
             }
         }
     };
@@ -824,43 +824,55 @@ macro_rules! build_for {
 build_for!(avx2, "avx2,fma");
 build_for!(avx512, "avx512f,avx512vl,avx2,fma");
 
+/// Runs `kernel` compiled for `isa`, which must be at most [`Isa::best`].
 #[allow(unsafe_code)]
-fn dispatch_forward(
-    isa: Isa,
-    problem: &Problem,
-    job: Job,
-    out: &mut [&mut [MaybeUninit<f32>]],
-) -> (Vec<f64>, u32) {
+pub(super) fn dispatch<K: Kernel>(isa: Isa, kernel: K) -> K::Out {
     match isa {
         // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::forward(problem, job, out) },
+        Isa::Avx512 => unsafe { avx512::run(kernel) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::forward(problem, job, out) },
-        _ => forward_job::<false>(problem, job, out),
+        Isa::Avx2 => unsafe { avx2::run(kernel) },
+        _ => kernel.run::<false>(),
     }
 }
 
-#[allow(unsafe_code)]
-fn dispatch_backward(
-    isa: Isa,
-    problem: &Problem,
-    grad: &[f32],
-    job: Job,
-    out: &mut [&mut [f32]],
-    stored: bool,
-) {
-    match isa {
-        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::backward(problem, grad, job, out, stored) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::backward(problem, grad, job, out, stored) },
-        _ => backward_job::<false>(problem, grad, job, out, stored),
-    }
+/// A [`Kernel`] from a job function generic over `FMA`: `kernel_job!(Name, |args| body)`
+/// declares the struct `Name` holding the arguments and its `run`, which evaluates `body`
+/// with the const `FMA` in scope.
+macro_rules! kernel_job {
+    ($name:ident<$($lt:lifetime),*> { $($field:ident: $ty:ty),* $(,)? } -> $out:ty = $body:expr) => {
+        struct $name<$($lt),*> {
+            $($field: $ty),*
+        }
+
+        impl<$($lt),*> Kernel for $name<$($lt),*> {
+            type Out = $out;
+
+            #[inline(always)]
+            fn run<const FMA: bool>(self) -> $out {
+                let $name { $($field),* } = self;
+                $body
+            }
+        }
+    };
 }
+pub(super) use kernel_job;
+
+kernel_job!(ForwardJob<'a, 'b, 'o, 'r> {
+    problem: &'a Problem<'b>,
+    job: Job,
+    out: &'o mut [&'r mut [MaybeUninit<f32>]],
+} -> (Vec<f64>, u32) = forward_job::<FMA>(problem, job, out));
+
+kernel_job!(BackwardJob<'a, 'b, 'g, 'o, 'r> {
+    problem: &'a Problem<'b>,
+    grad: &'g [f32],
+    job: Job,
+    out: &'o mut [&'r mut [f32]],
+    stored: bool,
+} -> () = backward_job::<FMA>(problem, grad, job, out, stored));
 
 #[cfg(test)]
 mod tests {

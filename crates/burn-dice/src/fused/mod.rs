@@ -17,6 +17,11 @@
 //! backward pass overwrites them in place with the gradient: no activation to recompute and no
 //! second buffer. (With no activation `p = x` and nothing is stored.)
 //!
+//! The cross-entropy of `DiceCELoss` and the focal term of `DiceFocalLoss` have kernels of
+//! their own in the same mould (`fused/kernel/ce.rs`, `fused/kernel/focal.rs`): per sample
+//! (per sample and class) sums in one pass, the closed-form gradient in one more, every option
+//! of the term covered; the normalization and weights stay burn ops.
+//!
 //! The choice is made at run time from the backend type, so `DiceLoss<B>` stays generic and a
 //! training loop needs no change; every other backend (wgpu, `f64`, other checkpointing
 //! strategies) and targets or masks that themselves require a gradient take the generic path.

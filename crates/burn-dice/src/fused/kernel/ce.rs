@@ -90,23 +90,8 @@ impl Block {
             }
             return;
         }
-        let mut max = [f32::NEG_INFINITY; BLOCK];
-        let max = &mut max[..len];
-        for c in 0..c_count {
-            for (m, &v) in max.iter_mut().zip(row(c)) {
-                *m = m.max(v);
-            }
-        }
-        let mut sum = [0.0f32; BLOCK];
-        let sum = &mut sum[..len];
-        for c in 0..c_count {
-            let e = &mut self.e[c * BLOCK..c * BLOCK + len];
-            let r = row(c);
-            for k in 0..len {
-                e[k] = exp::<FMA>(r[k] - max[k]);
-                sum[k] += e[k];
-            }
-        }
+        let (mut max, mut sum) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+        softmax_exps::<FMA>(c_count, len, row, &mut self.e, &mut max, &mut sum);
         let (lse, inv) = (&mut self.lse[..len], &mut self.inv[..len]);
         for k in 0..len {
             lse[k] = max[k] + ln::<FMA>(sum[k]);
@@ -123,7 +108,7 @@ fn class_weight(cp: &CeProblem, c: usize) -> f32 {
 
 /// One job of [`forward`]: `(Σ loss, Σ norm)` over its pixels.
 #[inline(always)]
-pub(super) fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Job) -> (f64, f64) {
+fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Job) -> (f64, f64) {
     let p = &cp.base;
     let (c_count, n) = (p.classes, p.pixels);
     let eps = cp.label_smoothing;
@@ -194,7 +179,7 @@ pub(super) fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Jo
 
 /// One job of [`backward`]: `∂(Σ_b g_b·loss_b)/∂x` into `out` (one run per class).
 #[inline(always)]
-pub(super) fn backward_job<const FMA: bool>(
+fn backward_job<const FMA: bool>(
     cp: &CeProblem,
     grad: &[f32],
     (b, start, count): Job,
@@ -275,14 +260,10 @@ pub(super) fn backward_job<const FMA: bool>(
 /// Per sample: `[Σ loss, Σ norm]`, stacked `[2, batch]`.
 pub(crate) fn forward(cp: &CeProblem) -> Vec<f32> {
     let isa = Isa::best();
-    let jobs = jobs(&cp.base);
-    let mut rows: Vec<Vec<&mut [f32]>> = jobs.iter().map(|_| Vec::new()).collect();
-    let partial = run_jobs(&cp.base, &jobs, &mut rows, |job, _| {
-        dispatch_ce_forward(isa, cp, job)
-    });
     let batch = cp.base.batch;
     let mut out = vec![0.0f64; 2 * batch];
-    for (&(b, _, _), (loss, norm)) in jobs.iter().zip(partial) {
+    for ((b, _, _), (loss, norm)) in map_jobs(&cp.base, |job| dispatch(isa, ForwardJob { cp, job }))
+    {
         out[b] += loss;
         out[batch + b] += norm;
     }
@@ -292,40 +273,20 @@ pub(crate) fn forward(cp: &CeProblem) -> Vec<f32> {
 /// The gradient with respect to `x` of `Σ_b grad[b]·loss_b` (`norm` does not depend on `x`).
 pub(crate) fn backward(cp: &CeProblem, grad: &[f32]) -> Vec<f32> {
     let isa = Isa::best();
-    let mut dx = vec![0.0f32; cp.base.x.len()];
-    let jobs = jobs(&cp.base);
-    let mut rows = job_rows(&cp.base, &jobs, &mut dx);
-    run_jobs(&cp.base, &jobs, &mut rows, |job, out| {
-        dispatch_ce_backward(isa, cp, grad, job, out)
-    });
-    dx
+    write_jobs(&cp.base, |job, out| {
+        dispatch(isa, BackwardJob { cp, grad, job, out })
+    })
 }
 
-#[allow(unsafe_code)]
-fn dispatch_ce_forward(isa: Isa, cp: &CeProblem, job: Job) -> (f64, f64) {
-    match isa {
-        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::ce_forward(cp, job) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::ce_forward(cp, job) },
-        _ => forward_job::<false>(cp, job),
-    }
-}
+kernel_job!(ForwardJob<'a, 'b> { cp: &'a CeProblem<'b>, job: Job } -> (f64, f64)
+    = forward_job::<FMA>(cp, job));
 
-#[allow(unsafe_code)]
-fn dispatch_ce_backward(isa: Isa, cp: &CeProblem, grad: &[f32], job: Job, out: &mut [&mut [f32]]) {
-    match isa {
-        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::ce_backward(cp, grad, job, out) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::ce_backward(cp, grad, job, out) },
-        _ => backward_job::<false>(cp, grad, job, out),
-    }
-}
+kernel_job!(BackwardJob<'a, 'b, 'g, 'o, 'r> {
+    cp: &'a CeProblem<'b>,
+    grad: &'g [f32],
+    job: Job,
+    out: &'o mut [&'r mut [f32]],
+} -> () = backward_job::<FMA>(cp, grad, job, out));
 
 #[cfg(test)]
 mod tests {

@@ -69,7 +69,7 @@ fn gradient<const FMA: bool>(fp: &FocalProblem, x: f32, t: f32) -> f32 {
 
 /// One job of [`forward`]: per class, `Σ v·loss` over its pixels.
 #[inline(always)]
-pub(super) fn forward_job<const FMA: bool>(fp: &FocalProblem, (b, start, count): Job) -> Vec<f64> {
+fn forward_job<const FMA: bool>(fp: &FocalProblem, (b, start, count): Job) -> Vec<f64> {
     let p = &fp.base;
     let (c_count, n) = (p.classes, p.pixels);
     let mut sums = vec![0.0f64; c_count];
@@ -95,7 +95,7 @@ pub(super) fn forward_job<const FMA: bool>(fp: &FocalProblem, (b, start, count):
 
 /// One job of [`backward`]: `∂(Σ_{b,c} grad[b, c]·Σ_pixels v·loss)/∂x` into `out`.
 #[inline(always)]
-pub(super) fn backward_job<const FMA: bool>(
+fn backward_job<const FMA: bool>(
     fp: &FocalProblem,
     grad: &[f32],
     (b, start, count): Job,
@@ -125,14 +125,9 @@ pub(super) fn backward_job<const FMA: bool>(
 /// Per (sample, class): `Σ_pixels v·loss`, `[batch, class]`.
 pub(crate) fn forward(fp: &FocalProblem) -> Vec<f32> {
     let isa = Isa::best();
-    let jobs = jobs(&fp.base);
-    let mut rows: Vec<Vec<&mut [f32]>> = jobs.iter().map(|_| Vec::new()).collect();
-    let partial = run_jobs(&fp.base, &jobs, &mut rows, |job, _| {
-        dispatch_focal_forward(isa, fp, job)
-    });
     let c_count = fp.base.classes;
     let mut out = vec![0.0f64; fp.base.batch * c_count];
-    for (&(b, _, _), sums) in jobs.iter().zip(partial) {
+    for ((b, _, _), sums) in map_jobs(&fp.base, |job| dispatch(isa, ForwardJob { fp, job })) {
         for (c, s) in sums.into_iter().enumerate() {
             out[b * c_count + c] += s;
         }
@@ -143,46 +138,20 @@ pub(crate) fn forward(fp: &FocalProblem) -> Vec<f32> {
 /// The gradient with respect to `x` of `Σ_{b,c} grad[b, c]·sums[b, c]`.
 pub(crate) fn backward(fp: &FocalProblem, grad: &[f32]) -> Vec<f32> {
     let isa = Isa::best();
-    let mut dx = vec![0.0f32; fp.base.x.len()];
-    let jobs = jobs(&fp.base);
-    let mut rows = job_rows(&fp.base, &jobs, &mut dx);
-    run_jobs(&fp.base, &jobs, &mut rows, |job, out| {
-        dispatch_focal_backward(isa, fp, grad, job, out)
-    });
-    dx
+    write_jobs(&fp.base, |job, out| {
+        dispatch(isa, BackwardJob { fp, grad, job, out })
+    })
 }
 
-#[allow(unsafe_code)]
-fn dispatch_focal_forward(isa: Isa, fp: &FocalProblem, job: Job) -> Vec<f64> {
-    match isa {
-        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::focal_forward(fp, job) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::focal_forward(fp, job) },
-        _ => forward_job::<false>(fp, job),
-    }
-}
+kernel_job!(ForwardJob<'a, 'b> { fp: &'a FocalProblem<'b>, job: Job } -> Vec<f64>
+    = forward_job::<FMA>(fp, job));
 
-#[allow(unsafe_code)]
-fn dispatch_focal_backward(
-    isa: Isa,
-    fp: &FocalProblem,
-    grad: &[f32],
+kernel_job!(BackwardJob<'a, 'b, 'g, 'o, 'r> {
+    fp: &'a FocalProblem<'b>,
+    grad: &'g [f32],
     job: Job,
-    out: &mut [&mut [f32]],
-) {
-    match isa {
-        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::focal_backward(fp, grad, job, out) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::focal_backward(fp, grad, job, out) },
-        _ => backward_job::<false>(fp, grad, job, out),
-    }
-}
+    out: &'o mut [&'r mut [f32]],
+} -> () = backward_job::<FMA>(fp, grad, job, out));
 
 #[cfg(test)]
 mod tests {
