@@ -283,6 +283,15 @@ fn jobs(problem: &Problem) -> Vec<Job> {
     out
 }
 
+/// The blocks of the job of pixels `start..start + count`: `(first pixel, pixel count, offset
+/// in the job)`, [`BLOCK`] pixels each but the last.
+#[inline(always)]
+fn blocks(start: usize, count: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (start..start + count)
+        .step_by(BLOCK)
+        .map(move |n0| (n0, BLOCK.min(start + count - n0), n0 - start))
+}
+
 fn parallel(problem: &Problem) -> bool {
     problem.x.len() >= PARALLEL_MIN
 }
@@ -514,15 +523,12 @@ fn forward_job<const FMA: bool>(
         bad: [0; BLOCK],
         wide: vec![0.0; 3 * c_count * LANES],
     };
-    let mut n0 = start;
-    while n0 < start + count {
-        let len = BLOCK.min(start + count - n0);
+    for (n0, len, local) in blocks(start, count) {
         if len == BLOCK {
-            forward_block::<FMA>(problem, (b, n0, BLOCK), n0 - start, out, &mut scratch);
+            forward_block::<FMA>(problem, (b, n0, BLOCK), local, out, &mut scratch);
         } else {
-            forward_block::<FMA>(problem, (b, n0, len), n0 - start, out, &mut scratch);
+            forward_block::<FMA>(problem, (b, n0, len), local, out, &mut scratch);
         }
-        n0 += len;
     }
     // Lanes are [class][stat][LANES]; the sums are [stat][class].
     let mut out = vec![0.0f64; 3 * c_count];
@@ -654,10 +660,7 @@ fn backward_job<const FMA: bool>(
     let mut dp = vec![0.0f32; c_count * BLOCK];
     let mut w = [0.0f32; BLOCK];
     let mut labels = [0.0f32; BLOCK];
-    let mut n0 = start;
-    while n0 < start + count {
-        let len = BLOCK.min(start + count - n0);
-        let local = n0 - start;
+    for (n0, len, local) in blocks(start, count) {
         if stored {
             for (c, row) in out.iter().enumerate() {
                 probs[c * BLOCK..c * BLOCK + len].copy_from_slice(&row[local..local + len]);
@@ -725,7 +728,6 @@ fn backward_job<const FMA: bool>(
                 }
             }
         }
-        n0 += len;
     }
 }
 

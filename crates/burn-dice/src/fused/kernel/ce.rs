@@ -56,9 +56,9 @@ pub(crate) fn ln<const FMA: bool>(x: f32) -> f32 {
 struct Block {
     /// `[class][BLOCK]`: the exponentials `e^(x − max)` (multi-class) or `x` (one channel).
     e: Vec<f32>,
-    /// Per pixel: `max + ln Σ e` (multi-class) or `ln(1 + e^−|x|)` (one channel).
+    /// Per pixel, forward pass: `max + ln Σ e` (multi-class) or `ln(1 + e^−|x|)` (one channel).
     lse: [f32; BLOCK],
-    /// Per pixel: `1 / Σ e`.
+    /// Per pixel, backward pass, multi-class: `1 / Σ e`.
     inv: [f32; BLOCK],
     w: [f32; BLOCK],
     labels: [f32; BLOCK],
@@ -75,27 +75,33 @@ impl Block {
         }
     }
 
-    /// Loads pixels `n0..n0 + len` of sample `b`.
+    /// Loads pixels `n0..n0 + len` of sample `b`: `lse` for the forward pass (`forward`),
+    /// `inv` for the backward pass, which needs only one of them.
     #[inline(always)]
-    fn load<const FMA: bool>(&mut self, cp: &CeProblem, (b, n0, len): Job) {
+    fn load<const FMA: bool>(&mut self, cp: &CeProblem, (b, n0, len): Job, forward: bool) {
         let p = &cp.base;
         let (c_count, n) = (p.classes, p.pixels);
         let row = |c: usize| &p.x[(b * c_count + c) * n + n0..][..len];
         load_aux(p, (b, n0, len), &mut self.w, &mut self.labels);
         if c_count == 1 {
-            let (e, lse) = (&mut self.e[..len], &mut self.lse[..len]);
-            for (k, &v) in row(0).iter().enumerate() {
-                e[k] = v;
-                lse[k] = ln::<FMA>(1.0 + exp::<FMA>(-v.abs()));
+            self.e[..len].copy_from_slice(row(0));
+            if forward {
+                for (l, &v) in self.lse[..len].iter_mut().zip(row(0)) {
+                    *l = ln::<FMA>(1.0 + exp::<FMA>(-v.abs()));
+                }
             }
             return;
         }
         let (mut max, mut sum) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
         softmax_exps::<FMA>(c_count, len, row, &mut self.e, &mut max, &mut sum);
-        let (lse, inv) = (&mut self.lse[..len], &mut self.inv[..len]);
-        for k in 0..len {
-            lse[k] = max[k] + ln::<FMA>(sum[k]);
-            inv[k] = 1.0 / sum[k];
+        if forward {
+            for k in 0..len {
+                self.lse[k] = max[k] + ln::<FMA>(sum[k]);
+            }
+        } else {
+            for (i, s) in self.inv[..len].iter_mut().zip(&sum) {
+                *i = 1.0 / s;
+            }
         }
     }
 }
@@ -114,10 +120,8 @@ fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Job) -> (f64,
     let eps = cp.label_smoothing;
     let mut block = Block::new(c_count);
     let (mut loss_sum, mut norm_sum) = (0.0f64, 0.0f64);
-    let mut n0 = start;
-    while n0 < start + count {
-        let len = BLOCK.min(start + count - n0);
-        block.load::<FMA>(cp, (b, n0, len));
+    for (n0, len, _) in blocks(start, count) {
+        block.load::<FMA>(cp, (b, n0, len), true);
         let (w, lse, labels) = (&block.w[..len], &block.lse[..len], &block.labels[..len]);
         let mut loss = [0.0f32; BLOCK];
         let mut norm = [0.0f32; BLOCK];
@@ -172,7 +176,6 @@ fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Job) -> (f64,
         }
         loss_sum += loss.iter().map(|&v| v as f64).sum::<f64>();
         norm_sum += norm.iter().map(|&v| v as f64).sum::<f64>();
-        n0 += len;
     }
     (loss_sum, norm_sum)
 }
@@ -191,11 +194,8 @@ fn backward_job<const FMA: bool>(
     let g = grad[b];
     let weight_total: f32 = (0..c_count).map(|c| class_weight(cp, c)).sum();
     let mut block = Block::new(c_count);
-    let mut n0 = start;
-    while n0 < start + count {
-        let len = BLOCK.min(start + count - n0);
-        let local = n0 - start;
-        block.load::<FMA>(cp, (b, n0, len));
+    for (n0, len, local) in blocks(start, count) {
+        block.load::<FMA>(cp, (b, n0, len), false);
         let (w, labels, inv) = (&block.w[..len], &block.labels[..len], &block.inv[..len]);
         match p.target {
             Target::Dense(t) if c_count == 1 => {
@@ -253,7 +253,6 @@ fn backward_job<const FMA: bool>(
                 }
             }
         }
-        n0 += len;
     }
 }
 

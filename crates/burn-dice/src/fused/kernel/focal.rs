@@ -74,9 +74,7 @@ fn forward_job<const FMA: bool>(fp: &FocalProblem, (b, start, count): Job) -> Ve
     let (c_count, n) = (p.classes, p.pixels);
     let mut sums = vec![0.0f64; c_count];
     let (mut w, mut labels) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-    let mut n0 = start;
-    while n0 < start + count {
-        let len = BLOCK.min(start + count - n0);
+    for (n0, len, _) in blocks(start, count) {
         load_aux(p, (b, n0, len), &mut w, &mut labels);
         for (c, sum) in sums.iter_mut().enumerate() {
             let x = &p.x[(b * c_count + c) * n + n0..][..len];
@@ -88,7 +86,6 @@ fn forward_job<const FMA: bool>(fp: &FocalProblem, (b, start, count): Job) -> Ve
             }
             *sum += acc[..len].iter().map(|&v| v as f64).sum::<f64>();
         }
-        n0 += len;
     }
     sums
 }
@@ -104,10 +101,7 @@ fn backward_job<const FMA: bool>(
     let p = &fp.base;
     let (c_count, n) = (p.classes, p.pixels);
     let (mut w, mut labels) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-    let mut n0 = start;
-    while n0 < start + count {
-        let len = BLOCK.min(start + count - n0);
-        let local = n0 - start;
+    for (n0, len, local) in blocks(start, count) {
         load_aux(p, (b, n0, len), &mut w, &mut labels);
         for (c, row) in out.iter_mut().enumerate() {
             let g = grad[b * c_count + c];
@@ -118,7 +112,6 @@ fn backward_job<const FMA: bool>(
                 o[k] = g * w[k] * gradient::<FMA>(fp, x[k], target_at(dense, &labels, c, k));
             }
         }
-        n0 += len;
     }
 }
 
