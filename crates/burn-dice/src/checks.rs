@@ -1,9 +1,34 @@
 //! Checks of configs, shapes and data, with messages that name the argument and what was
 //! expected.
+//!
+//! # When a data check fails
+//! Shapes, ranks and configs are known on the host and fail at once. The data checks of
+//! `check_inputs` (finite values, class indices in range, 0/1 masks) need the data: each call
+//! gathers them into one small verdict tensor, computed on the device, and reads it back.
+//! Reading it back at once would make every call wait until the device has finished all the
+//! work queued so far (the whole forward pass of the model, on a GPU), so the read-back is
+//! started without waiting:
+//! - when the verdict is there at once (the CPU backends, where the data is already in host
+//!   memory), a failure panics in the call that saw the data;
+//! - the first checked call of each thread waits for its verdict, so that a data pipeline that
+//!   is wrong from the start fails at its first batch;
+//! - otherwise the verdict is collected later: each checked call first reports the verdicts
+//!   that have arrived since (in order), and a failure panics there with a message that names
+//!   the call that saw the bad data; at most [`MAX_PENDING`] verdicts wait at a time (a call
+//!   that would exceed it waits for the oldest); [`wait_for_checks`] waits for all of them.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+
+/// How many verdicts of earlier calls may be on their way back at once, per thread.
+pub const MAX_PENDING: usize = 8;
 
 /// Checks an input shape: rank of at least 3, no empty dimension.
 ///
@@ -39,7 +64,7 @@ impl<B: Backend> Checks<B> {
         }
     }
 
-    /// Panics later (in [`Checks::finish`]) with `message` if `bad` holds a `true`.
+    /// Panics later (see [`Checks::finish`]) with `message` if `bad` holds a `true`.
     pub fn add<const D: usize>(
         &mut self,
         bad: Tensor<B, D, Bool>,
@@ -51,7 +76,7 @@ impl<B: Backend> Checks<B> {
 
     /// Fails if `tensor` holds a NaN or an infinity.
     pub fn finite<const D: usize>(&mut self, name: &'static str, tensor: Tensor<B, D>) {
-        if crate::fused::all_finite(&tensor) == Some(true) {
+        if crate::kernels::all_finite(&tensor) == Some(true) {
             return;
         }
         let loss = self.loss;
@@ -60,24 +85,233 @@ impl<B: Backend> Checks<B> {
         });
     }
 
-    /// Reads every flag in one transfer and panics with the first failed check's message.
+    /// Reads every flag back in one transfer and panics with the first failed check's message:
+    /// in this call or a later one (see the module docs).
     pub fn finish(self) {
         if self.flags.is_empty() {
             return;
         }
-        let flags = Tensor::cat(self.flags, 0).into_data();
-        let flags = flags
-            .convert::<i64>()
-            .into_vec::<i64>()
-            .expect("flags are integers");
-        if let Some(first) = flags.iter().position(|&f| f != 0) {
-            let message = self
-                .messages
+        let flags = Tensor::cat(self.flags, 0);
+        let messages = self.messages;
+        settle(self.loss, flags.into_data_async(), move |flags| {
+            let flags = flags
+                .convert::<i64>()
+                .into_vec::<i64>()
+                .expect("flags are integers");
+            let first = flags.iter().position(|&f| f != 0)?;
+            let message = messages
                 .into_iter()
                 .nth(first)
                 .expect("one message per flag");
-            panic!("{}", message());
+            Some(message())
+        });
+    }
+}
+
+/// What a kernel's device verdict (see `kernels::input::Verdict::Device`) is checked against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VerdictContext {
+    /// Channels of the input.
+    pub channels: usize,
+    /// Class indices (rather than a dense target) were checked.
+    pub labels: bool,
+    /// Valid class indices are `0..n_labels`.
+    pub n_labels: usize,
+    /// The ignored label.
+    pub ignore_index: Option<usize>,
+}
+
+/// The message for a class index `value` outside `0..n_labels`.
+pub(crate) fn label_message(loss: &str, value: i64, context: VerdictContext) -> String {
+    format!(
+        "{loss}: `target` holds class index {value}, expected 0..{} (input has {} channel(s)){}",
+        context.n_labels,
+        context.channels,
+        match context.ignore_index {
+            Some(ii) => format!(" or the ignore_index {ii}"),
+            None => String::new(),
         }
+    )
+}
+
+/// The message for non-finite values in argument `name`.
+fn finite_message(loss: &str, name: &str) -> String {
+    format!("{loss}: `{name}` holds NaN or infinite values; expected finite numbers")
+}
+
+/// Reads back a kernel's verdict `[non-finite input values, non-finite target values, largest
+/// class index, smallest class index]` and panics, in this call or a later one (see the module
+/// docs), with the message of the first check it fails.
+pub(crate) fn report_verdict<B: Backend>(
+    loss: &'static str,
+    flags: Tensor<B, 1>,
+    context: VerdictContext,
+) {
+    settle(loss, flags.into_data_async(), move |flags| {
+        let v = flags
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .expect("float verdict");
+        if v[0] != 0.0 {
+            return Some(finite_message(loss, "input"));
+        }
+        if v[1] != 0.0 {
+            return Some(finite_message(loss, "target"));
+        }
+        if context.labels {
+            let (high, low) = (v[2], v[3]);
+            if high >= context.n_labels as f64 {
+                return Some(label_message(loss, high as i64, context));
+            }
+            if low < 0.0 {
+                return Some(label_message(loss, low as i64, context));
+            }
+        }
+        None
+    });
+}
+
+/// A verdict on its way back from the device.
+type Reading =
+    Pin<Box<dyn Future<Output = Result<TensorData, burn::tensor::backend::ExecutionError>>>>;
+
+/// A verdict not read back yet: the call that asked for it, the reading, and what turns the
+/// data into the message of a failed check.
+struct Pending {
+    call: u64,
+    loss: &'static str,
+    reading: Reading,
+    judge: Box<dyn FnOnce(TensorData) -> Option<String>>,
+}
+
+impl Pending {
+    /// The failure message of a verdict that arrived after its call.
+    fn judge_late(self, data: TensorData) -> Option<String> {
+        let (call, loss) = (self.call, self.loss);
+        (self.judge)(data).map(|message| {
+            format!(
+                "{message} (found in the data of checked call {call} on this thread, reported \
+                 later: {loss} reads its data checks back without waiting for the device)"
+            )
+        })
+    }
+}
+
+thread_local! {
+    /// Checked calls so far on this thread.
+    static CALLS: Cell<u64> = const { Cell::new(0) };
+    /// Verdicts on their way back, oldest first.
+    static PENDING: RefCell<VecDeque<Pending>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// Reads a verdict back for the call `loss` is making now, as the module docs say.
+fn settle(
+    loss: &'static str,
+    reading: impl Future<Output = Result<TensorData, burn::tensor::backend::ExecutionError>> + 'static,
+    judge: impl FnOnce(TensorData) -> Option<String> + 'static,
+) {
+    let call = CALLS.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    report_arrived();
+    let mut reading: Reading = Box::pin(reading);
+    let data = if call == 1 {
+        Some(block_on(reading.as_mut()))
+    } else {
+        poll_once(reading.as_mut())
+    };
+    if let Some(data) = data {
+        if let Some(message) = judge(read(data)) {
+            panic!("{message}");
+        }
+        return;
+    }
+    PENDING.with(|p| {
+        p.borrow_mut().push_back(Pending {
+            call,
+            loss,
+            reading,
+            judge: Box::new(judge),
+        })
+    });
+    while PENDING.with(|p| p.borrow().len()) > MAX_PENDING {
+        let oldest = PENDING.with(|p| p.borrow_mut().pop_front());
+        if let Some(mut oldest) = oldest {
+            let data = read(block_on(oldest.reading.as_mut()));
+            if let Some(message) = oldest.judge_late(data) {
+                panic!("{message}");
+            }
+        }
+    }
+}
+
+/// Reports the verdicts of earlier calls that have arrived, oldest first; panics with the first
+/// failure.
+fn report_arrived() {
+    loop {
+        let arrived = PENDING.with(|p| {
+            let mut pending = p.borrow_mut();
+            let data = poll_once(pending.front_mut()?.reading.as_mut())?;
+            Some((pending.pop_front().expect("just polled"), data))
+        });
+        let Some((verdict, data)) = arrived else {
+            return;
+        };
+        if let Some(message) = verdict.judge_late(read(data)) {
+            panic!("{message}");
+        }
+    }
+}
+
+/// Waits until the data checks of every earlier loss call on this thread have been read back,
+/// and panics with the first failure (see [`crate::checks`] for when they are reported without
+/// this call). Returns at once on the CPU backends, where every call is checked before it
+/// returns.
+///
+/// # Panics
+/// With the message of the first failed data check.
+pub fn wait_for_checks() {
+    loop {
+        let oldest = PENDING.with(|p| p.borrow_mut().pop_front());
+        let Some(mut oldest) = oldest else {
+            return;
+        };
+        let data = read(block_on(oldest.reading.as_mut()));
+        if let Some(message) = oldest.judge_late(data) {
+            panic!("{message}");
+        }
+    }
+}
+
+/// The data of a finished reading; a device error is a bug of the device, not of the data.
+fn read(data: Result<TensorData, burn::tensor::backend::ExecutionError>) -> TensorData {
+    data.unwrap_or_else(|e| panic!("reading a data check back from the device failed: {e:?}"))
+}
+
+/// Polls `reading` once without waiting.
+fn poll_once<F: Future + ?Sized>(reading: Pin<&mut F>) -> Option<F::Output> {
+    match reading.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(data) => Some(data),
+        Poll::Pending => None,
+    }
+}
+
+/// Waits for `reading` on this thread.
+fn block_on<F: Future + ?Sized>(mut reading: Pin<&mut F>) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(data) = reading.as_mut().poll(&mut cx) {
+            return data;
+        }
+        std::thread::park();
     }
 }
 

@@ -64,10 +64,11 @@ pub struct DiceLossConfig {
     #[config(default = "DiceReduction::Mean")]
     pub reduction: DiceReduction,
     /// Check the data of every call: `input` and dense targets finite, class indices in range.
-    /// The checks read one small tensor back from the device per call; turn them off to avoid
-    /// that synchronization once the data pipeline is trusted. On burn-ndarray and burn-flex
-    /// the fused statistics pass makes them on the data it reads anyway, at almost no cost
-    /// (see [`crate::fused`]). Default: `true`.
+    /// Where a kernel computes the statistics (burn-ndarray, burn-flex, burn-wgpu) it makes
+    /// the checks on the data it reads anyway, at almost no cost ([`crate::kernels`]). On a
+    /// device backend the verdict is read back without making the call wait for the device: a
+    /// failure is reported at the first call of a thread at once, later ones at a later call
+    /// ([`crate::checks`]). Default: `true`.
     #[config(default = true)]
     pub check_inputs: bool,
 }
@@ -139,11 +140,12 @@ impl DiceLossConfig {
 /// These are MONAI's numbers.
 ///
 /// # Memory
-/// Class-index targets are never expanded into a float one-hot tensor: besides the activation's
-/// output (one tensor of the input's size, kept for the backward pass) the loss needs
-/// `O(batch · spatial)` memory for the labels: the probability of each pixel's labelled class is
-/// gathered (`[batch, 1, *spatial]`) and scatter-added into a `[batch, class]` table. Dense
-/// targets need one more input-sized tensor, the product `p·t`.
+/// Where a kernel computes the statistics ([`crate::kernels`]: burn-ndarray, burn-flex,
+/// burn-wgpu) a forward and backward pass needs one buffer of the input's size besides the
+/// `[batch, class]` sums: the gradient. On the generic burn-ops path the activation's output is
+/// kept for the backward pass, and class-index targets are compared with each class index
+/// inside the sums (a `[batch, class, *spatial]` one-hot mask, which a fusing backend does not
+/// materialize).
 #[derive(Module, Debug)]
 pub struct DiceLoss<B: Backend> {
     /// Activation applied to `input` first.

@@ -6,9 +6,10 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::checks::{check_non_negative, check_weights};
 use crate::dice::{DiceLoss, DiceLossConfig};
-use crate::numerics::{log_sigmoid, log_softmax, reciprocal};
+use crate::kernels::{self, input::CeOptions};
+use crate::numerics::reciprocal;
 use crate::reduction::DiceReduction;
-use crate::target::{prepare, DiceTarget, FlatTarget, Prepared};
+use crate::target::{prepare, DiceTarget, Prepared};
 
 const NAME: &str = "DiceCELoss";
 
@@ -95,8 +96,9 @@ impl DiceCELossConfig {
 /// `ignore_index` for the cross-entropy: out of the sum and of the normalization). `Sum` sums
 /// the cross-entropy over the pixels, as PyTorch's `reduction="sum"`.
 ///
-/// On burn-ndarray and burn-flex the cross-entropy comes from a fused kernel with its own
-/// backward ([`crate::fused`]): per sample, the summed pixel losses and weights in one pass.
+/// On burn-ndarray, burn-flex and burn-wgpu the cross-entropy comes from a fused kernel with its
+/// own backward ([`crate::kernels`]): per sample, the summed pixel losses and weights in one
+/// pass.
 ///
 /// `forward_no_reduction` gives `[batch, class']`: `lambda_dice·dice[b, c] + lambda_ce·ce[b]`,
 /// with `ce[b]` sample `b`'s own (weighted) mean cross-entropy; without class weights and
@@ -184,8 +186,7 @@ impl<B: Backend> DiceCELoss<B> {
         )
     }
 
-    /// The cross-entropy sums of every sample: from the fused kernel on burn-ndarray and
-    /// burn-flex ([`crate::fused`]), else from burn ops.
+    /// The cross-entropy sums of every sample (from a kernel or burn ops: [`crate::kernels`]).
     fn sample_ce(&self, prepared: &Prepared<B>) -> SampleCe<B> {
         let c = prepared.channels();
         if c == 1 {
@@ -207,86 +208,13 @@ impl<B: Backend> DiceCELoss<B> {
                 );
             }
         }
-        if crate::fused::may_fuse::<B>() {
-            let options = crate::fused::CeOptions {
-                class_weight: self.ce_weight.as_ref().map(|w| {
-                    w.to_data()
-                        .convert::<f32>()
-                        .into_vec::<f32>()
-                        .expect("f32 weights")
-                }),
-                pos_weight: self.pos_weight.unwrap_or(1.0),
-                label_smoothing: self.label_smoothing as f32,
-            };
-            if let Some([loss, norm]) =
-                crate::fused::ce_sums(&prepared.input, &prepared.target, &options)
-            {
-                return SampleCe { loss, norm };
-            }
-        }
-        let (loss, norm) = self.pixel_ce(prepared);
-        let b = loss.dims()[0];
-        SampleCe {
-            loss: loss.sum_dim(2).reshape([b]),
-            norm: norm.sum_dim(2).reshape([b]),
-        }
-    }
-
-    /// Per-pixel cross-entropy and its normalizer, `[batch, 1, pixels]` each, from burn ops.
-    fn pixel_ce(&self, prepared: &Prepared<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let logits = prepared.input.clone();
-        let [b, c, s] = logits.dims();
-        let (loss, norm) = if c == 1 {
-            let t = match &prepared.target.target {
-                FlatTarget::Dense(t) => t.clone(),
-                FlatTarget::Indices(_) => unreachable!("single-channel labels are dense"),
-            };
-            let positive = log_sigmoid(logits.clone()) * t.clone();
-            let positive = match self.pos_weight {
-                Some(w) => positive.mul_scalar(w),
-                None => positive,
-            };
-            let negative = log_sigmoid(logits.neg()) * t.clone().neg().add_scalar(1.0);
-            ((positive + negative).neg(), t.ones_like())
-        } else {
-            let logp = log_softmax(logits, 1);
-            let eps = self.label_smoothing;
-            let weighted = match &self.ce_weight {
-                Some(w) => logp.clone() * w.clone().reshape([1, c, 1]),
-                None => logp.clone(),
-            };
-            match &prepared.target.target {
-                FlatTarget::Indices(labels) => {
-                    let picked = logp.gather(1, labels.clone());
-                    let w_y = match &self.ce_weight {
-                        Some(w) => w
-                            .clone()
-                            .select(0, labels.clone().reshape([b * s]))
-                            .reshape([b, 1, s]),
-                        None => picked.ones_like(),
-                    };
-                    let mut loss = (picked * w_y.clone()).mul_scalar(1.0 - eps);
-                    if eps > 0.0 {
-                        loss = loss + weighted.sum_dim(1).mul_scalar(eps / c as f64);
-                    }
-                    (loss.neg(), w_y)
-                }
-                FlatTarget::Dense(t) => {
-                    let t = if eps > 0.0 {
-                        t.clone().mul_scalar(1.0 - eps).add_scalar(eps / c as f64)
-                    } else {
-                        t.clone()
-                    };
-                    let loss = (weighted * t).sum_dim(1).neg();
-                    let norm = loss.ones_like();
-                    (loss, norm)
-                }
-            }
+        let options = CeOptions {
+            class_weight: self.ce_weight.clone(),
+            pos_weight: self.pos_weight.unwrap_or(1.0),
+            label_smoothing: self.label_smoothing,
         };
-        match &prepared.target.valid {
-            Some(valid) => (loss * valid.clone(), norm * valid.clone()),
-            None => (loss, norm),
-        }
+        let [loss, norm] = kernels::ce_sums(prepared.input.clone(), &prepared.target, &options);
+        SampleCe { loss, norm }
     }
 }
 

@@ -6,7 +6,8 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::checks::check_non_negative;
 use crate::dice::{DiceLoss, DiceLossConfig};
-use crate::numerics::{log_sigmoid, reciprocal};
+use crate::kernels::{self, input::FocalOptions};
+use crate::numerics::reciprocal;
 use crate::reduction::apply_class_weight;
 use crate::target::{prepare, DiceTarget, Prepared};
 
@@ -87,11 +88,10 @@ impl DiceFocalLossConfig {
 /// Dice `[1, class']` is broadcast to every sample).
 ///
 /// # Memory and speed
-/// On burn-ndarray and burn-flex the focal term comes from a fused kernel with its own backward
-/// ([`crate::fused`]): one pass, no tensor of the input's size besides the gradient. On other
-/// backends it is element-wise burn ops over every channel, so class-index targets are compared
-/// with each class index (a `[batch, class, *spatial]` boolean/float tensor), unlike the Dice
-/// part.
+/// On burn-ndarray, burn-flex and burn-wgpu the focal term comes from a fused kernel with its
+/// own backward ([`crate::kernels`]): one pass, no tensor of the input's size besides the
+/// gradient. On other backends it is element-wise burn ops over every channel, class-index
+/// targets compared with each class index.
 #[derive(Module, Debug)]
 pub struct DiceFocalLoss<B: Backend> {
     /// The Dice part.
@@ -157,29 +157,12 @@ impl<B: Backend> DiceFocalLoss<B> {
     fn focal(&self, prepared: &Prepared<B>) -> Tensor<B, 2> {
         let x = prepared.input.clone();
         let [b, c, s] = x.dims();
-        // Σ over the pixels that count, [b, c]: fused on burn-ndarray and burn-flex.
-        let fused = crate::fused::focal_sums(
-            &x,
-            &prepared.target,
-            self.gamma as f32,
-            self.alpha.map(|a| a as f32),
-        );
-        let sums = fused.unwrap_or_else(|| {
-            let t = prepared.target.per_channel(c);
-            let bce = x.clone() - x.clone() * t.clone() - log_sigmoid(x.clone());
-            let sign = t.clone().mul_scalar(2.0).sub_scalar(1.0);
-            let modulation = log_sigmoid(x.neg() * sign).mul_scalar(self.gamma).exp();
-            let mut loss = modulation * bce;
-            if let Some(alpha) = self.alpha {
-                loss = loss * t.mul_scalar(2.0 * alpha - 1.0).add_scalar(1.0 - alpha);
-            }
-            match &prepared.target.valid {
-                Some(valid) => loss * valid.clone(),
-                None => loss,
-            }
-            .sum_dim(2)
-            .reshape([b, c])
-        });
+        // Σ over the pixels that count, [b, c].
+        let options = FocalOptions {
+            gamma: self.gamma,
+            alpha: self.alpha,
+        };
+        let sums = kernels::focal_sums(x, &prepared.target, options);
         let per_class = match &prepared.target.valid {
             Some(valid) => {
                 let counted = valid.clone().sum_dim(2).clamp_min(1.0).reshape([b, 1]);

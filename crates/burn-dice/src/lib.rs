@@ -2,12 +2,12 @@
 #![warn(missing_docs)]
 
 pub mod activation;
-mod checks;
+pub mod checks;
 pub mod dice;
 pub mod dice_ce;
 pub mod dice_focal;
-pub mod fused;
 pub mod generalized_dice;
+pub mod kernels;
 pub mod metric;
 mod numerics;
 pub mod reduction;
@@ -16,10 +16,12 @@ mod target;
 pub mod tversky;
 
 pub use activation::Activation;
+pub use checks::wait_for_checks;
 pub use dice::{DiceLoss, DiceLossConfig};
 pub use dice_ce::{DiceCELoss, DiceCELossConfig};
 pub use dice_focal::{DiceFocalLoss, DiceFocalLossConfig};
 pub use generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
+pub use kernels::KernelPath;
 pub use reduction::DiceReduction;
 pub use target::DiceTarget;
 pub use tversky::{TverskyLoss, TverskyLossConfig};

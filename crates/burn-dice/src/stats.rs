@@ -6,24 +6,15 @@
 //! - prediction mass `P = Σ p` (`Σ p²` with `squared_pred`),
 //! - target mass `T = Σ t` (`Σ t²` with `squared_pred`).
 //!
-//! False positives and negatives follow as `P − I` and `T − I`.
-//!
-//! On burn-ndarray and burn-flex the three sums come from one fused pass with a custom backward
-//! ([`crate::fused`]); the generic path below is what every other backend runs.
-//!
-//! # Memory
-//! Class-index targets are not one-hot encoded. `I` gathers, at each pixel, the probability of
-//! its labelled class (one float `[batch, 1, pixels]` tensor) and scatter-adds it into a
-//! `[batch, class]` table; `T` scatter-adds ones (or the valid mask) the same way. Beyond the
-//! activation's output (one float tensor of the input's size, kept for the backward pass) the
-//! statistics therefore need `O(batch · pixels)` extra memory, not `O(batch · class · pixels)`.
+//! False positives and negatives follow as `P − I` and `T − I`. [`crate::kernels`] chooses what
+//! computes them on each backend (fused CPU or GPU kernels, or burn ops).
 
-use burn::tensor::{backend::Backend, IndexingUpdateOp, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
-use crate::checks::warn_single_channel_background;
-use crate::fused;
-use crate::target::{FlatTarget, Prepared, PreparedTarget};
+use crate::checks::{report_verdict, warn_single_channel_background};
+use crate::kernels::{self, input::Verdict};
+use crate::target::Prepared;
 
 /// The three sums, each `[batch, class]` (`[1, class]` when summed over the batch).
 #[derive(Debug, Clone)]
@@ -37,65 +28,6 @@ pub(crate) struct ClassStats<B: Backend> {
 }
 
 impl<B: Backend> ClassStats<B> {
-    /// Computes the sums of `probs` (`[batch, class, pixels]`) against `target`.
-    pub fn compute(
-        probs: Tensor<B, 3>,
-        target: PreparedTarget<B>,
-        squared_pred: bool,
-        batch: bool,
-    ) -> Self {
-        let [b, c, s] = probs.dims();
-        let probs = match &target.valid {
-            Some(valid) => probs * valid.clone(),
-            None => probs,
-        };
-        let pred_mass = if squared_pred {
-            probs.clone().square()
-        } else {
-            probs.clone()
-        };
-        let pred = pred_mass.sum_dim(2).reshape([b, c]);
-        let (intersection, target) = match target.target {
-            FlatTarget::Dense(t) => {
-                let t = match &target.valid {
-                    Some(valid) => t * valid.clone(),
-                    None => t,
-                };
-                let intersection = (probs * t.clone()).sum_dim(2).reshape([b, c]);
-                let t = if squared_pred { t.square() } else { t };
-                (intersection, t.sum_dim(2).reshape([b, c]))
-            }
-            FlatTarget::Indices(labels) => {
-                // p of the labelled class at every pixel: [b, 1, s]. Ignored pixels already
-                // carry 0 in `probs`.
-                let picked = probs.gather(1, labels.clone()).reshape([b, s]);
-                let labels = labels.reshape([b, s]);
-                // Tables in the input's float type, whatever the device's default.
-                let options = (&picked.device(), picked.dtype());
-                let intersection = Tensor::zeros([b, c], options).scatter(
-                    1,
-                    labels.clone(),
-                    picked,
-                    IndexingUpdateOp::Add,
-                );
-                // One-hot values are 0/1, so Σ t² = Σ t.
-                let ones = match target.valid {
-                    Some(valid) => valid.reshape([b, s]),
-                    None => Tensor::ones([b, s], options),
-                };
-                let counts =
-                    Tensor::zeros([b, c], options).scatter(1, labels, ones, IndexingUpdateOp::Add);
-                (intersection, counts)
-            }
-        };
-        Self {
-            intersection,
-            pred,
-            target,
-        }
-        .over_batch(batch)
-    }
-
     /// Sums the tables over the batch (`[1, class]`) when `batch`.
     fn over_batch(self, batch: bool) -> Self {
         if batch {
@@ -107,8 +39,11 @@ impl<B: Backend> ClassStats<B> {
 
     /// The common first half of every Dice-family loss: the activation of the prepared input,
     /// the sums against its target, and the background dropped unless `include_background`.
+    ///
+    /// The data checks left to the statistics pass ([`Prepared::deferred`]) are settled here:
+    /// by the kernel's verdict when it made them, else by burn ops.
     pub fn of_prepared(
-        loss: &str,
+        loss: &'static str,
         prepared: Prepared<B>,
         activation: Activation,
         squared_pred: bool,
@@ -121,27 +56,31 @@ impl<B: Backend> ClassStats<B> {
             target,
             deferred,
         } = prepared;
-        let stats = match fused::class_stats(&input, &target, activation, squared_pred) {
-            // Data that failed the fused pass's checks (when they were left to it) goes to the
-            // burn-ops checks below, which panic with the message.
-            Some(fused) if fused.valid_data || deferred.is_none() => {
-                let [intersection, pred, target] = fused.sums;
-                Self {
-                    intersection,
-                    pred,
-                    target,
-                }
-                .over_batch(batch)
+        let stats = kernels::class_stats(
+            input,
+            &target,
+            activation,
+            squared_pred,
+            deferred.is_some(),
+            loss,
+        );
+        if let Some(checks) = deferred {
+            match stats.verdict {
+                Verdict::Host(true) => {}
+                // Data that failed the kernel's checks, or that no kernel checked, goes to the
+                // burn-ops checks, which panic with the message.
+                Verdict::Host(false) | Verdict::Unchecked => checks.run(),
+                Verdict::Device(flags) => report_verdict(loss, flags, checks.describe()),
             }
-            _ => {
-                if let Some(checks) = deferred {
-                    checks.run();
-                }
-                let probs = activation.apply(input, loss);
-                Self::compute(probs, target, squared_pred, batch)
-            }
-        };
-        stats.keep_classes(include_background, loss)
+        }
+        let [intersection, pred, target] = stats.sums;
+        Self {
+            intersection,
+            pred,
+            target,
+        }
+        .over_batch(batch)
+        .keep_classes(include_background, loss)
     }
 
     /// Applies `f` to each of the three sums.
@@ -177,9 +116,28 @@ impl<B: Backend> ClassStats<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::generic;
+    use crate::kernels::input::PreparedTarget;
     use crate::target::prepare_target;
     use crate::tests::TestBackend;
     use burn::tensor::{Int, TensorData, Tolerance};
+
+    /// The generic sums of probabilities (no activation).
+    fn compute(
+        probs: Tensor<B, 3>,
+        target: PreparedTarget<B>,
+        squared_pred: bool,
+        batch: bool,
+    ) -> ClassStats<B> {
+        let [intersection, pred, target] =
+            generic::class_stats(probs, &target, Activation::None, squared_pred, "t");
+        ClassStats {
+            intersection,
+            pred,
+            target,
+        }
+        .over_batch(batch)
+    }
 
     type B = TestBackend;
 
@@ -226,9 +184,9 @@ mod tests {
             None,
             false,
         );
-        let a = ClassStats::compute(probs().narrow(2, 0, 3), dense, false, false);
+        let a = compute(probs().narrow(2, 0, 3), dense, false, false);
         let idx = prepare_target("t", &[1, 3, 4], labels().into(), Some(9), None, false);
-        let b = ClassStats::compute(probs(), idx, false, false);
+        let b = compute(probs(), idx, false, false);
         close(a.intersection.clone(), [[0.7, 0.8, 0.7]]);
         close(a.pred.clone(), [[1.0, 1.1, 0.9]]);
         close(a.target.clone(), [[1.0, 1.0, 1.0]]);
@@ -242,7 +200,7 @@ mod tests {
         let p = Tensor::cat(vec![probs(), probs()], 0);
         let t = Tensor::cat(vec![onehot(), onehot()], 0);
         let prepared = prepare_target("t", &[2, 3, 4], t.into(), None, None, false);
-        let s = ClassStats::compute(p, prepared, true, true).without_background();
+        let s = compute(p, prepared, true, true).without_background();
         close2(
             s.pred,
             [[

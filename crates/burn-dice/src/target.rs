@@ -1,13 +1,14 @@
 //! Targets: dense or class indices, checked against the input and flattened to
 //! `[batch, channel, pixels]`, with `ignore_index` and spatial masks turned into one pixel mask.
 //!
-//! Class-index targets are never expanded into a float one-hot tensor of the input's size for
-//! the Dice statistics: they gather and scatter by label instead (see [`crate::stats`]). Only
-//! the element-wise focal term needs the per-channel target ([`PreparedTarget::per_channel`]).
+//! The flattened forms are plain data ([`crate::kernels::input`]); what computes the losses'
+//! terms from them is chosen in [`crate::kernels`].
 
 use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor};
 
-use crate::checks::{check_input_shape, Checks};
+use crate::checks::{check_input_shape, label_message, Checks, VerdictContext};
+use crate::kernels;
+pub(crate) use crate::kernels::input::{FlatTarget, PreparedTarget};
 
 /// The ground truth handed to a loss's `forward`, of the same rank `D` as its input.
 ///
@@ -36,51 +37,6 @@ impl<B: Backend, const D: usize> From<Tensor<B, D, Int>> for DiceTarget<B, D> {
     }
 }
 
-/// A target checked against the input and flattened to rank 3.
-#[derive(Debug, Clone)]
-pub(crate) enum FlatTarget<B: Backend> {
-    /// `[batch, class, pixels]`: dense targets, and the 0/1 labels of a single-channel input.
-    Dense(Tensor<B, 3>),
-    /// Class indices `[batch, 1, pixels]` for an input of two or more channels; ignored pixels
-    /// carry class 0 and are removed through the `valid` mask.
-    Indices(Tensor<B, 3, Int>),
-}
-
-/// The target as the losses need it.
-#[derive(Debug, Clone)]
-pub(crate) struct PreparedTarget<B: Backend> {
-    pub target: FlatTarget<B>,
-    /// `[batch, 1, pixels]`, 1 where the pixel counts and 0 where it is left out (its label is
-    /// `ignore_index`, or a spatial mask excludes it). `None`: every pixel counts.
-    pub valid: Option<Tensor<B, 3>>,
-}
-
-impl<B: Backend> PreparedTarget<B> {
-    /// Restricts the pixels that count to those where `mask` (`[batch, 1, pixels]`, 0/1) is 1.
-    pub fn masked(mut self, mask: Tensor<B, 3>) -> Self {
-        self.valid = Some(match self.valid {
-            Some(valid) => valid * mask,
-            None => mask,
-        });
-        self
-    }
-
-    /// The target per channel, `[batch, class, pixels]` with `class` channels: dense targets as
-    /// they are, class indices one-hot encoded (a comparison with each class index). Pixels
-    /// that do not count are not zeroed here.
-    pub fn per_channel(&self, classes: usize) -> Tensor<B, 3> {
-        match &self.target {
-            FlatTarget::Dense(t) => t.clone(),
-            FlatTarget::Indices(labels) => {
-                let device = labels.device();
-                let ids = Tensor::<B, 1, Int>::arange(0..classes as i64, &device)
-                    .reshape([1, classes, 1]);
-                labels.clone().equal(ids).float()
-            }
-        }
-    }
-}
-
 /// The network output and its target, checked and flattened.
 #[derive(Debug)]
 pub(crate) struct Prepared<B: Backend> {
@@ -88,7 +44,7 @@ pub(crate) struct Prepared<B: Backend> {
     pub input: Tensor<B, 3>,
     /// The target.
     pub target: PreparedTarget<B>,
-    /// Data checks left to the fused statistics pass, which reads the same data anyway.
+    /// Data checks left to the statistics kernel, which reads the same data anyway.
     pub deferred: Option<DeferredChecks>,
 }
 
@@ -100,15 +56,24 @@ impl<B: Backend> Prepared<B> {
 }
 
 /// The data checks of `check_inputs` on the input and the target (finite values, class indices
-/// in range), left to the fused statistics pass ([`crate::fused`]) where it will run: that pass
-/// reports whether the data it read passed, and only then, or when the fused pass does not run
-/// after all, are these checks run with burn ops, for the same error message.
-pub(crate) struct DeferredChecks(Box<dyn FnOnce()>);
+/// in range), left to the statistics pass of a kernel ([`crate::kernels`]) where one will run:
+/// the kernel checks the data it reads anyway and returns a verdict. These checks run with burn
+/// ops when the verdict is a failure known on the host (for the exact message), or when no
+/// kernel ran after all.
+pub(crate) struct DeferredChecks {
+    run: Box<dyn FnOnce()>,
+    context: VerdictContext,
+}
 
 impl DeferredChecks {
     /// Runs the checks: panics with the message of the first failed one.
     pub fn run(self) {
-        (self.0)()
+        (self.run)()
+    }
+
+    /// What a kernel's device verdict is checked against.
+    pub fn describe(&self) -> VerdictContext {
+        self.context
     }
 }
 
@@ -125,9 +90,10 @@ pub(crate) fn flat_dims<const D: usize>(dims: &[usize; D]) -> [usize; 3] {
 
 /// Checks `input` and `target` (shapes always, data when `check_inputs`) and flattens both.
 ///
-/// With `defer`, on a backend where the fused statistics may run ([`crate::fused::may_fuse`]),
-/// the finite and class-index checks are left to that pass ([`Prepared::deferred`]): only
-/// for a caller that goes straight to [`crate::stats::ClassStats::of_prepared`].
+/// With `defer`, on a backend where a kernel computes the statistics
+/// ([`crate::kernels::checks_in_pass`]), the finite and class-index checks are left to that
+/// pass ([`Prepared::deferred`]): only for a caller that goes straight to
+/// [`crate::stats::ClassStats::of_prepared`].
 ///
 /// # Panics
 /// On a wrong rank or shape, `ignore_index` with a dense target, and, with `check_inputs`,
@@ -164,27 +130,36 @@ pub(crate) fn prepare_with<B: Backend, const D: usize>(
 ) -> Prepared<B> {
     let dims = input.dims();
     check_input_shape(loss, &dims);
-    let defer = check_inputs && defer && crate::fused::may_fuse::<B>();
+    let defer = check_inputs && defer && kernels::checks_in_pass::<B>();
     let mut checks = check_inputs.then(|| Checks::new(loss));
     if let Some(checks) = checks.as_mut().filter(|_| !defer) {
         checks.finite("input", input.clone());
     }
     extra(checks.as_mut());
     let deferred = defer.then(|| {
+        let context = VerdictContext {
+            channels: dims[1],
+            labels: matches!(target, DiceTarget::Indices(_)) && dims[1] > 1,
+            n_labels: dims[1].max(2),
+            ignore_index,
+        };
         let (input, target) = (input.clone(), target.clone());
-        DeferredChecks(Box::new(move || {
-            let mut checks = Checks::new(loss);
-            checks.finite("input", input);
-            prepare_target(loss, &dims, target, ignore_index, Some(&mut checks), false);
-            checks.finish();
-        }))
+        DeferredChecks {
+            run: Box::new(move || {
+                let mut checks = Checks::new(loss);
+                checks.finite("input", input);
+                prepare_target(loss, &dims, target, ignore_index, Some(&mut checks), false);
+                checks.finish();
+            }),
+            context,
+        }
     });
     let target = prepare_target(loss, &dims, target, ignore_index, checks.as_mut(), defer);
     if let Some(checks) = checks {
         checks.finish();
     }
     Prepared {
-        input: crate::fused::reshape(input, flat_dims(&dims)),
+        input: kernels::reshape(input, flat_dims(&dims)),
         target,
         deferred,
     }
@@ -193,7 +168,7 @@ pub(crate) fn prepare_with<B: Backend, const D: usize>(
 /// Validates `target` against an input of shape `input_dims` and flattens it.
 ///
 /// `ignore_index` is only allowed with class-index targets. Data checks (finite values, class
-/// indices in range) go into `checks`, except those the fused pass makes (`deferred`: a finite
+/// indices in range) go into `checks`, except those a kernel makes (`deferred`: a finite
 /// dense target, class indices of an input of two or more channels).
 ///
 /// # Panics
@@ -225,7 +200,7 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
                 checks.finite("target", t.clone());
             }
             PreparedTarget {
-                target: FlatTarget::Dense(crate::fused::reshape(t, [b, c, s])),
+                target: FlatTarget::Dense(kernels::reshape(t, [b, c, s])),
                 valid: None,
             }
         }
@@ -240,10 +215,10 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
             );
             // A single channel is the binary case: labels 0/1 are the mask itself.
             let n_labels = c.max(2);
-            // A single-channel input's labels reach the fused pass as floats: checked here.
+            // A single-channel input's labels reach the kernels as floats: checked here.
             let checks = checks.filter(|_| !(deferred && c > 1));
             let fast_ok = checks.is_some()
-                && crate::fused::labels_in_range(&y, n_labels, ignore_index) == Some(true);
+                && kernels::labels_in_range(&y, n_labels, ignore_index) == Some(true);
             if let Some(checks) = checks.filter(|_| !fast_ok) {
                 let mut bad = y
                     .clone()
@@ -253,22 +228,21 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
                     bad = bad.bool_and(y.clone().not_equal_elem(ii as i64));
                 }
                 let offending = y.clone().mask_fill(bad.clone().bool_not(), 0);
+                let context = VerdictContext {
+                    channels: c,
+                    labels: true,
+                    n_labels,
+                    ignore_index,
+                };
                 let detail = move || {
                     let max: i64 = offending.clone().max().into_scalar().elem();
                     let min: i64 = offending.min().into_scalar().elem();
                     let value = if max != 0 { max } else { min };
-                    format!(
-                        "{loss}: `target` holds class index {value}, expected 0..{n_labels} \
-                         (input has {c} channel(s)){}",
-                        match ignore_index {
-                            Some(ii) => format!(" or the ignore_index {ii}"),
-                            None => String::new(),
-                        }
-                    )
+                    label_message(loss, value, context)
                 };
                 checks.add(bad, detail);
             }
-            let y = crate::fused::reshape_int(y, [b, 1, s]);
+            let y = kernels::reshape_int(y, [b, 1, s]);
             let (y, valid) = match ignore_index {
                 Some(ii) => {
                     let ignored = y.clone().equal_elem(ii as i64);

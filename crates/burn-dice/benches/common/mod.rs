@@ -173,7 +173,7 @@ pub fn loss_fn<B: Backend, const D: usize>(
 /// Runs `body` on the generic burn-ops path (`generic`) or with the fused kernels.
 pub fn on_path(generic: bool, body: &mut dyn FnMut()) {
     if generic {
-        burn_dice::fused::generic_only(body)
+        burn_dice::kernels::generic_only(body)
     } else {
         body()
     }

@@ -2,7 +2,7 @@
 
 use burn::config::Config;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{backend::Backend, Bool, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use crate::checks::check_input_shape;
 use crate::target::flat_dims;
@@ -101,8 +101,8 @@ impl<B: Backend> DiceCounts<B> {
     /// Counts `pred` against `target` for `classes` classes. Pixels whose target label is
     /// `ignore_index` (class-index targets) count for neither.
     ///
-    /// Two class-index maps are compared by scatter-adding into `[batch, class]` tables (no
-    /// one-hot tensor); otherwise the index side is compared with each class index.
+    /// Class-index maps are compared with each class index inside the counting sums (no
+    /// scatter-add, which a GPU serializes).
     ///
     /// # Panics
     /// If the shapes do not match `[batch, classes or 1, *spatial]`.
@@ -144,38 +144,20 @@ impl<B: Backend> DiceCounts<B> {
             Segmentation::Indices(t) => FlatSeg::Indices(flat_idx(t)),
             Segmentation::Mask(t) => FlatSeg::Mask(flat_mask(t)),
         };
-        let binary = classes == 1;
-        match (pred, target) {
-            (FlatSeg::Indices(p), FlatSeg::Indices(t)) if !binary => {
-                let device = p.device();
-                let ones = match &valid {
-                    Some(v) => v.clone().float(),
-                    None => Tensor::ones([b, 1, s], &device),
-                }
-                .reshape([b, s]);
-                let (p, t) = (p.reshape([b, s]), t.reshape([b, s]));
-                let hits = p.clone().equal(t.clone()).float() * ones.clone();
-                let table = || Tensor::<B, 2>::zeros([b, classes], &device);
-                Self {
-                    intersection: table().scatter(1, t.clone(), hits, IndexingUpdateOp::Add),
-                    pred: table().scatter(1, p, ones.clone(), IndexingUpdateOp::Add),
-                    target: table().scatter(1, t, ones, IndexingUpdateOp::Add),
-                }
-            }
-            (p, t) => {
-                let p = p.into_mask(classes);
-                let t = t.into_mask(classes);
-                let (p, t) = match valid {
-                    Some(v) => (p.bool_and(v.clone()), t.bool_and(v)),
-                    None => (p, t),
-                };
-                let count = |m: Tensor<B, 3, Bool>| m.float().sum_dim(2).reshape([b, classes]);
-                Self {
-                    intersection: count(p.clone().bool_and(t.clone())),
-                    pred: count(p),
-                    target: count(t),
-                }
-            }
+        // Each side as a per-class mask (class indices compared with each class index), the
+        // counts as sums of their products: an element-wise map and a reduction, which no
+        // backend has to serialize (a scatter-add of every pixel into a few bins would be).
+        let p = pred.into_mask(classes);
+        let t = target.into_mask(classes);
+        let (p, t) = match valid {
+            Some(v) => (p.bool_and(v.clone()), t.bool_and(v)),
+            None => (p, t),
+        };
+        let count = |m: Tensor<B, 3, Bool>| m.float().sum_dim(2).reshape([b, classes]);
+        Self {
+            intersection: count(p.clone().bool_and(t.clone())),
+            pred: count(p),
+            target: count(t),
         }
     }
 

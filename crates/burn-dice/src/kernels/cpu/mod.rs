@@ -1,7 +1,7 @@
 //! The fused statistics on burn-ndarray and burn-flex: raw data access, the autodiff operation
 //! with its custom backward, and the run-time choice of backend.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::borrow::Cow;
 use std::marker::PhantomData;
 
@@ -17,12 +17,14 @@ use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use burn_ndarray::{NdArray, NdArrayTensor};
 
-use super::kernel::ce::CeProblem;
-use super::kernel::focal::FocalProblem;
-use super::kernel::{self, Labels, Problem, Target};
-use super::{CeOptions, FusedStats};
+use super::backend::{cast, inner_float, inner_int, primitives, split, TargetPrim};
+use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Verdict};
 use crate::activation::Activation;
-use crate::target::{FlatTarget, PreparedTarget};
+use kernel::ce::CeProblem;
+use kernel::focal::FocalProblem;
+use kernel::{Labels, Problem, Target};
+
+pub(crate) mod kernel;
 
 /// Integer labels borrowed or copied out of a backend tensor.
 #[derive(Debug)]
@@ -105,13 +107,6 @@ impl CpuBackend for Flex {
     fn from_floats(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
     }
-}
-
-/// The target as primitives of the inner backend.
-#[derive(Debug, Clone)]
-enum TargetPrim<B: Backend> {
-    Dense(B::FloatTensorPrimitive),
-    Indices(B::IntTensorPrimitive),
 }
 
 /// Shape and options of one statistics problem.
@@ -228,67 +223,12 @@ impl<B: CpuBackend> Backward<B, 1> for StatsBackward {
     }
 }
 
-/// Moves `value` into type `T` if it is one (the run-time backend choice).
-fn cast<S: 'static, T: 'static>(value: S) -> Result<T, S> {
-    let mut slot = Some(value);
-    match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
-        Some(t) => Ok(t.take().expect("just filled")),
-        None => Err(slot.expect("not taken")),
-    }
-}
-
-fn split<B: Backend>(stacked: Tensor<B, 3>) -> [Tensor<B, 2>; 3] {
-    let [_, b, c] = stacked.dims();
-    [0, 1, 2].map(|s| stacked.clone().narrow(0, s, 1).reshape([b, c]))
-}
-
-/// The inner-backend primitive of a float tensor of `B`, when `B` is `T` or `Autodiff<T>` (no
-/// checkpointing); `None` for every other backend.
-fn inner_float<B: Backend, T: Backend, const D: usize>(
-    t: Tensor<B, D>,
-) -> Option<T::FloatTensorPrimitive> {
-    match cast::<_, Tensor<T, D>>(t) {
-        Ok(t) => Some(t.into_primitive().tensor()),
-        Err(t) => cast::<_, Tensor<Autodiff<T, NoCheckpointing>, D>>(t)
-            .ok()
-            .map(|t| t.into_primitive().tensor().primitive),
-    }
-}
-
-/// [`inner_float`] for integer tensors (the same primitive under `Autodiff`).
-fn inner_int<B: Backend, T: Backend, const D: usize>(
-    t: Tensor<B, D, Int>,
-) -> Option<T::IntTensorPrimitive> {
-    match cast::<_, Tensor<T, D, Int>>(t) {
-        Ok(t) => Some(t.into_primitive()),
-        Err(t) => cast::<_, Tensor<Autodiff<T, NoCheckpointing>, D, Int>>(t)
-            .ok()
-            .map(|t| t.into_primitive()),
-    }
-}
-
-/// The inner-backend primitives of the prepared target and mask (of backend `B`, known to be
-/// `T` or `Autodiff<T>`).
-fn primitives<B: Backend, T: Backend>(
-    target: &PreparedTarget<B>,
-) -> Option<(TargetPrim<T>, Option<T::FloatTensorPrimitive>)> {
-    let target_prim = match &target.target {
-        FlatTarget::Dense(t) => TargetPrim::Dense(inner_float::<B, T, 3>(t.clone())?),
-        FlatTarget::Indices(l) => TargetPrim::Indices(inner_int::<B, T, 3>(l.clone())?),
-    };
-    let valid = match &target.valid {
-        Some(v) => Some(inner_float::<B, T, 3>(v.clone())?),
-        None => None,
-    };
-    Some((target_prim, valid))
-}
-
 /// `B` is the plain CPU backend `T`.
 fn plain<B: Backend, T: CpuBackend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     spec: Spec,
-) -> Option<FusedStats<B>> {
+) -> Option<Stats<B>> {
     if TypeId::of::<B>() != TypeId::of::<T>() {
         return None;
     }
@@ -297,20 +237,10 @@ fn plain<B: Backend, T: CpuBackend>(
     let (out, valid_data, _) = forward_inner::<T>(&x, &target, valid.as_ref(), spec, false)?;
     let out: Tensor<B, 3> =
         cast(Tensor::<T, 3>::from_primitive(TensorPrimitive::Float(out))).ok()?;
-    Some(FusedStats {
+    Some(Stats {
         sums: split(out),
-        valid_data,
+        verdict: Verdict::Host(valid_data),
     })
-}
-
-/// Whether a dense target or the mask requires a gradient: the fused operations give
-/// gradients to the input only, so such targets take the generic path.
-fn target_tracked<B: Backend>(target: &PreparedTarget<B>) -> bool {
-    let dense = match &target.target {
-        FlatTarget::Dense(t) => t.is_require_grad(),
-        FlatTarget::Indices(_) => false,
-    };
-    dense || target.valid.as_ref().is_some_and(|v| v.is_require_grad())
 }
 
 /// `B` is `Autodiff<T>` (no checkpointing).
@@ -318,12 +248,12 @@ fn autodiff<B: Backend, T: CpuBackend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     spec: Spec,
-) -> Option<FusedStats<B>> {
+) -> Option<Stats<B>> {
     type Ad<T> = Autodiff<T, NoCheckpointing>;
     if TypeId::of::<B>() != TypeId::of::<Ad<T>>() {
         return None;
     }
-    if target_tracked(target) {
+    if target.tracked() {
         return None;
     }
     let (target, valid) = primitives::<B, T>(target)?;
@@ -356,9 +286,9 @@ fn autodiff<B: Backend, T: CpuBackend>(
         out,
     )))
     .ok()?;
-    Some(FusedStats {
+    Some(Stats {
         sums: split(out),
-        valid_data,
+        verdict: Verdict::Host(valid_data),
     })
 }
 
@@ -645,7 +575,7 @@ fn fused_op<B: Backend, T: CpuBackend, S: InputOp>(
         let out = forward(&x, &t, v.as_ref())?;
         return cast(Tensor::<T, 2>::from_primitive(TensorPrimitive::Float(out))).ok();
     }
-    if TypeId::of::<B>() != TypeId::of::<Ad<T>>() || target_tracked(target) {
+    if TypeId::of::<B>() != TypeId::of::<Ad<T>>() || target.tracked() {
         return None;
     }
     let (t, v) = primitives::<B, T>(target)?;
@@ -683,14 +613,20 @@ fn input_op<B: Backend, S: InputOp>(
 pub(super) fn ce_sums<B: Backend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
-    options: &CeOptions,
+    options: &CeOptions<B>,
 ) -> Option<[Tensor<B, 1>; 2]> {
     let dims = input.dims();
     let spec = CeSpec {
         dims,
-        class_weight: options.class_weight.clone(),
+        // On the CPU the weights are read from host memory: no device synchronization.
+        class_weight: options.class_weight.as_ref().map(|w| {
+            w.to_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32 weights")
+        }),
         pos_weight: options.pos_weight,
-        label_smoothing: options.label_smoothing,
+        label_smoothing: options.label_smoothing as f32,
     };
     let out = input_op(input, target, spec)?;
     Some([0, 1].map(|s| out.clone().narrow(0, s, 1).reshape([dims[0]])))
@@ -700,15 +636,19 @@ pub(super) fn ce_sums<B: Backend>(
 pub(super) fn focal_sums<B: Backend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
-    gamma: f32,
-    alpha: Option<f32>,
+    options: FocalOptions,
 ) -> Option<Tensor<B, 2>> {
     let dims = input.dims();
-    input_op(input, target, FocalSpec { dims, gamma, alpha })
+    let spec = FocalSpec {
+        dims,
+        gamma: options.gamma as f32,
+        alpha: options.alpha.map(|a| a as f32),
+    };
+    input_op(input, target, spec)
 }
 
-/// See [`super::may_fuse`].
-pub(super) fn may_fuse<B: Backend>() -> bool {
+/// Whether `B` is one of the CPU backends the kernels run on.
+pub(super) fn handles<B: Backend>() -> bool {
     type Ad<T> = Autodiff<T, NoCheckpointing>;
     let id = TypeId::of::<B>();
     [
@@ -726,7 +666,7 @@ pub(super) fn class_stats<B: Backend>(
     target: &PreparedTarget<B>,
     activation: Activation,
     squared_pred: bool,
-) -> Option<FusedStats<B>> {
+) -> Option<Stats<B>> {
     let spec = Spec {
         dims: input.dims(),
         activation,
@@ -744,288 +684,28 @@ pub(super) fn class_stats<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::generic_only;
-    use crate::{
-        DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, GeneralizedDiceLossConfig,
-        TverskyLossConfig,
-    };
-    use burn::tensor::backend::AutodiffBackend;
-    use burn::tensor::{Distribution, Tolerance};
-
-    type LossOf<B> = Box<dyn Fn(Tensor<B, 4>) -> Tensor<B, 1>>;
-
-    /// Loss and input gradient of `f` with the fused kernels and with the generic path.
-    fn both<B: AutodiffBackend>(
-        f: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 1>,
-        x: &Tensor<B, 4>,
-    ) -> [(TensorData, TensorData); 2] {
-        let run = || {
-            let x = x.clone().detach().require_grad();
-            let loss = f(x.clone());
-            let grads = loss.backward();
-            (
-                loss.into_data(),
-                x.grad(&grads).expect("tracked").into_data(),
-            )
-        };
-        [run(), generic_only(run)]
-    }
-
-    fn compare_on<B: AutodiffBackend>() {
-        let device = Default::default();
-        let x = Tensor::<B, 4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 2.0), &device);
-        // Without an activation the input is a probability map: logits of either sign would
-        // make `P` cancel towards 0 and the ratio ill-conditioned in f32.
-        let probs = Tensor::<B, 4>::random([2, 3, 5, 7], Distribution::Uniform(0.05, 1.0), &device);
-        let dense = Tensor::<B, 4>::random([2, 3, 5, 7], Distribution::Bernoulli(0.4), &device);
-        let labels =
-            Tensor::<B, 4, Int>::random([2, 1, 5, 7], Distribution::Uniform(0.0, 4.0), &device);
-        // Label 3 is ignored below.
-        let mask = Tensor::<B, 4>::random([2, 1, 5, 7], Distribution::Bernoulli(0.7), &device);
-        let mut cases: Vec<(String, LossOf<B>)> = Vec::new();
-        for activation in [Activation::None, Activation::Sigmoid, Activation::Softmax] {
-            for squared_pred in [false, true] {
-                let config = DiceLossConfig::new()
-                    .with_activation(activation)
-                    .with_squared_pred(squared_pred);
-                let (d, l, m) = (dense.clone(), labels.clone(), mask.clone());
-                let c = config.clone();
-                cases.push((
-                    format!("{activation:?} sq={squared_pred} dense"),
-                    Box::new(move |x| c.init(&x.device()).forward(x, d.clone())),
-                ));
-                let c = config.clone().with_ignore_index(Some(3));
-                cases.push((
-                    format!("{activation:?} sq={squared_pred} indices+ignore"),
-                    Box::new(move |x| c.init(&x.device()).forward(x, l.clone())),
-                ));
-                let c = config
-                    .clone()
-                    .with_batch(true)
-                    .with_include_background(false);
-                let d = dense.clone();
-                cases.push((
-                    format!("{activation:?} sq={squared_pred} dense masked batch"),
-                    Box::new(move |x| c.init(&x.device()).forward_masked(x, d.clone(), m.clone())),
-                ));
-            }
-        }
-        let l = labels.clone();
-        cases.push((
-            "generalized".into(),
-            Box::new(move |x| {
-                GeneralizedDiceLossConfig::new()
-                    .with_activation(Activation::Softmax)
-                    .with_ignore_index(Some(3))
-                    .init(&x.device())
-                    .forward(x, l.clone())
-            }),
-        ));
-        let d = dense.clone();
-        cases.push((
-            "tversky".into(),
-            Box::new(move |x| {
-                TverskyLossConfig::new()
-                    .with_activation(Activation::Sigmoid)
-                    .with_alpha(0.3)
-                    .with_beta(0.7)
-                    .init(&x.device())
-                    .forward(x, d.clone())
-            }),
-        ));
-        // DiceCE: the cross-entropy term has its own fused pass.
-        let dice = DiceLossConfig::new().with_activation(Activation::Softmax);
-        let l = labels.clone();
-        let c = DiceCELossConfig::new()
-            .with_dice(dice.clone().with_ignore_index(Some(3)))
-            .with_ce_weight(Some(vec![0.5, 2.0, 1.5]))
-            .with_label_smoothing(0.1);
-        cases.push((
-            "dice-ce indices+ignore weights smoothing".into(),
-            Box::new(move |x| c.init(&x.device()).forward(x, l.clone())),
-        ));
-        let l = labels.clone();
-        let c = DiceCELossConfig::new().with_dice(dice.clone().with_ignore_index(Some(3)));
-        cases.push((
-            "dice-ce indices no reduction".into(),
-            Box::new(move |x| c.init(&x.device()).forward_no_reduction(x, l.clone()).sum()),
-        ));
-        let d = dense.clone();
-        let c = DiceCELossConfig::new()
-            .with_dice(dice.clone())
-            .with_ce_weight(Some(vec![1.0, 0.3, 2.0]))
-            .with_label_smoothing(0.2);
-        cases.push((
-            "dice-ce dense weights smoothing".into(),
-            Box::new(move |x| c.init(&x.device()).forward(x, d.clone())),
-        ));
-        let d = dense.clone();
-        let c = DiceCELossConfig::new()
-            .with_dice(DiceLossConfig::new().with_activation(Activation::Sigmoid))
-            .with_pos_weight(Some(2.5));
-        cases.push((
-            "dice-ce binary pos_weight".into(),
-            Box::new(move |x| {
-                let x = x.narrow(1, 0, 1);
-                c.init(&x.device()).forward(x, d.clone().narrow(1, 0, 1))
-            }),
-        ));
-        // DiceFocal: the focal term has its own fused pass too.
-        let l = labels.clone();
-        let c = DiceFocalLossConfig::new()
-            .with_dice(dice.clone().with_ignore_index(Some(3)))
-            .with_gamma(1.5)
-            .with_alpha(Some(0.25));
-        cases.push((
-            "dice-focal indices+ignore alpha".into(),
-            Box::new(move |x| c.init(&x.device()).forward(x, l.clone())),
-        ));
-        let d = dense.clone();
-        let c = DiceFocalLossConfig::new().with_dice(
-            DiceLossConfig::new()
-                .with_activation(Activation::Sigmoid)
-                .with_include_background(false),
-        );
-        cases.push((
-            "dice-focal dense no reduction".into(),
-            Box::new(move |x| c.init(&x.device()).forward_no_reduction(x, d.clone()).sum()),
-        ));
-        for (name, f) in &cases {
-            // Printed with the failure message of the comparison below.
-            println!("case: {name}");
-            let input = if name.starts_with("None") { &probs } else { &x };
-            let [(loss, grad), (loss_ref, grad_ref)] = both::<B>(f.as_ref(), input);
-            let tol = Tolerance::absolute(2e-6).set_relative(1e-5);
-            loss.assert_approx_eq::<f32>(&loss_ref, tol);
-            grad.assert_approx_eq::<f32>(&grad_ref, tol);
-        }
-    }
+    use crate::kernels::generic_only;
+    use crate::kernels::input::FlatTarget;
+    use crate::kernels::tests::{compare_on, deferred_checks_on, panic_message, SMALL};
+    use crate::DiceLossConfig;
+    use burn::tensor::Tolerance;
 
     #[test]
     fn fused_equals_generic_on_autodiff_ndarray() {
-        compare_on::<Autodiff<NdArray<f32>>>();
+        compare_on::<Autodiff<NdArray<f32>>>(&Default::default(), SMALL);
     }
 
     #[test]
     fn fused_equals_generic_on_autodiff_flex() {
-        compare_on::<Autodiff<Flex>>();
-    }
-
-    /// The panic message of `f`, or `None` if it returns.
-    fn panic_message(f: impl FnOnce()) -> Option<String> {
-        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).err()?;
-        Some(match payload.downcast::<String>() {
-            Ok(message) => *message,
-            Err(payload) => payload
-                .downcast::<&str>()
-                .map(|m| m.to_string())
-                .unwrap_or_default(),
-        })
-    }
-
-    /// The data checks left to the fused pass fail with the messages of the burn-ops checks,
-    /// on the fused path (`B`) and on the generic one, for every loss that defers them.
-    fn deferred_checks_on<B: Backend>() {
-        let device = Default::default();
-        let x = || Tensor::<B, 4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device);
-        let nan_x = || x().slice_fill([1..2, 2..3, 3..4, 0..1], f32::NAN);
-        let dense = || Tensor::<B, 4>::random([2, 3, 4, 5], Distribution::Bernoulli(0.5), &device);
-        let labels = |bad: Option<i64>| {
-            let l =
-                Tensor::<B, 4, Int>::random([2, 1, 4, 5], Distribution::Uniform(0.0, 3.0), &device);
-            match bad {
-                Some(v) => l.slice_fill([1..2, 0..1, 2..3, 4..5], v),
-                None => l,
-            }
-        };
-        let mask = || Tensor::<B, 4>::ones([2, 1, 4, 5], &device);
-        let input_message = |loss: &str| {
-            format!("{loss}: `input` holds NaN or infinite values; expected finite numbers")
-        };
-        let dice = DiceLossConfig::new().with_activation(Activation::Softmax);
-        // The expected message (`None`: no panic) and the call.
-        type Case<'a> = (Option<String>, Box<dyn Fn() + 'a>);
-        let cases: Vec<Case> = vec![
-            (None, Box::new(|| drop(dice.init::<B>(&device).forward(x(), labels(None))))),
-            (
-                Some(input_message("DiceLoss")),
-                Box::new(|| drop(dice.init::<B>(&device).forward(nan_x(), dense()))),
-            ),
-            (
-                Some(input_message("DiceLoss")),
-                Box::new(|| {
-                    drop(dice.init::<B>(&device).forward_masked(nan_x(), labels(None), mask()))
-                }),
-            ),
-            (
-                Some("DiceLoss: `target` holds NaN or infinite values; expected finite numbers".into()),
-                Box::new(|| {
-                    let t = dense().slice_fill([0..1, 1..2, 0..1, 0..1], f32::INFINITY);
-                    drop(dice.init::<B>(&device).forward(x(), t))
-                }),
-            ),
-            (
-                Some("DiceLoss: `target` holds class index 7, expected 0..3 (input has 3 channel(s))".into()),
-                Box::new(|| drop(dice.init::<B>(&device).forward(x(), labels(Some(7))))),
-            ),
-            (
-                Some("DiceLoss: `target` holds class index -2, expected 0..3 (input has 3 channel(s)) or the ignore_index 255".into()),
-                Box::new(|| {
-                    let loss = dice.clone().with_ignore_index(Some(255)).init::<B>(&device);
-                    drop(loss.forward(x(), labels(Some(-2))))
-                }),
-            ),
-            (
-                None,
-                Box::new(|| {
-                    let loss = dice.clone().with_ignore_index(Some(255)).init::<B>(&device);
-                    drop(loss.forward(x(), labels(Some(255))))
-                }),
-            ),
-            (
-                Some(input_message("GeneralizedDiceLoss")),
-                Box::new(|| {
-                    let loss = GeneralizedDiceLossConfig::new().init::<B>(&device);
-                    drop(loss.forward(nan_x(), labels(None)))
-                }),
-            ),
-            (
-                Some("TverskyLoss: `target` holds class index 3".into()),
-                Box::new(|| {
-                    let loss = TverskyLossConfig::new().init::<B>(&device);
-                    drop(loss.forward(x(), labels(Some(3))))
-                }),
-            ),
-            // Checks off: no panic, whatever the data.
-            (
-                None,
-                Box::new(|| {
-                    let loss = dice.clone().with_check_inputs(false).init::<B>(&device);
-                    drop(loss.forward(nan_x(), labels(None)))
-                }),
-            ),
-        ];
-        for (i, (expected, case)) in cases.iter().enumerate() {
-            for generic in [false, true] {
-                let run = || panic_message(case);
-                let got = if generic { generic_only(run) } else { run() };
-                match (expected, &got) {
-                    (None, None) => {}
-                    (Some(e), Some(g)) if g.starts_with(e.as_str()) => {}
-                    _ => panic!(
-                        "case {i} (generic path: {generic}): expected {expected:?}, got {got:?}"
-                    ),
-                }
-            }
-        }
+        compare_on::<Autodiff<Flex>>(&Default::default(), SMALL);
     }
 
     #[test]
     fn deferred_checks_fail_with_the_same_messages() {
-        deferred_checks_on::<NdArray<f32>>();
-        deferred_checks_on::<Flex>();
-        deferred_checks_on::<Autodiff<NdArray<f32>>>();
-        deferred_checks_on::<Autodiff<Flex>>();
+        deferred_checks_on::<NdArray<f32>>(&Default::default());
+        deferred_checks_on::<Flex>(&Default::default());
+        deferred_checks_on::<Autodiff<NdArray<f32>>>(&Default::default());
+        deferred_checks_on::<Autodiff<Flex>>(&Default::default());
     }
 
     #[test]
@@ -1052,16 +732,14 @@ mod tests {
             target: FlatTarget::Indices(Tensor::zeros([1, 1, 3], &device)),
             valid: None,
         };
-        let fused = crate::fused::class_stats(&x, &target, Activation::Softmax, false);
-        let generic = generic_only(|| {
-            crate::fused::class_stats(&x, &target, Activation::Softmax, false).is_some()
-        });
-        if let Some(FusedStats {
+        let fused = class_stats(&x, &target, Activation::Softmax, false);
+        let generic = generic_only(|| crate::kernels::path::<B>() != crate::KernelPath::Generic);
+        if let Some(Stats {
             sums: [i, p, t],
-            valid_data,
+            verdict,
         }) = &fused
         {
-            assert!(valid_data);
+            assert!(matches!(verdict, Verdict::Host(true)));
             // Softmax of equal logits: p = 1/2 everywhere; three pixels of class 0.
             let expect = |t: &Tensor<B, 2>, v: [f32; 2]| {
                 t.to_data()
@@ -1071,7 +749,7 @@ mod tests {
             expect(p, [1.5, 1.5]);
             expect(t, [3.0, 0.0]);
         }
-        assert_eq!(super::may_fuse::<B>(), fused.is_some());
+        assert_eq!(super::handles::<B>(), fused.is_some());
         (fused.is_some(), generic)
     }
 

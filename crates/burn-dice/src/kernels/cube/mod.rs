@@ -1,0 +1,525 @@
+//! The fused CubeCL kernels on burn's CubeCL backends (burn-wgpu; burn-cuda with `cuda`): the
+//! operations, how they run on `CubeBackend` and through burn-fusion's `Fusion`, their
+//! autodiff backward, and the run-time choice of backend.
+//!
+//! The kernels themselves are written once, generic over the CubeCL runtime and the element
+//! type (`stats.rs`, `ce.rs`, `focal.rs`, on the helpers of `common.rs`). Each operation is
+//! an [`Op`] run by [`CubeKernels::run`]: on `CubeBackend<R, ..>` it launches the kernels; on
+//! `Fusion<CubeBackend<R, ..>>` (burn-wgpu's default) it is registered in the fusion stream as
+//! a custom operation (burn-ir's `CustomOpIr`), which runs the `CubeBackend` version when the
+//! stream executes; under `Autodiff` a custom backward (burn-autodiff's `Backward`) runs the
+//! operation's backward [`Op`] on the saved input. Everything stays lazy: nothing is read back.
+
+mod ce;
+mod common;
+mod focal;
+mod stats;
+
+use std::any::TypeId;
+use std::marker::PhantomData;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::Autodiff;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+use super::backend::{cast, inner_float, primitives, split, TargetPrim};
+use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Verdict};
+use crate::activation::Activation;
+use ce::CeSpec;
+use common::{Data, ACT_NONE, ACT_SIGMOID, ACT_SOFTMAX};
+use focal::FocalSpec;
+use stats::StatsSpec;
+
+/// One launch of a kernel family: what it computes, with its options.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    /// The `[3, batch, class]` statistics and, with `check`, the `[4]` verdict.
+    StatsForward { spec: StatsSpec, check: bool },
+    /// Their input gradient from the gradient of the statistics.
+    StatsBackward(StatsSpec),
+    /// The per-sample cross-entropy sums `[2, batch]`.
+    CeForward(CeSpec),
+    /// Their input gradient.
+    CeBackward(CeSpec),
+    /// The per-(sample, class) focal sums `[batch, class]`.
+    FocalForward(FocalSpec),
+    /// Their input gradient.
+    FocalBackward(FocalSpec),
+}
+
+impl Op {
+    /// The name of the operation in a fusion stream.
+    fn name(&self) -> &'static str {
+        match self {
+            Op::StatsForward { .. } => "burn-dice stats forward",
+            Op::StatsBackward(_) => "burn-dice stats backward",
+            Op::CeForward(_) => "burn-dice cross-entropy forward",
+            Op::CeBackward(_) => "burn-dice cross-entropy backward",
+            Op::FocalForward(_) => "burn-dice focal forward",
+            Op::FocalBackward(_) => "burn-dice focal backward",
+        }
+    }
+
+    /// The shapes of the outputs for an input of shape `[batch, class, pixels]`.
+    fn outputs(&self, [b, c, n]: [usize; 3]) -> Vec<Vec<usize>> {
+        match self {
+            Op::StatsForward { check, .. } => {
+                let mut out = vec![vec![3, b, c]];
+                if *check {
+                    out.push(vec![4]);
+                }
+                out
+            }
+            Op::CeForward(_) => vec![vec![2, b]],
+            Op::FocalForward(_) => vec![vec![b, c]],
+            Op::StatsBackward(_) | Op::CeBackward(_) | Op::FocalBackward(_) => vec![vec![b, c, n]],
+        }
+    }
+}
+
+/// The tensors of one launch, as primitives of backend `B`: the input `[batch, class,
+/// pixels]`, a dense target or class indices, the validity weights, the class weights of the
+/// cross-entropy, and (backward operations) the gradient of the forward operation's output.
+pub(crate) struct Inputs<B: Backend> {
+    pub x: FloatTensor<B>,
+    pub dense: Option<FloatTensor<B>>,
+    pub labels: Option<IntTensor<B>>,
+    pub valid: Option<FloatTensor<B>>,
+    pub weight: Option<FloatTensor<B>>,
+    pub grad: Option<FloatTensor<B>>,
+}
+
+impl<B: Backend> Clone for Inputs<B> {
+    fn clone(&self) -> Self {
+        Self {
+            x: self.x.clone(),
+            dense: self.dense.clone(),
+            labels: self.labels.clone(),
+            valid: self.valid.clone(),
+            weight: self.weight.clone(),
+            grad: self.grad.clone(),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Inputs<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("x", &self.x.shape())
+            .field("dense", &self.dense.is_some())
+            .field("labels", &self.labels.is_some())
+            .field("valid", &self.valid.is_some())
+            .field("weight", &self.weight.is_some())
+            .field("grad", &self.grad.is_some())
+            .finish()
+    }
+}
+
+/// Which optional tensors an [`Inputs`] holds, to take it apart into a list and back.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    dense: bool,
+    labels: bool,
+    valid: bool,
+    weight: bool,
+    grad: bool,
+}
+
+impl Layout {
+    /// The number of float tensors.
+    fn floats(&self) -> usize {
+        1 + [self.dense, self.valid, self.weight, self.grad]
+            .iter()
+            .filter(|&&p| p)
+            .count()
+    }
+}
+
+impl<B: Backend> Inputs<B> {
+    /// The float tensors in a fixed order (`x`, dense, valid, weight, grad), the labels.
+    fn into_parts(self) -> (Vec<FloatTensor<B>>, Option<IntTensor<B>>, Layout) {
+        let layout = Layout {
+            dense: self.dense.is_some(),
+            labels: self.labels.is_some(),
+            valid: self.valid.is_some(),
+            weight: self.weight.is_some(),
+            grad: self.grad.is_some(),
+        };
+        let mut floats = vec![self.x];
+        floats.extend(self.dense);
+        floats.extend(self.valid);
+        floats.extend(self.weight);
+        floats.extend(self.grad);
+        (floats, self.labels, layout)
+    }
+
+    /// The inverse of [`Inputs::into_parts`].
+    fn from_parts(floats: Vec<FloatTensor<B>>, labels: Option<IntTensor<B>>, l: Layout) -> Self {
+        let mut floats = floats.into_iter();
+        let mut next = |present: bool| present.then(|| floats.next().expect("laid out"));
+        let x = next(true).expect("the input");
+        let (dense, valid, weight, grad) =
+            (next(l.dense), next(l.valid), next(l.weight), next(l.grad));
+        Self {
+            x,
+            dense,
+            labels,
+            valid,
+            weight,
+            grad,
+        }
+    }
+}
+
+/// A backend whose tensors the CubeCL kernels run on.
+pub(crate) trait CubeKernels: Backend {
+    /// Runs `op` on `inputs`; the outputs in the order of [`Op::outputs`].
+    fn run(op: &Op, inputs: Inputs<Self>) -> Vec<FloatTensor<Self>>;
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernels
+    for CubeBackend<R, F, I, BT>
+{
+    fn run(op: &Op, inputs: Inputs<Self>) -> Vec<CubeTensor<R>> {
+        let data = Data {
+            x: into_contiguous(inputs.x),
+            dense: inputs.dense.map(into_contiguous),
+            labels: inputs.labels.map(into_contiguous),
+            valid: inputs.valid.map(into_contiguous),
+        };
+        let weight = inputs.weight.map(into_contiguous);
+        let grad = || into_contiguous(inputs.grad.clone().expect("a backward op has a gradient"));
+        match *op {
+            Op::StatsForward { spec, check } => {
+                let (sums, verdict) = stats::forward(&data, spec, check);
+                std::iter::once(sums).chain(verdict).collect()
+            }
+            Op::StatsBackward(spec) => vec![stats::backward(&data, grad(), spec)],
+            Op::CeForward(spec) => vec![ce::forward(&data, weight, spec)],
+            Op::CeBackward(spec) => vec![ce::backward(&data, weight, grad(), spec)],
+            Op::FocalForward(spec) => vec![focal::forward(&data, spec)],
+            Op::FocalBackward(spec) => vec![focal::backward(&data, grad(), spec)],
+        }
+    }
+}
+
+/// An [`Op`] in a fusion stream: its description and options.
+#[derive(Debug)]
+struct FusionOp<B> {
+    desc: CustomOpIr,
+    op: Op,
+    layout: Layout,
+    _backend: PhantomData<B>,
+}
+
+impl<B: FusionBackend + CubeKernels> Operation<B::FusionRuntime> for FusionOp<B> {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+    ) {
+        let n = self.layout.floats();
+        let floats = self.desc.inputs[..n]
+            .iter()
+            .map(|ir| handles.get_float_tensor::<B>(ir))
+            .collect();
+        let labels = self
+            .layout
+            .labels
+            .then(|| handles.get_int_tensor::<B>(&self.desc.inputs[n]));
+        let outputs = B::run(&self.op, Inputs::from_parts(floats, labels, self.layout));
+        for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<B>(&ir.id, tensor);
+        }
+    }
+}
+
+impl<B: FusionBackend + CubeKernels> CubeKernels for Fusion<B> {
+    fn run(op: &Op, inputs: Inputs<Self>) -> Vec<FloatTensor<Self>> {
+        let client = inputs.x.client.clone();
+        let dtype = inputs.x.dtype;
+        let dims = inputs.x.shape.dims::<3>();
+        let (floats, labels, layout) = inputs.into_parts();
+        let streams = OperationStreams::with_inputs(floats.iter().chain(labels.iter()));
+        let outputs: Vec<TensorIr> = op
+            .outputs(dims)
+            .into_iter()
+            .map(|shape| TensorIr::uninit(client.create_empty_handle(), Shape::from(shape), dtype))
+            .collect();
+        let mut irs: Vec<TensorIr> = floats.into_iter().map(|t| t.into_ir()).collect();
+        irs.extend(labels.map(|t| t.into_ir()));
+        let desc = CustomOpIr::new(op.name(), &irs, &outputs);
+        client.register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            FusionOp::<B> {
+                desc,
+                op: *op,
+                layout,
+                _backend: PhantomData,
+            },
+        )
+    }
+}
+
+/// The custom backward of a forward [`Op`]: runs the backward [`Op`] on the saved inputs with
+/// the gradient of the forward operation's first output.
+#[derive(Debug)]
+struct KernelBackward;
+
+impl<K: CubeKernels> Backward<K, 1> for KernelBackward {
+    type State = (Op, Inputs<K>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<K>(&ops.node);
+        let [parent] = ops.parents;
+        let Some(parent) = parent else { return };
+        let (op, mut inputs) = ops.state;
+        inputs.grad = Some(grad);
+        let dx = K::run(&op, inputs).remove(0);
+        grads.register::<K>(parent.id, dx);
+    }
+}
+
+/// Runs `forward` on `input` where `B` is `K` or `Autodiff<K>` (burn's default
+/// checkpointing), registering `backward` for the input's gradient of its first output; the
+/// outputs as primitives of `B`. `None` for other backends, a target that requires a gradient,
+/// or tensors of another element type than the input.
+fn launch<B: Backend, K: CubeKernels>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    weight: Option<&Tensor<B, 1>>,
+    forward: Op,
+    backward: Op,
+) -> Option<Vec<B::FloatTensorPrimitive>> {
+    type Ad<K> = Autodiff<K, NoCheckpointing>;
+    let plain = TypeId::of::<B>() == TypeId::of::<K>();
+    if !(plain || TypeId::of::<B>() == TypeId::of::<Ad<K>>()) || target.tracked() {
+        return None;
+    }
+    if input.dims().contains(&0) {
+        return None;
+    }
+    let (target, valid) = primitives::<B, K>(target)?;
+    let weight = match weight {
+        Some(w) => Some(inner_float::<B, K, 1>(w.clone())?),
+        None => None,
+    };
+    let (dense, labels) = match target {
+        TargetPrim::Dense(t) => (Some(t), None),
+        TargetPrim::Indices(l) => (None, Some(l)),
+    };
+    let dtype = input.dtype();
+    let same = |t: &Option<FloatTensor<K>>| t.as_ref().is_none_or(|t| t.dtype() == dtype);
+    if !(same(&dense) && same(&valid) && same(&weight) && is_float(dtype)) {
+        return None;
+    }
+    let inputs = |x: FloatTensor<K>| Inputs {
+        x,
+        dense: dense.clone(),
+        labels: labels.clone(),
+        valid: valid.clone(),
+        weight: weight.clone(),
+        grad: None,
+    };
+    if plain {
+        let x = inner_float::<B, K, 3>(input.clone())?;
+        let outputs = K::run(&forward, inputs(x));
+        return Some(outputs.into_iter().map(|p| into_b::<B, K>(p)).collect());
+    }
+    let x: Tensor<Ad<K>, 3> = cast(input.clone()).ok()?;
+    let x = x.into_primitive().tensor();
+    let saved = inputs(x.primitive.clone());
+    let mut outputs = K::run(&forward, saved.clone()).into_iter();
+    let first = outputs.next().expect("every op has an output");
+    let first = match KernelBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((backward, saved), first),
+        OpsKind::UnTracked(prep) => prep.finish(first),
+    };
+    // The other outputs (the verdict) carry no gradient.
+    let rest = outputs.map(<Ad<K> as AutodiffBackend>::from_inner);
+    Some(
+        std::iter::once(first)
+            .chain(rest)
+            .map(|p| {
+                cast::<_, B::FloatTensorPrimitive>(p)
+                    .unwrap_or_else(|_| unreachable!("B is Autodiff<K>"))
+            })
+            .collect(),
+    )
+}
+
+/// A primitive of `K` as one of `B`, which is `K`.
+fn into_b<B: Backend, K: Backend>(p: FloatTensor<K>) -> B::FloatTensorPrimitive {
+    cast::<_, B::FloatTensorPrimitive>(p).unwrap_or_else(|_| unreachable!("B is K"))
+}
+
+/// The element types the kernels read: `f32`, and `f16`/`bf16` where the device has them.
+fn is_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// burn-wgpu's backends: with its fusion layer (its default `Wgpu`), and without.
+#[cfg(feature = "wgpu")]
+type WgpuCube = CubeBackend<burn_wgpu::WgpuRuntime, f32, i32, u32>;
+
+/// Runs `$body` with `$k` each backend the kernels are built for, until one gives `Some`.
+macro_rules! on_cube_backends {
+    ($k:ident => $body:expr) => {{
+        let out = None;
+        #[cfg(feature = "wgpu")]
+        let out = out.or_else(|| {
+            type $k = Fusion<WgpuCube>;
+            $body
+        });
+        #[cfg(feature = "wgpu")]
+        let out = out.or_else(|| {
+            type $k = WgpuCube;
+            $body
+        });
+        out
+    }};
+}
+
+/// Whether `B` is one of the backends the kernels run on, plain or under `Autodiff`.
+pub(super) fn handles<B: Backend>() -> bool {
+    fn is<B: Backend, K: Backend>() -> Option<()> {
+        let id = TypeId::of::<B>();
+        (id == TypeId::of::<K>() || id == TypeId::of::<Autodiff<K, NoCheckpointing>>())
+            .then_some(())
+    }
+    on_cube_backends!(K => is::<B, K>()).is_some()
+}
+
+/// The activation as the kernels' comptime code.
+fn activation_code(activation: Activation) -> u32 {
+    match activation {
+        Activation::None => ACT_NONE,
+        Activation::Sigmoid => ACT_SIGMOID,
+        Activation::Softmax => ACT_SOFTMAX,
+    }
+}
+
+/// See [`super::class_stats`].
+pub(super) fn class_stats<B: Backend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    activation: Activation,
+    squared_pred: bool,
+    check: bool,
+) -> Option<Stats<B>> {
+    let spec = StatsSpec {
+        activation: activation_code(activation),
+        squared_pred,
+    };
+    let forward = Op::StatsForward { spec, check };
+    let backward = Op::StatsBackward(spec);
+    let outputs = on_cube_backends!(K => launch::<B, K>(input, target, None, forward, backward))?;
+    let mut outputs = outputs.into_iter();
+    let sums = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(outputs.next()?));
+    let verdict = match outputs.next() {
+        Some(v) => Verdict::Device(Tensor::from_primitive(TensorPrimitive::Float(v))),
+        None => Verdict::Unchecked,
+    };
+    Some(Stats {
+        sums: split(sums),
+        verdict,
+    })
+}
+
+/// See [`super::ce_sums`].
+pub(super) fn ce_sums<B: Backend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    options: &CeOptions<B>,
+) -> Option<[Tensor<B, 1>; 2]> {
+    let spec = CeSpec {
+        pos_weight: options.pos_weight,
+        label_smoothing: options.label_smoothing as f32,
+    };
+    let weight = options.class_weight.as_ref();
+    let (forward, backward) = (Op::CeForward(spec), Op::CeBackward(spec));
+    let outputs = on_cube_backends!(K => launch::<B, K>(input, target, weight, forward, backward))?;
+    let out = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(outputs.into_iter().next()?));
+    let b = input.dims()[0];
+    Some([0, 1].map(|s| out.clone().narrow(0, s, 1).reshape([b])))
+}
+
+/// See [`super::focal_sums`].
+pub(super) fn focal_sums<B: Backend>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    options: FocalOptions,
+) -> Option<Tensor<B, 2>> {
+    let spec = FocalSpec {
+        gamma: options.gamma as f32,
+        alpha: options.alpha.map(|a| a as f32),
+    };
+    let (forward, backward) = (Op::FocalForward(spec), Op::FocalBackward(spec));
+    let outputs = on_cube_backends!(K => launch::<B, K>(input, target, None, forward, backward))?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(
+        outputs.into_iter().next()?,
+    )))
+}
+
+#[cfg(all(test, feature = "wgpu"))]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::{compare_on, deferred_checks_on, SMALL};
+    use crate::kernels::{generic_only, path, KernelPath};
+    use burn_wgpu::{Wgpu, WgpuDevice};
+
+    type Ad<B> = Autodiff<B>;
+
+    /// Shapes that cover the kernels' geometry: one block; many cubes per sample with a
+    /// partial last tile; more classes than a thread keeps in registers at once.
+    const SHAPES: [[usize; 4]; 3] = [SMALL, [2, 3, 67, 129], [2, 11, 9, 13]];
+
+    #[test]
+    fn kernels_equal_generic_on_wgpu_with_fusion() {
+        for shape in SHAPES {
+            compare_on::<Ad<Wgpu>>(&WgpuDevice::default(), shape);
+        }
+    }
+
+    #[test]
+    fn kernels_equal_generic_on_wgpu_without_fusion() {
+        for shape in SHAPES {
+            compare_on::<Ad<WgpuCube>>(&WgpuDevice::default(), shape);
+        }
+    }
+
+    #[test]
+    fn kernel_checks_fail_with_the_burn_ops_messages() {
+        deferred_checks_on::<Wgpu>(&WgpuDevice::default());
+        deferred_checks_on::<Ad<Wgpu>>(&WgpuDevice::default());
+        deferred_checks_on::<Ad<WgpuCube>>(&WgpuDevice::default());
+    }
+
+    #[test]
+    fn the_cube_path_is_taken_on_wgpu() {
+        assert_eq!(path::<Wgpu>(), KernelPath::Cube);
+        assert_eq!(path::<Ad<Wgpu>>(), KernelPath::Cube);
+        assert_eq!(path::<WgpuCube>(), KernelPath::Cube);
+        assert_eq!(path::<Ad<WgpuCube>>(), KernelPath::Cube);
+        assert_eq!(generic_only(path::<Ad<Wgpu>>), KernelPath::Generic);
+        // Other element types and checkpointing strategies are left to burn ops.
+        assert_eq!(path::<Wgpu<f64>>(), KernelPath::Generic);
+        type Balanced = Autodiff<Wgpu, burn_autodiff::checkpoint::strategy::BalancedCheckpointing>;
+        assert_eq!(path::<Balanced>(), KernelPath::Generic);
+    }
+}

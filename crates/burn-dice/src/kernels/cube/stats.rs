@@ -1,0 +1,310 @@
+//! The per-(sample, class) statistics on the GPU: one pass forward, one pass backward.
+//!
+//! Forward, for every sample `b` and class `c`, over the pixels (weight `w`, 0/1):
+//! `I = Σ (p·w)·(t·w)`, `P = Σ p·w` (`Σ (p·w)²` with `squared_pred`), `T = Σ t·w` (`Σ (t·w)²`),
+//! and, when asked, the data checks on what it reads (non-finite input and dense target values,
+//! the range of the class indices).
+//!
+//! Backward, from the gradient `g = ∂L/∂[I, P, T]` (`[3, batch, class]`):
+//! `∂L/∂p_c = g_I·t·w² + g_P·w·(2·p·w if squared_pred, else 1)` (`T` does not depend on `x`),
+//! then through the activation: sigmoid `p(1 − p)·∂L/∂p`, softmax `p_c (∂L/∂p_c − Σ_k p_k ∂L/∂p_k)`.
+//! The probabilities are recomputed from `x`: a GPU has the arithmetic to spare, and it saves
+//! writing and reading a buffer of the input's size.
+
+// Comptime and run-time conditions stay in separate `if`s: the CubeCL macro expands the first
+// at compile time and the second into a branch.
+#![allow(clippy::collapsible_if)]
+
+use burn::tensor::DType;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+use cubecl::CubeDim;
+
+use super::common::*;
+
+/// The options of one statistics problem (comptime in the kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct StatsSpec {
+    /// [`ACT_NONE`], [`ACT_SIGMOID`] or [`ACT_SOFTMAX`].
+    pub activation: u32,
+    pub squared_pred: bool,
+}
+
+/// Per cube: the partial sums `[batch, tiles, class, 3]` and, with `check`, the partial verdict
+/// `[batch · tiles, 4]`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn stats_forward_kernel<F: Float, I: Numeric>(
+    x: &Tensor<F>,
+    dense: &Tensor<F>,
+    labels: &Tensor<I>,
+    valid: &Tensor<F>,
+    partial: &mut Tensor<f32>,
+    checks: &mut Tensor<f32>,
+    classes: usize,
+    pixels: usize,
+    per_thread: usize,
+    #[comptime] spec: StatsSpec,
+    #[comptime] is_dense: bool,
+    #[comptime] has_valid: bool,
+    #[comptime] check: bool,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let b = CUBE_POS_Y as usize;
+    let tile = CUBE_POS_X as usize;
+    let tiles = CUBE_COUNT_X as usize;
+    let tid = UNIT_POS_X as usize;
+    let start = tile * per_thread * CUBE;
+    let mut shared = SharedMemory::<f32>::new(comptime![3 * CLASS_GROUP * CUBE]);
+    // The data checks: non-finite input and target values, the class index range.
+    let mut bad_x = 0.0f32;
+    let mut bad_t = 0.0f32;
+    let mut high = 0.0f32;
+    let mut low = 0.0f32;
+    let mut g0 = 0usize;
+    while g0 < classes {
+        let mut acc = Array::<f32>::new(comptime![3 * CLASS_GROUP]);
+        #[unroll]
+        for v in 0..comptime![3 * CLASS_GROUP] {
+            acc[v] = 0.0f32;
+        }
+        for j in 0..per_thread {
+            let n = start + j * CUBE + tid;
+            if n < pixels {
+                let row0 = b * classes * pixels + n;
+                let w = weight::<F>(valid, b, n, pixels, has_valid);
+                let l = label::<I>(labels, b, n, pixels, is_dense);
+                if comptime![check && !is_dense] {
+                    if g0 == 0 {
+                        if l > high {
+                            high = l;
+                        }
+                        if l < low {
+                            low = l;
+                        }
+                    }
+                }
+                let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
+                #[unroll]
+                for g in 0..CLASS_GROUP {
+                    let c = g0 + g;
+                    if c < classes {
+                        let at = row0 + c * pixels;
+                        let v = f32::cast_from(x[at]);
+                        let t = target_at::<F>(dense, at, l, c, is_dense);
+                        if check {
+                            if v.is_nan() || v.is_inf() {
+                                bad_x += 1.0f32;
+                            }
+                            if comptime![is_dense] {
+                                if t.is_nan() || t.is_inf() {
+                                    bad_t += 1.0f32;
+                                }
+                            }
+                        }
+                        let pw = activate(v, norm, spec.activation) * w;
+                        let tw = t * w;
+                        acc[3 * g] += pw * tw;
+                        if comptime![spec.squared_pred] {
+                            acc[3 * g + 1] += pw * pw;
+                            acc[3 * g + 2] += tw * tw;
+                        } else {
+                            acc[3 * g + 1] += pw;
+                            acc[3 * g + 2] += tw;
+                        }
+                    }
+                }
+            }
+        }
+        #[unroll]
+        for v in 0..comptime![3 * CLASS_GROUP] {
+            shared[v * CUBE + tid] = acc[v];
+        }
+        cube_sum(&mut shared, comptime![3 * CLASS_GROUP]);
+        if tid < 3 * CLASS_GROUP {
+            let c = g0 + tid / 3;
+            if c < classes {
+                partial[((b * tiles + tile) * classes + c) * 3 + tid % 3] = shared[tid * CUBE];
+            }
+        }
+        sync_cube();
+        g0 += CLASS_GROUP;
+    }
+    if check {
+        // Two counts (sums), the largest and the smallest class index: one tree for all four.
+        shared[tid] = bad_x;
+        shared[CUBE + tid] = bad_t;
+        shared[2 * CUBE + tid] = high;
+        shared[3 * CUBE + tid] = low;
+        sync_cube();
+        #[unroll]
+        for step in 0..8usize {
+            let stride = comptime![CUBE >> (step + 1)];
+            if tid < stride {
+                shared[tid] += shared[tid + stride];
+                shared[CUBE + tid] += shared[CUBE + tid + stride];
+                let h = shared[2 * CUBE + tid + stride];
+                if h > shared[2 * CUBE + tid] {
+                    shared[2 * CUBE + tid] = h;
+                }
+                let l = shared[3 * CUBE + tid + stride];
+                if l < shared[3 * CUBE + tid] {
+                    shared[3 * CUBE + tid] = l;
+                }
+            }
+            sync_cube();
+        }
+        if tid < 4 {
+            checks[(b * tiles + tile) * 4 + tid] = shared[tid * CUBE];
+        }
+    }
+}
+
+/// `∂L/∂x` of `L(I, P, T)` from `grad` = `∂L/∂[I, P, T]` (`[3, batch, class]`): one thread per
+/// pixel, every class.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn stats_backward_kernel<F: Float, I: Numeric>(
+    x: &Tensor<F>,
+    dense: &Tensor<F>,
+    labels: &Tensor<I>,
+    valid: &Tensor<F>,
+    grad: &Tensor<F>,
+    dx: &mut Tensor<F>,
+    batch: usize,
+    classes: usize,
+    pixels: usize,
+    #[comptime] spec: StatsSpec,
+    #[comptime] is_dense: bool,
+    #[comptime] has_valid: bool,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= batch * pixels {
+        terminate!();
+    }
+    let b = pos / pixels;
+    let n = pos % pixels;
+    let row0 = b * classes * pixels + n;
+    let w = weight::<F>(valid, b, n, pixels, has_valid);
+    let l = label::<I>(labels, b, n, pixels, is_dense);
+    let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
+    // Σ_k p_k ∂L/∂p_k, for the softmax.
+    let mut dot = 0.0f32;
+    if comptime![spec.activation == ACT_SOFTMAX] {
+        for c in 0..classes {
+            let at = row0 + c * pixels;
+            let p = activate(f32::cast_from(x[at]), norm, spec.activation);
+            let t = target_at::<F>(dense, at, l, c, is_dense);
+            dot += p * d_prob::<F>(grad, p, t, w, b * classes + c, batch * classes, spec);
+        }
+    }
+    for c in 0..classes {
+        let at = row0 + c * pixels;
+        let p = activate(f32::cast_from(x[at]), norm, spec.activation);
+        let t = target_at::<F>(dense, at, l, c, is_dense);
+        let dp = d_prob::<F>(grad, p, t, w, b * classes + c, batch * classes, spec);
+        let mut out = dp;
+        if comptime![spec.activation == ACT_SIGMOID] {
+            out = dp * p * (1.0f32 - p);
+        }
+        if comptime![spec.activation == ACT_SOFTMAX] {
+            out = p * (dp - dot);
+        }
+        dx[at] = F::cast_from(out);
+    }
+}
+
+/// `∂L/∂p` of one element: `g_I·t·w² + g_P·w·(2pw or 1)`, with `bc` = `b·classes + c` and
+/// `stride` = `batch·classes` (the distance between the rows of `grad`).
+#[cube]
+fn d_prob<F: Float>(
+    grad: &Tensor<F>,
+    p: f32,
+    t: f32,
+    w: f32,
+    bc: usize,
+    stride: usize,
+    #[comptime] spec: StatsSpec,
+) -> f32 {
+    let g_i = f32::cast_from(grad[bc]);
+    let g_p = f32::cast_from(grad[stride + bc]);
+    let mut dpred = w;
+    if comptime![spec.squared_pred] {
+        dpred = 2.0f32 * p * w * w;
+    }
+    g_i * t * w * w + g_p * dpred
+}
+
+/// The `[3, batch, class]` sums of `data` and, with `check`, the `[4]` verdict (see
+/// [`crate::kernels::input::Verdict::Device`]), both in the input's element type.
+pub(crate) fn forward<R: CubeRuntime>(
+    data: &Data<R>,
+    spec: StatsSpec,
+    check: bool,
+) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+    let [batch, classes, pixels] = data.dims();
+    let tiling = Tiling::new(batch, pixels);
+    let partial = empty_like(&data.x, vec![batch, tiling.tiles, classes, 3], DType::F32);
+    let checks = empty_like(&data.x, vec![batch * tiling.tiles, 4], DType::F32);
+    let args = data.args();
+    stats_forward_kernel::launch::<R>(
+        &data.x.client,
+        tiling.cube_count(batch),
+        CubeDim::new_1d(CUBE as u32),
+        args.x,
+        args.dense,
+        args.labels,
+        args.valid,
+        partial.clone().into_tensor_arg(),
+        checks.clone().into_tensor_arg(),
+        classes,
+        pixels,
+        tiling.per_thread,
+        spec,
+        data.dense.is_some(),
+        data.valid.is_some(),
+        check,
+        args.dtypes,
+    );
+    let sums = sum_tiles(
+        &data.x,
+        partial,
+        (batch, tiling.tiles, classes, 3),
+        vec![3, batch, classes],
+    );
+    let verdict = check.then(|| verdict(&data.x, checks, batch * tiling.tiles));
+    (sums, verdict)
+}
+
+/// The input's gradient for `grad` (`[3, batch, class]`, contiguous).
+pub(crate) fn backward<R: CubeRuntime>(
+    data: &Data<R>,
+    grad: CubeTensor<R>,
+    spec: StatsSpec,
+) -> CubeTensor<R> {
+    let [batch, classes, pixels] = data.dims();
+    let dx = empty_like(&data.x, vec![batch, classes, pixels], data.x.dtype);
+    let (count, dim) = elementwise(&data.x.client, batch * pixels);
+    let args = data.args();
+    stats_backward_kernel::launch::<R>(
+        &data.x.client,
+        count,
+        dim,
+        args.x,
+        args.dense,
+        args.labels,
+        args.valid,
+        grad.into_tensor_arg(),
+        dx.clone().into_tensor_arg(),
+        batch,
+        classes,
+        pixels,
+        spec,
+        data.dense.is_some(),
+        data.valid.is_some(),
+        args.dtypes,
+    );
+    dx
+}

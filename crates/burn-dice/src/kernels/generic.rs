@@ -1,0 +1,138 @@
+//! The generic path: every term of the family from burn ops alone, on every backend. This is
+//! the readable reference that each kernel (`cpu/`, `cube/`) is tested against; autodiff gives
+//! its gradients.
+//!
+//! Class-index targets are compared with each class index inside the sums (`labels == c`,
+//! `[batch, class, pixels]`) rather than gathered and scatter-added into `[batch, class]`
+//! tables: a scatter-add of every pixel into a handful of bins is what a GPU serializes (every
+//! pixel of a class writes to the same address), while a comparison fused into a sum is an
+//! element-wise map and a reduction, which every backend runs in parallel and a fusing backend
+//! (burn-wgpu's default) runs without materializing the one-hot tensor.
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+use super::input::{CeOptions, FlatTarget, FocalOptions, PreparedTarget};
+use crate::activation::Activation;
+use crate::numerics::{log_sigmoid, log_softmax};
+
+/// The target per channel, `[batch, class, pixels]` with `class` channels: dense targets as
+/// they are, class indices one-hot encoded (a comparison with each class index). Pixels that do
+/// not count are not zeroed here.
+pub(crate) fn per_channel<B: Backend>(target: &PreparedTarget<B>, classes: usize) -> Tensor<B, 3> {
+    match &target.target {
+        FlatTarget::Dense(t) => t.clone(),
+        FlatTarget::Indices(labels) => {
+            let device = labels.device();
+            let ids =
+                Tensor::<B, 1, Int>::arange(0..classes as i64, &device).reshape([1, classes, 1]);
+            labels.clone().equal(ids).float()
+        }
+    }
+}
+
+/// The three `[batch, class]` sums `I = Σ p·t`, `P = Σ p` (`Σ p²` with `squared_pred`) and
+/// `T = Σ t` (`Σ t²`) of `input` (`[batch, class, pixels]`, raw) after `activation`, over the
+/// pixels that count (see [`crate::stats`]).
+pub(crate) fn class_stats<B: Backend>(
+    input: Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    activation: Activation,
+    squared_pred: bool,
+    loss: &str,
+) -> [Tensor<B, 2>; 3] {
+    let [b, c, _] = input.dims();
+    let probs = activation.apply(input, loss);
+    let t = per_channel(target, c);
+    let (p, t) = match &target.valid {
+        Some(valid) => (probs * valid.clone(), t * valid.clone()),
+        None => (probs, t),
+    };
+    let intersection = (p.clone() * t.clone()).sum_dim(2);
+    let (p, t) = if squared_pred {
+        (p.square(), t.square())
+    } else {
+        (p, t)
+    };
+    [intersection, p.sum_dim(2), t.sum_dim(2)].map(|s| s.reshape([b, c]))
+}
+
+/// Per sample, the sum of the pixel cross-entropies and the sum of their weights (`[batch]`
+/// each) of the logits `input` (formulas: `cpu/kernel/ce.rs`).
+pub(crate) fn ce_sums<B: Backend>(
+    input: Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    options: &CeOptions<B>,
+) -> [Tensor<B, 1>; 2] {
+    let [b, c, s] = input.dims();
+    let (loss, norm) = if c == 1 {
+        let t = per_channel(target, 1);
+        let positive = log_sigmoid(input.clone()) * t.clone();
+        let positive = positive.mul_scalar(options.pos_weight);
+        let negative = log_sigmoid(input.neg()) * t.clone().neg().add_scalar(1.0);
+        ((positive + negative).neg(), t.ones_like())
+    } else {
+        let logp = log_softmax(input, 1);
+        let eps = options.label_smoothing;
+        let weighted = match &options.class_weight {
+            Some(w) => logp.clone() * w.clone().reshape([1, c, 1]),
+            None => logp.clone(),
+        };
+        match &target.target {
+            FlatTarget::Indices(labels) => {
+                let picked = logp.gather(1, labels.clone());
+                let w_y = match &options.class_weight {
+                    Some(w) => w
+                        .clone()
+                        .select(0, labels.clone().reshape([b * s]))
+                        .reshape([b, 1, s]),
+                    None => picked.ones_like(),
+                };
+                let mut loss = (picked * w_y.clone()).mul_scalar(1.0 - eps);
+                if eps > 0.0 {
+                    loss = loss + weighted.sum_dim(1).mul_scalar(eps / c as f64);
+                }
+                (loss.neg(), w_y)
+            }
+            FlatTarget::Dense(t) => {
+                let t = if eps > 0.0 {
+                    t.clone().mul_scalar(1.0 - eps).add_scalar(eps / c as f64)
+                } else {
+                    t.clone()
+                };
+                let loss = (weighted * t).sum_dim(1).neg();
+                let norm = loss.ones_like();
+                (loss, norm)
+            }
+        }
+    };
+    let (loss, norm) = match &target.valid {
+        Some(valid) => (loss * valid.clone(), norm * valid.clone()),
+        None => (loss, norm),
+    };
+    [loss, norm].map(|t| t.sum_dim(2).reshape([b]))
+}
+
+/// Per (sample, class), the sigmoid focal term summed over the pixels that count, `[batch,
+/// class]` (formulas: `cpu/kernel/focal.rs`).
+pub(crate) fn focal_sums<B: Backend>(
+    input: Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    options: FocalOptions,
+) -> Tensor<B, 2> {
+    let [b, c, _] = input.dims();
+    let x = input;
+    let t = per_channel(target, c);
+    let bce = x.clone() - x.clone() * t.clone() - log_sigmoid(x.clone());
+    let sign = t.clone().mul_scalar(2.0).sub_scalar(1.0);
+    let modulation = log_sigmoid(x.neg() * sign).mul_scalar(options.gamma).exp();
+    let mut loss = modulation * bce;
+    if let Some(alpha) = options.alpha {
+        loss = loss * t.mul_scalar(2.0 * alpha - 1.0).add_scalar(1.0 - alpha);
+    }
+    match &target.valid {
+        Some(valid) => loss * valid.clone(),
+        None => loss,
+    }
+    .sum_dim(2)
+    .reshape([b, c])
+}

@@ -1,0 +1,87 @@
+//! What every implementation of the family's terms reads and returns: the flattened input and
+//! target, the options of the cross-entropy and focal terms, and the statistics with the verdict
+//! of the data checks. Plain data: nothing here calls into the losses or the kernels.
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+/// A target checked against the input and flattened to rank 3.
+#[derive(Debug, Clone)]
+pub(crate) enum FlatTarget<B: Backend> {
+    /// `[batch, class, pixels]`: dense targets, and the 0/1 labels of a single-channel input.
+    Dense(Tensor<B, 3>),
+    /// Class indices `[batch, 1, pixels]` for an input of two or more channels; ignored pixels
+    /// carry class 0 and are removed through the `valid` mask.
+    Indices(Tensor<B, 3, Int>),
+}
+
+/// The target as the losses need it.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedTarget<B: Backend> {
+    pub target: FlatTarget<B>,
+    /// `[batch, 1, pixels]`, 1 where the pixel counts and 0 where it is left out (its label is
+    /// `ignore_index`, or a spatial mask excludes it). `None`: every pixel counts.
+    pub valid: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> PreparedTarget<B> {
+    /// Restricts the pixels that count to those where `mask` (`[batch, 1, pixels]`, 0/1) is 1.
+    pub fn masked(mut self, mask: Tensor<B, 3>) -> Self {
+        self.valid = Some(match self.valid {
+            Some(valid) => valid * mask,
+            None => mask,
+        });
+        self
+    }
+
+    /// Whether a dense target or the mask requires a gradient: the kernels give gradients to
+    /// the input only, so such targets take the generic path.
+    pub fn tracked(&self) -> bool {
+        let dense = match &self.target {
+            FlatTarget::Dense(t) => t.is_require_grad(),
+            FlatTarget::Indices(_) => false,
+        };
+        dense || self.valid.as_ref().is_some_and(|v| v.is_require_grad())
+    }
+}
+
+/// The options of the cross-entropy term of `DiceCELoss` (formulas: `cpu/kernel/ce.rs`).
+#[derive(Debug, Clone)]
+pub(crate) struct CeOptions<B: Backend> {
+    /// One weight per class (`ce_weight`), or none.
+    pub class_weight: Option<Tensor<B, 1>>,
+    /// The weight of the positive term (single channel; 1 when not set).
+    pub pos_weight: f32,
+    /// `ε`: the target becomes `(1 − ε)·t + ε/C`.
+    pub label_smoothing: f64,
+}
+
+/// The options of the focal term of `DiceFocalLoss` (formulas: `cpu/kernel/focal.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FocalOptions {
+    /// `γ`, the focusing exponent.
+    pub gamma: f64,
+    /// `α`, the weight of the positive class, or no weighting.
+    pub alpha: Option<f64>,
+}
+
+/// The per-(sample, class) statistics and what the pass that computed them found in the data.
+pub(crate) struct Stats<B: Backend> {
+    /// The three `[batch, class]` sums: intersection `I`, prediction `P`, target `T`.
+    pub sums: [Tensor<B, 2>; 3],
+    /// The data checks of `check_inputs` made by the same pass, if it made them.
+    pub verdict: Verdict<B>,
+}
+
+/// What a kernel found when it checked the data it read (finite input and dense target, class
+/// indices in range).
+#[cfg_attr(not(feature = "cube-kernels"), allow(dead_code))]
+pub(crate) enum Verdict<B: Backend> {
+    /// Not checked: the checks must run elsewhere.
+    Unchecked,
+    /// Checked on the host: whether everything passed.
+    Host(bool),
+    /// Checked on the device, not read back yet: `[4]` = number of non-finite input values,
+    /// number of non-finite dense target values, the largest and the smallest class index
+    /// (both 0 for dense targets).
+    Device(Tensor<B, 1>),
+}

@@ -1,0 +1,238 @@
+//! The one place that chooses what computes the family's terms on a backend.
+//!
+//! Every loss of the family starts from per-(sample, class) statistics of its input (the
+//! activation, then `I = Σ p·t`, `P = Σ p`, `T = Σ t`); `DiceCELoss` and `DiceFocalLoss` add a
+//! per-pixel term (cross-entropy, focal). Three implementations compute them, siblings below
+//! this module, and nothing beneath it calls back up into the losses:
+//!
+//! | backend `B` (plain or under `Autodiff`) | statistics, CE and focal terms | data checks of `check_inputs` |
+//! |---|---|---|
+//! | `NdArray<f32>`, `Flex` (feature `cpu-kernels`, default) | [`KernelPath::Cpu`]: fused CPU kernels (`cpu/`) | in the kernel pass, on the host: a failure panics in the call |
+//! | burn-wgpu's `Wgpu<f32>` (`Fusion<CubeBackend<WgpuRuntime, f32, i32, u32>>`) and `CubeBackend<WgpuRuntime, f32, i32, u32>` (feature `wgpu`); the same on CUDA (feature `cuda`) | [`KernelPath::Cube`]: fused CubeCL kernels (`cube/`) | in the kernel pass, on the device: read back without waiting (see below) |
+//! | every other backend or element type, checkpointing other than burn's default, a target or mask that requires a gradient | [`KernelPath::Generic`]: burn ops (`generic.rs`) | burn ops, read back as on the device |
+//!
+//! [`path`] tells which one runs for a backend; [`generic_only`] switches the kernels off on a
+//! thread (to compare, or to rule them out). Everything after the statistics (smoothing,
+//! weights, each loss's formula, the reduction) is burn ops on `[batch, class]` tensors on
+//! every path, so every option of every loss is covered by every path, and its gradient comes
+//! from autodiff.
+//!
+//! # The kernels
+//! Both kernel families compute, in one pass over the input, the activation and the sums of
+//! every class of every sample, and register a custom backward (burn-autodiff's `Backward`) that
+//! writes the input's gradient in one more pass from the closed form
+//! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)` (see `cpu/kernel.rs` for the derivation).
+//! The CPU kernels store the probabilities for the backward pass (they become the gradient's
+//! buffer); the CubeCL kernels recompute them, which costs arithmetic a GPU has to spare and
+//! saves a write of the input's size. The cross-entropy and focal terms have kernels of their
+//! own in the same mould. The generic path is the readable reference every kernel is tested
+//! against.
+//!
+//! # Data checks
+//! With `check_inputs` the input and a dense target must be finite and class indices in range.
+//! The kernels check the data they read anyway and report a verdict: on the CPU it is known at
+//! once, and a failure panics in the call that saw the data. On a GPU, reading a verdict back
+//! at once would make every call wait for the device to finish all the work queued so far; so
+//! there (and on the generic path of any device backend) the first checked call of each thread
+//! waits for its verdict, and every later call starts the read-back of its verdict without
+//! waiting: a failure then panics at a later checked call of any loss on the same thread (the
+//! message names the call that saw the bad data), or at [`crate::wait_for_checks`]. See
+//! `crate::checks`.
+
+#[cfg(any(feature = "cpu-kernels", feature = "cube-kernels"))]
+mod backend;
+#[cfg(feature = "cpu-kernels")]
+mod cpu;
+#[cfg(feature = "cube-kernels")]
+mod cube;
+pub(crate) mod generic;
+pub(crate) mod input;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::cell::Cell;
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+use crate::activation::Activation;
+use input::{CeOptions, FocalOptions, PreparedTarget, Stats, Verdict};
+
+thread_local! {
+    static GENERIC_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the CPU and GPU kernels switched off on this thread: every loss computed inside
+/// takes the generic burn-ops path. For comparisons and benchmarks.
+pub fn generic_only<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GENERIC_ONLY.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GENERIC_ONLY.with(|g| g.replace(true)));
+    f()
+}
+
+/// Whether a loss computed now on this thread may use a kernel: no [`generic_only`] call is
+/// running (and the crate was built with a kernel feature).
+pub fn fused_enabled() -> bool {
+    cfg!(any(feature = "cpu-kernels", feature = "cube-kernels")) && !GENERIC_ONLY.with(|g| g.get())
+}
+
+/// What computes the statistics (and the cross-entropy and focal terms) of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    /// burn ops: every backend.
+    Generic,
+    /// The fused CPU kernels (burn-ndarray and burn-flex, `f32`).
+    Cpu,
+    /// The fused CubeCL kernels (burn-wgpu, and burn-cuda with the `cuda` feature; `f32`).
+    Cube,
+}
+
+/// The path a loss of backend `B` takes when computed now on this thread, for inputs the kernels
+/// take (a target or mask that requires a gradient takes the generic path on every backend).
+pub fn path<B: Backend>() -> KernelPath {
+    if !fused_enabled() {
+        return KernelPath::Generic;
+    }
+    #[cfg(feature = "cpu-kernels")]
+    if cpu::handles::<B>() {
+        return KernelPath::Cpu;
+    }
+    #[cfg(feature = "cube-kernels")]
+    if cube::handles::<B>() {
+        return KernelPath::Cube;
+    }
+    KernelPath::Generic
+}
+
+/// Whether the statistics pass of backend `B` checks the data it reads, so that the losses
+/// whose first pass it is can leave the data checks to it.
+pub(crate) fn checks_in_pass<B: Backend>() -> bool {
+    path::<B>() != KernelPath::Generic
+}
+
+/// The three `[batch, class]` sums of `input` (`[batch, class, pixels]`, raw) after
+/// `activation` against `target`; with `check`, the kernels also check the data they read
+/// (the generic path never does: its verdict is [`Verdict::Unchecked`]).
+pub(crate) fn class_stats<B: Backend>(
+    input: Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    activation: Activation,
+    squared_pred: bool,
+    check: bool,
+    loss: &str,
+) -> Stats<B> {
+    let _ = check;
+    let kernel = match path::<B>() {
+        #[cfg(feature = "cpu-kernels")]
+        KernelPath::Cpu => cpu::class_stats(&input, target, activation, squared_pred),
+        #[cfg(feature = "cube-kernels")]
+        KernelPath::Cube => cube::class_stats(&input, target, activation, squared_pred, check),
+        _ => None,
+    };
+    kernel.unwrap_or_else(|| Stats {
+        sums: generic::class_stats(input, target, activation, squared_pred, loss),
+        verdict: Verdict::Unchecked,
+    })
+}
+
+/// Per sample, the sum of the pixel cross-entropies of the logits `input` and the sum of their
+/// weights (`[batch]` each).
+pub(crate) fn ce_sums<B: Backend>(
+    input: Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    options: &CeOptions<B>,
+) -> [Tensor<B, 1>; 2] {
+    let kernel = match path::<B>() {
+        #[cfg(feature = "cpu-kernels")]
+        KernelPath::Cpu => cpu::ce_sums(&input, target, options),
+        #[cfg(feature = "cube-kernels")]
+        KernelPath::Cube => cube::ce_sums(&input, target, options),
+        _ => None,
+    };
+    kernel.unwrap_or_else(|| generic::ce_sums(input, target, options))
+}
+
+/// Per (sample, class), the focal term of the logits `input` summed over the pixels that count
+/// (`[batch, class]`).
+pub(crate) fn focal_sums<B: Backend>(
+    input: Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    options: FocalOptions,
+) -> Tensor<B, 2> {
+    let kernel = match path::<B>() {
+        #[cfg(feature = "cpu-kernels")]
+        KernelPath::Cpu => cpu::focal_sums(&input, target, options),
+        #[cfg(feature = "cube-kernels")]
+        KernelPath::Cube => cube::focal_sums(&input, target, options),
+        _ => None,
+    };
+    kernel.unwrap_or_else(|| generic::focal_sums(input, target, options))
+}
+
+/// Whether `t` holds only finite values, answered from the raw data in one vectorized pass on
+/// the CPU backends; `None` elsewhere (the caller then checks with burn ops).
+pub(crate) fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<bool> {
+    match path::<B>() {
+        #[cfg(feature = "cpu-kernels")]
+        KernelPath::Cpu => cpu::all_finite(t),
+        _ => {
+            let _ = t;
+            None
+        }
+    }
+}
+
+/// Whether every class index of `t` is in `0..classes` or equals `ignore`, as
+/// [`all_finite`].
+pub(crate) fn labels_in_range<B: Backend, const D: usize>(
+    t: &Tensor<B, D, Int>,
+    classes: usize,
+    ignore: Option<usize>,
+) -> Option<bool> {
+    match path::<B>() {
+        #[cfg(feature = "cpu-kernels")]
+        KernelPath::Cpu => cpu::labels_in_range(t, classes, ignore),
+        _ => {
+            let _ = (t, classes, ignore);
+            None
+        }
+    }
+}
+
+/// `t.reshape(shape)`, without the data copy burn-ndarray 0.21 makes on every reshape when the
+/// data is contiguous (plain or autodiff `NdArray<f32>`, the gradient reshaped back the same
+/// way); burn's `reshape` everywhere else.
+pub(crate) fn reshape<B: Backend, const D: usize, const D2: usize>(
+    t: Tensor<B, D>,
+    shape: [usize; D2],
+) -> Tensor<B, D2> {
+    #[cfg(feature = "cpu-kernels")]
+    let t = match path::<B>() {
+        KernelPath::Cpu => match cpu::reshape(t, shape) {
+            Ok(out) => return out,
+            Err(t) => t,
+        },
+        _ => t,
+    };
+    t.reshape(shape)
+}
+
+/// [`reshape`] for class indices.
+pub(crate) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
+    t: Tensor<B, D, Int>,
+    shape: [usize; D2],
+) -> Tensor<B, D2, Int> {
+    #[cfg(feature = "cpu-kernels")]
+    let t = match path::<B>() {
+        KernelPath::Cpu => match cpu::reshape_int(t, shape) {
+            Ok(out) => return out,
+            Err(t) => t,
+        },
+        _ => t,
+    };
+    t.reshape(shape)
+}
