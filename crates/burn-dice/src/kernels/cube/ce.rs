@@ -118,9 +118,10 @@ fn ce_forward_kernel<F: Float, I: Numeric>(
         }
     }
     let mut shared = SharedMemory::<f32>::new(comptime![2 * CUBE]);
-    shared[tid] = loss_sum;
-    shared[CUBE + tid] = norm_sum;
-    cube_sum(&mut shared, 2usize);
+    let mut sums = Array::<f32>::new(2usize);
+    sums[0] = loss_sum;
+    sums[1] = norm_sum;
+    cube_sum(&mut shared, &sums, 2usize);
     if tid < 2 {
         partial[(b * tiles + tile) * 2 + tid] = shared[tid * CUBE];
     }

@@ -21,8 +21,6 @@ use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
 /// Threads per cube.
 pub(super) const CUBE: usize = 256;
-/// `log2(CUBE)`: the steps of the cube-wide tree reduction.
-const CUBE_LOG2: usize = 8;
 /// The reductions aim at about this many cubes in all (enough to fill a large GPU several
 /// times over), with at least one pixel per thread.
 const TARGET_CUBES: usize = 1024;
@@ -113,25 +111,35 @@ pub(super) fn one_hot(label: f32, c: usize) -> f32 {
     t
 }
 
-/// Adds up, over the threads of the cube, the `COUNT` values each thread stored at
-/// `shared[v * CUBE + thread]`; the sum of value `v` ends in `shared[v * CUBE]`. Every thread
-/// of the cube must call it.
+/// Adds up, over the threads of the cube, the `count` values each thread holds in `values`;
+/// the sum of value `v` ends in `shared[v * CUBE]` (`shared` holds `count · CUBE` values).
+/// Every thread of the cube must call it.
+///
+/// After one barrier, thread `v` adds the values of every thread serially. A tree would need
+/// `log2(CUBE)` barriers; the serial sum costs under a microsecond per cube on a GPU, and
+/// barriers cost far more than additions on devices that emulate them (Mesa's lavapipe: 18×
+/// faster than the tree there). Plane (warp) operations are not used: cubecl-wgpu offers them
+/// only on some adapters, and a path that the CI's lavapipe cannot run would go untested.
 #[cube]
-pub(super) fn cube_sum(shared: &mut SharedMemory<f32>, #[comptime] count: usize) {
+pub(super) fn cube_sum(
+    shared: &mut SharedMemory<f32>,
+    values: &Array<f32>,
+    #[comptime] count: usize,
+) {
     let tid = UNIT_POS_X as usize;
-    sync_cube();
     #[unroll]
-    for step in 0..CUBE_LOG2 {
-        let stride = comptime![CUBE >> (step + 1)];
-        if tid < stride {
-            #[unroll]
-            for v in 0..count {
-                let here = comptime![v * CUBE];
-                shared[here + tid] += shared[here + tid + stride];
-            }
-        }
-        sync_cube();
+    for v in 0..count {
+        shared[v * CUBE + tid] = values[v];
     }
+    sync_cube();
+    if tid < count {
+        let mut acc = 0.0f32;
+        for i in 0..CUBE {
+            acc += shared[tid * CUBE + i];
+        }
+        shared[tid * CUBE] = acc;
+    }
+    sync_cube();
 }
 
 /// `out[s, b, m] = Σ_tiles partial[b, tile, m, s]`: the sums of the cubes of each sample, for
@@ -189,6 +197,22 @@ pub(super) fn verdict_kernel<F: Float>(
         }
     }
     out[k] = F::cast_from(acc);
+}
+
+/// The classes a thread keeps in registers at once (`size`), and the number of such groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Groups {
+    pub size: usize,
+    pub count: usize,
+}
+
+/// The [`Groups`] of `classes` classes.
+pub(super) fn class_groups(classes: usize) -> Groups {
+    let size = classes.clamp(1, CLASS_GROUP);
+    Groups {
+        size,
+        count: classes.div_ceil(size),
+    }
 }
 
 /// How a reduction kernel covers `[batch, pixels]`: `tiles` cubes per sample, each thread

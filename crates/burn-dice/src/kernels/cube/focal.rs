@@ -59,19 +59,23 @@ fn focal_forward_kernel<F: Float, I: Numeric>(
     #[comptime] is_dense: bool,
     #[comptime] has_valid: bool,
     #[comptime] has_alpha: bool,
+    #[comptime] classes_at_once: Groups,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
+    let group = classes_at_once.size;
+    let groups = classes_at_once.count;
     let b = CUBE_POS_Y as usize;
     let tile = CUBE_POS_X as usize;
     let tiles = CUBE_COUNT_X as usize;
     let tid = UNIT_POS_X as usize;
     let start = tile * per_thread * CUBE;
-    let mut shared = SharedMemory::<f32>::new(comptime![CLASS_GROUP * CUBE]);
-    let mut g0 = 0usize;
-    while g0 < classes {
-        let mut acc = Array::<f32>::new(CLASS_GROUP);
+    let mut shared = SharedMemory::<f32>::new(comptime![group * CUBE]);
+    #[unroll]
+    for gi in 0..groups {
+        let g0 = comptime![gi * group];
+        let mut acc = Array::<f32>::new(group);
         #[unroll]
-        for g in 0..CLASS_GROUP {
+        for g in 0..group {
             acc[g] = 0.0f32;
         }
         for j in 0..per_thread {
@@ -81,8 +85,8 @@ fn focal_forward_kernel<F: Float, I: Numeric>(
                 let w = weight::<F>(valid, b, n, pixels, has_valid);
                 let l = label::<I>(labels, b, n, pixels, is_dense);
                 #[unroll]
-                for g in 0..CLASS_GROUP {
-                    let c = g0 + g;
+                for g in 0..group {
+                    let c = comptime![g0 + g];
                     if c < classes {
                         let at = row0 + c * pixels;
                         let t = target_at::<F>(dense, at, l, c, is_dense);
@@ -92,19 +96,14 @@ fn focal_forward_kernel<F: Float, I: Numeric>(
                 }
             }
         }
-        #[unroll]
-        for g in 0..CLASS_GROUP {
-            shared[g * CUBE + tid] = acc[g];
-        }
-        cube_sum(&mut shared, CLASS_GROUP);
-        if tid < CLASS_GROUP {
+        cube_sum(&mut shared, &acc, group);
+        if tid < group {
             let c = g0 + tid;
             if c < classes {
                 partial[(b * tiles + tile) * classes + c] = shared[tid * CUBE];
             }
         }
         sync_cube();
-        g0 += CLASS_GROUP;
     }
 }
 
@@ -171,6 +170,7 @@ pub(crate) fn forward<R: CubeRuntime>(data: &Data<R>, spec: FocalSpec) -> CubeTe
         data.dense.is_some(),
         data.valid.is_some(),
         spec.alpha.is_some(),
+        class_groups(classes),
         args.dtypes,
     );
     sum_tiles(

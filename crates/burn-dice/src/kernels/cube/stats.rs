@@ -32,7 +32,7 @@ pub(crate) struct StatsSpec {
 }
 
 /// Per cube: the partial sums `[batch, tiles, class, 3]` and, with `check`, the partial verdict
-/// `[batch · tiles, 4]`.
+/// `[batch · tiles, 4]`. The classes are taken `group` at a time (`groups` groups).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn stats_forward_kernel<F: Float, I: Numeric>(
@@ -49,24 +49,29 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     #[comptime] is_dense: bool,
     #[comptime] has_valid: bool,
     #[comptime] check: bool,
+    #[comptime] classes_at_once: Groups,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
+    let group = classes_at_once.size;
+    let groups = classes_at_once.count;
     let b = CUBE_POS_Y as usize;
     let tile = CUBE_POS_X as usize;
     let tiles = CUBE_COUNT_X as usize;
     let tid = UNIT_POS_X as usize;
     let start = tile * per_thread * CUBE;
-    let mut shared = SharedMemory::<f32>::new(comptime![3 * CLASS_GROUP * CUBE]);
+    let mut shared = SharedMemory::<f32>::new(comptime![3 * group.max(2) * CUBE]);
     // The data checks: non-finite input and target values, the class index range.
-    let mut bad_x = 0.0f32;
-    let mut bad_t = 0.0f32;
-    let mut high = 0.0f32;
-    let mut low = 0.0f32;
-    let mut g0 = 0usize;
-    while g0 < classes {
-        let mut acc = Array::<f32>::new(comptime![3 * CLASS_GROUP]);
+    let mut verdict = Array::<f32>::new(4usize);
+    #[unroll]
+    for k in 0..4usize {
+        verdict[k] = 0.0f32;
+    }
+    #[unroll]
+    for gi in 0..groups {
+        let g0 = comptime![gi * group];
+        let mut acc = Array::<f32>::new(comptime![3 * group]);
         #[unroll]
-        for v in 0..comptime![3 * CLASS_GROUP] {
+        for v in 0..comptime![3 * group] {
             acc[v] = 0.0f32;
         }
         for j in 0..per_thread {
@@ -75,31 +80,29 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
                 let row0 = b * classes * pixels + n;
                 let w = weight::<F>(valid, b, n, pixels, has_valid);
                 let l = label::<I>(labels, b, n, pixels, is_dense);
-                if comptime![check && !is_dense] {
-                    if g0 == 0 {
-                        if l > high {
-                            high = l;
-                        }
-                        if l < low {
-                            low = l;
-                        }
+                if comptime![check && !is_dense && gi == 0] {
+                    if l > verdict[2] {
+                        verdict[2] = l;
+                    }
+                    if l < verdict[3] {
+                        verdict[3] = l;
                     }
                 }
                 let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
                 #[unroll]
-                for g in 0..CLASS_GROUP {
-                    let c = g0 + g;
+                for g in 0..group {
+                    let c = comptime![g0 + g];
                     if c < classes {
                         let at = row0 + c * pixels;
                         let v = f32::cast_from(x[at]);
                         let t = target_at::<F>(dense, at, l, c, is_dense);
                         if check {
                             if v.is_nan() || v.is_inf() {
-                                bad_x += 1.0f32;
+                                verdict[0] += 1.0f32;
                             }
                             if comptime![is_dense] {
                                 if t.is_nan() || t.is_inf() {
-                                    bad_t += 1.0f32;
+                                    verdict[1] += 1.0f32;
                                 }
                             }
                         }
@@ -117,46 +120,38 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
                 }
             }
         }
-        #[unroll]
-        for v in 0..comptime![3 * CLASS_GROUP] {
-            shared[v * CUBE + tid] = acc[v];
-        }
-        cube_sum(&mut shared, comptime![3 * CLASS_GROUP]);
-        if tid < 3 * CLASS_GROUP {
+        cube_sum(&mut shared, &acc, comptime![3 * group]);
+        if tid < comptime![3 * group] {
             let c = g0 + tid / 3;
             if c < classes {
                 partial[((b * tiles + tile) * classes + c) * 3 + tid % 3] = shared[tid * CUBE];
             }
         }
         sync_cube();
-        g0 += CLASS_GROUP;
     }
     if check {
-        // Two counts (sums), the largest and the smallest class index: one tree for all four.
-        shared[tid] = bad_x;
-        shared[CUBE + tid] = bad_t;
-        shared[2 * CUBE + tid] = high;
-        shared[3 * CUBE + tid] = low;
+        // As in `cube_sum`, thread `k` reduces value `k` serially: the two counts are added,
+        // the class index range is the largest and the smallest index.
+        shared[tid] = verdict[0];
+        shared[CUBE + tid] = verdict[1];
+        shared[2 * CUBE + tid] = verdict[2];
+        shared[3 * CUBE + tid] = verdict[3];
         sync_cube();
-        #[unroll]
-        for step in 0..8usize {
-            let stride = comptime![CUBE >> (step + 1)];
-            if tid < stride {
-                shared[tid] += shared[tid + stride];
-                shared[CUBE + tid] += shared[CUBE + tid + stride];
-                let h = shared[2 * CUBE + tid + stride];
-                if h > shared[2 * CUBE + tid] {
-                    shared[2 * CUBE + tid] = h;
-                }
-                let l = shared[3 * CUBE + tid + stride];
-                if l < shared[3 * CUBE + tid] {
-                    shared[3 * CUBE + tid] = l;
+        if tid < 4 {
+            let mut acc = shared[tid * CUBE];
+            for i in 1..CUBE {
+                let v = shared[tid * CUBE + i];
+                if tid < 2 {
+                    acc += v;
+                } else if tid == 2 {
+                    if v > acc {
+                        acc = v;
+                    }
+                } else if v < acc {
+                    acc = v;
                 }
             }
-            sync_cube();
-        }
-        if tid < 4 {
-            checks[(b * tiles + tile) * 4 + tid] = shared[tid * CUBE];
+            checks[(b * tiles + tile) * 4 + tid] = acc;
         }
     }
 }
@@ -266,6 +261,7 @@ pub(crate) fn forward<R: CubeRuntime>(
         data.dense.is_some(),
         data.valid.is_some(),
         check,
+        class_groups(classes),
         args.dtypes,
     );
     let sums = sum_tiles(
