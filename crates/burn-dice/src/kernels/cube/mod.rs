@@ -373,9 +373,12 @@ fn is_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// burn-wgpu's backends: with its fusion layer (its default `Wgpu`), and without.
+/// burn-wgpu's backend without its fusion layer (its default `Wgpu` is `Fusion` of it).
 #[cfg(feature = "wgpu")]
 type WgpuCube = CubeBackend<burn_wgpu::WgpuRuntime, f32, i32, u32>;
+/// burn-cuda's backend without its fusion layer (its default `Cuda` is `Fusion` of it).
+#[cfg(feature = "cuda")]
+type CudaCube = CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 
 /// Runs `$body` with `$k` each backend the kernels are built for, until one gives `Some`.
 macro_rules! on_cube_backends {
@@ -389,6 +392,16 @@ macro_rules! on_cube_backends {
         #[cfg(feature = "wgpu")]
         let out = out.or_else(|| {
             type $k = WgpuCube;
+            $body
+        });
+        #[cfg(feature = "cuda")]
+        let out = out.or_else(|| {
+            type $k = Fusion<CudaCube>;
+            $body
+        });
+        #[cfg(feature = "cuda")]
+        let out = out.or_else(|| {
+            type $k = CudaCube;
             $body
         });
         out
@@ -521,5 +534,19 @@ mod tests {
         assert_eq!(path::<Wgpu<f64>>(), KernelPath::Generic);
         type Balanced = Autodiff<Wgpu, burn_autodiff::checkpoint::strategy::BalancedCheckpointing>;
         assert_eq!(path::<Balanced>(), KernelPath::Generic);
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests {
+    use crate::kernels::{path, KernelPath};
+
+    /// burn-cuda gets the same kernels (the type is recognised without a device).
+    #[test]
+    fn the_cube_path_is_taken_on_cuda() {
+        type Cuda = burn_cuda::Cuda;
+        assert_eq!(path::<Cuda>(), KernelPath::Cube);
+        assert_eq!(path::<burn_autodiff::Autodiff<Cuda>>(), KernelPath::Cube);
+        assert_eq!(path::<super::CudaCube>(), KernelPath::Cube);
     }
 }
