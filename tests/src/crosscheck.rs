@@ -1,8 +1,6 @@
 //! One backend against another on random inputs of every rank: every loss (value and
-//! gradient) and the Dice metric; and the timing of the loss benchmark cases. Used by
+//! gradient) and the Dice metric. Used by
 //! `tests/backends.rs` (wgpu against ndarray) and by the GPU check binary.
-
-use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -223,109 +221,6 @@ pub fn compare_backends<X: AutodiffBackend, Y: AutodiffBackend>(
     compare_rank::<X, Y, 4>([2, 4, 12, 10], dx, dy, &mut out);
     compare_rank::<X, Y, 5>([2, 3, 6, 5, 4], dx, dy, &mut out);
     out
-}
-
-/// Timing of one loss benchmark case.
-#[derive(Debug, Clone, Serialize)]
-pub struct Timing {
-    /// Case.
-    pub case: String,
-    /// Median forward time, ms.
-    pub forward_ms: f64,
-    /// Median forward + backward time, ms.
-    pub forward_backward_ms: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn time_case<B: AutodiffBackend, const D: usize>(
-    case: &str,
-    shape: [usize; D],
-    sigmoid: bool,
-    runs: usize,
-    device: &B::Device,
-) -> Timing {
-    let n: usize = shape.iter().product();
-    let x = Tensor::<B, D>::from_data(TensorData::new(noise(n, 1), shape), device);
-    let c = shape[1];
-    let mut lshape = shape;
-    lshape[1] = 1;
-    let loss = DiceLossConfig::new()
-        .with_activation(if sigmoid {
-            Activation::Sigmoid
-        } else {
-            Activation::Softmax
-        })
-        .with_check_inputs(false)
-        .init::<B>(device);
-    let target = || -> DiceTarget<B, D> {
-        if sigmoid {
-            let t: Vec<f32> = noise(n, 2)
-                .into_iter()
-                .map(|v| f32::from(v > 0.0))
-                .collect();
-            Tensor::<B, D>::from_data(TensorData::new(t, shape), device).into()
-        } else {
-            let l: Vec<i64> = labels(n / c, c, 3)
-                .into_iter()
-                .map(|l| l.min(c as i64 - 1))
-                .collect();
-            Tensor::<B, D, Int>::from_data(TensorData::new(l, lshape), device).into()
-        }
-    };
-    let t = target();
-    let (mut fwd, mut both) = (Vec::new(), Vec::new());
-    for i in 0..runs + 3 {
-        let start = Instant::now();
-        let _ = loss.forward(x.clone(), t.clone()).into_scalar();
-        let f = start.elapsed().as_secs_f64() * 1e3;
-        let xr = x.clone().require_grad();
-        let start = Instant::now();
-        let l = loss.forward(xr.clone(), t.clone());
-        let grads = l.backward();
-        let _ = xr.grad(&grads).expect("gradient").sum().into_scalar();
-        let fb = start.elapsed().as_secs_f64() * 1e3;
-        if i >= 3 {
-            fwd.push(f);
-            both.push(fb);
-        }
-    }
-    Timing {
-        case: case.to_string(),
-        forward_ms: median(fwd),
-        forward_backward_ms: median(both),
-    }
-}
-
-/// The three loss benchmark cases (MONAI's anchors): sigmoid dense `[8,1,256,256]`, softmax
-/// class indices `[8,4,128,128]` and 3-D `[2,4,64,64,64]`.
-pub fn time_loss_cases<B: AutodiffBackend>(runs: usize, device: &B::Device) -> Vec<Timing> {
-    vec![
-        time_case::<B, 4>(
-            "sigmoid dense [8,1,256,256]",
-            [8, 1, 256, 256],
-            true,
-            runs,
-            device,
-        ),
-        time_case::<B, 4>(
-            "softmax indices [8,4,128,128]",
-            [8, 4, 128, 128],
-            false,
-            runs,
-            device,
-        ),
-        time_case::<B, 5>(
-            "softmax indices 3-D [2,4,64,64,64]",
-            [2, 4, 64, 64, 64],
-            false,
-            runs,
-            device,
-        ),
-    ]
 }
 
 /// Backends whose devices are their default.

@@ -11,6 +11,7 @@ use burn_dice::{
 use serde::Deserialize;
 
 pub mod crosscheck;
+pub mod gpubench;
 pub mod parity;
 
 /// The CPU test backend with autodiff.
@@ -253,6 +254,17 @@ pub fn wgpu_device() -> burn_wgpu::WgpuDevice {
         );
     }
     device
+}
+
+/// The device memory in use now on a wgpu device (allocated tensors, not the pools' spare
+/// room), in bytes.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_bytes_in_use(device: &burn_wgpu::WgpuDevice) -> Option<u64> {
+    use cubecl::Runtime;
+    burn_wgpu::WgpuRuntime::client(device)
+        .memory_usage()
+        .ok()
+        .map(|usage| usage.bytes_in_use)
 }
 
 /// Instantiates generic test functions once per backend, in a module per backend.

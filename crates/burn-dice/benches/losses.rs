@@ -1,6 +1,6 @@
 //! Criterion benchmarks: forward and forward+backward of every loss on the three cases of
 //! `shared/anchors/bench_dice.py`, on `Autodiff<NdArray>` and `Autodiff<Flex>` (and wgpu with
-//! `--features bench-wgpu`), with the fused CPU kernels and, for `DiceLoss`, the generic path.
+//! `--features bench-wgpu`), with the kernels (CPU or CubeCL) and, for `DiceLoss`, the generic path.
 //!
 //! `cargo bench -p burn-dice --bench losses`; filter with a regex, e.g. `-- 'flex/a'`.
 //! For the side-by-side ratios with MONAI and the memory figures see `benches/compare.rs` and

@@ -1,15 +1,24 @@
-//! The whole wgpu check in one binary, for a GPU machine without a Rust toolchain (see
-//! `scripts/gpu-check.sh`): MONAI parity of every loss on wgpu, wgpu against ndarray for every
-//! loss and the metric, the loss benchmark cases, the reference U-Net's training step, and a
-//! short U-Net training on the shapes data set. Writes a JSON report (first argument, default
-//! `gpu-report.json`) and exits non-zero if any check fails.
+//! The whole GPU check in one binary, for a GPU machine without a Rust toolchain (see
+//! `scripts/gpu-check.sh`): MONAI parity of every loss on wgpu (through the CubeCL kernels),
+//! wgpu against ndarray for every loss and the metric, the loss benchmark (every loss on the
+//! benchmark cases, kernels and generic path, with bandwidth and memory), the reference
+//! U-Net's training step with the data checks on and off, and a short U-Net training on the
+//! shapes data set. Writes a JSON report and exits non-zero if any check fails.
+//!
+//! ```text
+//! gpu-check [REPORT] [EPOCHS] [--cases abcd] [--reps N] [--unet-size S] [--no-train]
+//! ```
+//! `BURN_DICE_PEAK_GBPS` gives the device's peak memory bandwidth (GB/s), for the fraction of
+//! it each loss achieves.
 
 use std::time::Instant;
 
-use burn_dice_tests::crosscheck::{compare_backends, time_loss_cases};
+use burn_dice_tests::crosscheck::compare_backends;
+use burn_dice_tests::gpubench::bench_losses;
 use burn_dice_tests::parity::{check_file, Kind};
 use burn_dice_tests::{
-    dice_loss_fixtures, family_fixtures, wgpu_device, NdArrayAutodiff, WgpuAutodiff,
+    dice_loss_fixtures, family_fixtures, wgpu_bytes_in_use, wgpu_device, NdArrayAutodiff,
+    WgpuAutodiff,
 };
 use serde_json::json;
 use unet::cli::BenchArgs;
@@ -18,17 +27,63 @@ use unet::data::SegmentationData;
 use unet::model::UNetConfig;
 use unet::training::{train, LossKind, TrainConfig};
 
+/// The command line.
+struct Args {
+    report: String,
+    epochs: usize,
+    cases: String,
+    reps: usize,
+    unet_size: usize,
+    train: bool,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let mut args = Args {
+            report: "gpu-report.json".into(),
+            epochs: 4,
+            cases: "abcd".into(),
+            reps: 20,
+            unet_size: 128,
+            train: true,
+        };
+        let mut positional = 0;
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .unwrap_or_else(|| panic!("gpu-check: `{name}` needs a value"))
+            };
+            match a.as_str() {
+                "--cases" => args.cases = value("--cases"),
+                "--reps" => args.reps = value("--reps").parse().expect("--reps: a number"),
+                "--unet-size" => {
+                    args.unet_size = value("--unet-size").parse().expect("--unet-size: a number")
+                }
+                "--no-train" => args.train = false,
+                _ if positional == 0 => {
+                    args.report = a;
+                    positional += 1;
+                }
+                _ if positional == 1 => {
+                    args.epochs = a.parse().expect("EPOCHS: a number");
+                    positional += 1;
+                }
+                other => panic!("gpu-check: unknown argument `{other}`"),
+            }
+        }
+        args
+    }
+}
+
 fn main() {
-    let path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "gpu-report.json".into());
-    let epochs: usize = std::env::args()
-        .nth(2)
-        .and_then(|e| e.parse().ok())
-        .unwrap_or(4);
+    let args = Args::parse();
     let started = Instant::now();
     let device = wgpu_device();
     println!("wgpu device: {device:?}");
+    let peak_gbps: Option<f64> = std::env::var("BURN_DICE_PEAK_GBPS")
+        .ok()
+        .and_then(|v| v.parse().ok());
 
     let files = [
         (Kind::Dice, dice_loss_fixtures()),
@@ -63,71 +118,86 @@ fn main() {
         if cross_ok { "ok" } else { "FAIL" }
     );
 
-    let timings = time_loss_cases::<WgpuAutodiff>(20, &device);
-    for t in &timings {
-        println!(
-            "loss {:<36} fwd {:>8.3} ms  fwd+bwd {:>8.3} ms",
-            t.case, t.forward_ms, t.forward_backward_ms
-        );
-    }
+    let in_use = || wgpu_bytes_in_use(&device);
+    let timings = bench_losses::<WgpuAutodiff>(&args.cases, args.reps, peak_gbps, &device, &in_use);
 
-    let step = unet::bench::measure::<WgpuAutodiff>(
-        &BenchArgs {
-            steps: 10,
-            batch_size: 8,
-            size: 128,
-        },
-        &device,
-    );
-    println!(
-        "U-Net step [8,1,128,128]: {:.1} ms (inference {:.1} ms)",
-        step.step_median_ms, step.inference_ms
-    );
-
-    let shapes = Shapes::default();
-    let config = TrainConfig::new(
-        UNetConfig::new(shapes.class_names().len()).with_batch_norm(true),
-        LossKind::DiceCe,
-        shapes.class_names(),
-    )
-    .with_epochs(epochs)
-    .with_data(shapes.name())
-    .with_image_size(shapes.size);
-    let out = std::env::temp_dir().join("gpu-check-unet");
-    let _ = std::fs::remove_dir_all(&out);
-    let training = train::<WgpuAutodiff>(config, &shapes, &out, false, &device);
-    let (train_ok, train_json) = match &training {
-        Ok(r) => {
-            let last = r.rows.last().cloned();
-            let dice = last.as_ref().map_or(f64::NAN, |l| l.valid_dice);
+    let bench_args = BenchArgs {
+        steps: 10,
+        batch_size: 8,
+        size: args.unet_size,
+    };
+    let steps: Vec<_> = [true, false]
+        .into_iter()
+        .map(|checks| {
+            let step = unet::bench::measure_with::<WgpuAutodiff>(&bench_args, checks, &device);
             println!(
-                "U-Net shapes training: {} epochs in {:.1} s, validation Dice {dice:.4}",
-                r.epochs, r.seconds
+                "U-Net step [8,1,{s},{s}], data checks {}: {:.2} ms with a read-back per step, \
+                 {:.2} ms queued back to back; loss alone {:.3} ms ({:.1} % of the step)",
+                if checks { "on " } else { "off" },
+                step.step_median_ms,
+                step.step_pipelined_ms,
+                step.loss_ms,
+                100.0 * step.loss_ms / step.step_pipelined_ms,
+                s = args.unet_size,
             );
-            (
-                dice.is_finite(),
-                json!({"epochs": r.epochs, "seconds": r.seconds, "rows": r.rows}),
-            )
+            json!({"check_inputs": checks, "step": step})
+        })
+        .collect();
+
+    let (train_ok, train_json) = if args.train {
+        let shapes = Shapes::default();
+        let config = TrainConfig::new(
+            UNetConfig::new(shapes.class_names().len()).with_batch_norm(true),
+            LossKind::DiceCe,
+            shapes.class_names(),
+        )
+        .with_epochs(args.epochs)
+        .with_data(shapes.name())
+        .with_image_size(shapes.size);
+        let out = std::env::temp_dir().join("gpu-check-unet");
+        let _ = std::fs::remove_dir_all(&out);
+        match train::<WgpuAutodiff>(config, &shapes, &out, false, &device) {
+            Ok(r) => {
+                let dice = r.rows.last().map_or(f64::NAN, |l| l.valid_dice);
+                println!(
+                    "U-Net shapes training: {} epochs in {:.1} s, validation Dice {dice:.4}",
+                    r.epochs, r.seconds
+                );
+                (
+                    dice.is_finite(),
+                    json!({"epochs": r.epochs, "seconds": r.seconds, "rows": r.rows}),
+                )
+            }
+            Err(e) => {
+                println!("U-Net training failed: {e}");
+                (false, json!({"error": e}))
+            }
         }
-        Err(e) => {
-            println!("U-Net training failed: {e}");
-            (false, json!({"error": e}))
-        }
+    } else {
+        (true, json!(null))
     };
 
     let pass = parity_ok && cross_ok && train_ok;
     let report = json!({
         "pass": pass,
         "device": format!("{device:?}"),
+        "peak_gbps": peak_gbps,
         "parity": parity,
         "wgpu_vs_ndarray": cross,
         "loss_timings": timings,
-        "unet_step": step,
+        "unet_step": steps,
         "unet_training": train_json,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    std::fs::write(&path, serde_json::to_string_pretty(&report).expect("json"))
-        .expect("write the report");
-    println!("{} — report in {path}", if pass { "PASS" } else { "FAIL" });
+    std::fs::write(
+        &args.report,
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .expect("write the report");
+    println!(
+        "{} — report in {}",
+        if pass { "PASS" } else { "FAIL" },
+        args.report
+    );
     std::process::exit(if pass { 0 } else { 1 });
 }
