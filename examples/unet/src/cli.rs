@@ -164,7 +164,8 @@ pub struct TrainArgs {
     /// Output folder.
     #[arg(long, default_value = "runs/unet")]
     pub out: PathBuf,
-    /// Continue from the last checkpoint in --out (with its config.json).
+    /// Continue from the last checkpoint in --out (with its config.json), up to --epochs; the
+    /// learning-rate schedule keeps the resumed run's length.
     #[arg(long)]
     pub resume: bool,
     /// Epochs.

@@ -7,6 +7,7 @@ pub mod data;
 pub mod inference;
 pub mod model;
 pub mod plot;
+pub mod schedule;
 pub mod training;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -26,8 +27,21 @@ pub fn run<B: AutodiffBackend>(command: Command, device: B::Device) -> Result<()
                 let path = args.out.join("config.json");
                 let config: TrainConfig = burn::config::Config::load(&path)
                     .map_err(|e| format!("--resume: cannot read {}: {e}", path.display()))?;
-                // The saved run, continued up to --epochs.
-                config.with_epochs(args.epochs)
+                // The saved run, continued up to --epochs, on its own learning-rate schedule.
+                let config = training::resumed(config, args.epochs);
+                if let Some(n) = config.schedule_epochs.filter(|&n| n != args.epochs) {
+                    println!(
+                        "--resume with --epochs {}: the learning-rate schedule of the resumed run \
+                         ({n} epochs) is kept{}",
+                        args.epochs,
+                        if args.epochs > n {
+                            "; the epochs after it run at its final rate"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                config
             } else {
                 let class_names = data.class_names();
                 TrainConfig::new(

@@ -9,7 +9,6 @@ use std::time::Instant;
 use burn::config::Config;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
-use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::module::Module;
 use burn::optim::AdamConfig;
 use burn::record::CompactRecorder;
@@ -27,6 +26,8 @@ use burn_dice::{
     TverskyLossConfig,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::schedule::RunSchedule;
 
 use crate::data::{SegBatch, SegBatcher, SegmentationData};
 use crate::inference;
@@ -54,7 +55,8 @@ pub enum LrSchedule {
     /// The learning rate throughout.
     Constant,
     /// Cosine annealing (Loshchilov & Hutter, "SGDR", ICLR 2017) from the learning rate down to
-    /// 1/50 of it at the last step of the last epoch, without restarts.
+    /// 1/50 of it at the last step of the last epoch, without restarts (see
+    /// [`crate::schedule`]; a resumed run keeps the schedule's length).
     Cosine,
 }
 
@@ -81,6 +83,10 @@ pub struct TrainConfig {
     /// Learning-rate schedule.
     #[config(default = "LrSchedule::Cosine")]
     pub lr_schedule: LrSchedule,
+    /// The epochs the learning-rate schedule spans: `epochs` of the run as first started (`None`
+    /// means `epochs`). `--resume` with another `--epochs` keeps it, so that the rate goes on
+    /// where it was; epochs past it run at the schedule's final rate.
+    pub schedule_epochs: Option<usize>,
     /// Augment training samples.
     #[config(default = false)]
     pub augment: bool,
@@ -225,6 +231,15 @@ pub fn last_checkpoint(out: &Path) -> Option<usize> {
         .max()
 }
 
+/// The saved config of a run, continued up to `epochs`: the learning-rate schedule keeps the
+/// length it had (`schedule_epochs`, or the saved `epochs` for a run saved without it).
+pub fn resumed(saved: TrainConfig, epochs: usize) -> TrainConfig {
+    let schedule = saved.schedule_epochs.unwrap_or(saved.epochs);
+    saved
+        .with_schedule_epochs(Some(schedule))
+        .with_epochs(epochs)
+}
+
 /// Trains on `data` and writes the artifacts to `out`. With `resume`, continues from the last
 /// checkpoint in `out` (its `config.json` is used).
 pub fn train<B: AutodiffBackend>(
@@ -296,15 +311,14 @@ pub fn train<B: AutodiffBackend>(
     }
     let model = SegModel::<B>::new(&config, device);
     let optimizer = AdamConfig::new().init();
-    let steps = config.epochs * train_len.div_ceil(config.batch_size);
+    let schedule_epochs = config.schedule_epochs.unwrap_or(config.epochs);
+    let steps = schedule_epochs * train_len.div_ceil(config.batch_size);
     let min_lr = match config.lr_schedule {
         LrSchedule::Constant => config.learning_rate,
         LrSchedule::Cosine => config.learning_rate / 50.0,
     };
     // One scheduler type for both: a cosine from `lr` to `lr` is the constant.
-    let scheduler = CosineAnnealingLrSchedulerConfig::new(config.learning_rate, steps.max(1))
-        .with_min_lr(min_lr)
-        .init()
+    let scheduler = RunSchedule::new(config.learning_rate, min_lr, steps.max(1))
         .map_err(|e| format!("--lr {}: {e}", config.learning_rate))?;
     // burn-train 0.21 logs the first epoch of a resumed run as `epoch-1` (its event store has
     // not seen an epoch end yet), overwriting the first epoch's logs, and the later epochs under
@@ -571,5 +585,38 @@ impl MetricsRenderer for PlainRenderer {
 
     fn register_metric(&mut self, definition: MetricDefinition) {
         self.names.insert(definition.metric_id, definition.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::UNetConfig;
+
+    fn config(epochs: usize) -> TrainConfig {
+        TrainConfig::new(
+            UNetConfig::new(2),
+            LossKind::Dice,
+            vec!["bg".into(), "fg".into()],
+        )
+        .with_epochs(epochs)
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_its_schedule_length() {
+        let first = resumed(config(6), 10);
+        assert_eq!((first.epochs, first.schedule_epochs), (10, Some(6)));
+        // Resumed again, with yet another --epochs: still the first run's length.
+        let again = resumed(first, 4);
+        assert_eq!((again.epochs, again.schedule_epochs), (4, Some(6)));
+    }
+
+    #[test]
+    fn a_config_saved_without_the_schedule_length_still_loads() {
+        let mut json: serde_json::Value = serde_json::to_value(config(6)).unwrap();
+        json.as_object_mut().unwrap().remove("schedule_epochs");
+        let saved: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(saved.schedule_epochs, None);
+        assert_eq!(resumed(saved, 9).schedule_epochs, Some(6));
     }
 }
