@@ -35,6 +35,10 @@ impl<B: Backend> PreparedTarget<B> {
 
     /// Whether a dense target or the mask requires a gradient: the kernels give gradients to
     /// the input only, so such targets take the generic path.
+    #[cfg_attr(
+        not(any(feature = "ndarray", feature = "flex", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
     pub fn tracked(&self) -> bool {
         let dense = match &self.target {
             FlatTarget::Dense(t) => t.is_require_grad(),
@@ -74,7 +78,10 @@ pub(crate) struct Stats<B: Backend> {
 
 /// What a kernel found when it checked the data it read (finite input and dense target, class
 /// indices in range).
-#[cfg_attr(not(feature = "cube-kernels"), allow(dead_code))]
+#[cfg_attr(
+    not(all(feature = "cube-kernels", any(feature = "ndarray", feature = "flex"))),
+    allow(dead_code)
+)]
 pub(crate) enum Verdict<B: Backend> {
     /// Not checked: the checks must run elsewhere.
     Unchecked,

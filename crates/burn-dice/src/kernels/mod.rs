@@ -7,7 +7,7 @@
 //!
 //! | backend `B` (plain or under `Autodiff`) | statistics, CE and focal terms | data checks of `check_inputs` |
 //! |---|---|---|
-//! | `NdArray<f32>`, `Flex` (feature `cpu-kernels`, default) | [`KernelPath::Cpu`]: fused CPU kernels (`cpu/`) | in the kernel pass, on the host: a failure panics in the call |
+//! | `NdArray<f32>` (feature `ndarray`), `Flex` (feature `flex`); both default | [`KernelPath::Cpu`]: fused CPU kernels (`cpu/`) | in the kernel pass, on the host: a failure panics in the call |
 //! | burn-wgpu's `Wgpu<f32>` (`Fusion<CubeBackend<WgpuRuntime, f32, i32, u32>>`) and `CubeBackend<WgpuRuntime, f32, i32, u32>` (feature `wgpu`); the same on CUDA (feature `cuda`) | [`KernelPath::Cube`]: fused CubeCL kernels (`cube/`) | in the kernel pass, on the device: read back without waiting (see below) |
 //! | every other backend or element type, checkpointing other than burn's default, a target or mask that requires a gradient | [`KernelPath::Generic`]: burn ops (`generic.rs`) | burn ops, read back as on the device |
 //!
@@ -39,9 +39,9 @@
 //! message names the call that saw the bad data), or at [`crate::wait_for_checks`]. See
 //! `crate::checks`.
 
-#[cfg(any(feature = "cpu-kernels", feature = "cube-kernels"))]
+#[cfg(any(feature = "ndarray", feature = "flex", feature = "cube-kernels"))]
 mod backend;
-#[cfg(feature = "cpu-kernels")]
+#[cfg(any(feature = "ndarray", feature = "flex"))]
 mod cpu;
 #[cfg(feature = "cube-kernels")]
 mod cube;
@@ -77,7 +77,11 @@ pub fn generic_only<R>(f: impl FnOnce() -> R) -> R {
 /// Whether a loss computed now on this thread may use a kernel: no [`generic_only`] call is
 /// running (and the crate was built with a kernel feature).
 pub fn fused_enabled() -> bool {
-    cfg!(any(feature = "cpu-kernels", feature = "cube-kernels")) && !GENERIC_ONLY.with(|g| g.get())
+    cfg!(any(
+        feature = "ndarray",
+        feature = "flex",
+        feature = "cube-kernels"
+    )) && !GENERIC_ONLY.with(|g| g.get())
 }
 
 /// What computes the statistics (and the cross-entropy and focal terms) of a backend.
@@ -97,7 +101,7 @@ pub fn path<B: Backend>() -> KernelPath {
     if !fused_enabled() {
         return KernelPath::Generic;
     }
-    #[cfg(feature = "cpu-kernels")]
+    #[cfg(any(feature = "ndarray", feature = "flex"))]
     if cpu::handles::<B>() {
         return KernelPath::Cpu;
     }
@@ -127,7 +131,7 @@ pub(crate) fn class_stats<B: Backend>(
 ) -> Stats<B> {
     let _ = check;
     let kernel = match path::<B>() {
-        #[cfg(feature = "cpu-kernels")]
+        #[cfg(any(feature = "ndarray", feature = "flex"))]
         KernelPath::Cpu => cpu::class_stats(&input, target, activation, squared_pred),
         #[cfg(feature = "cube-kernels")]
         KernelPath::Cube => cube::class_stats(&input, target, activation, squared_pred, check),
@@ -147,7 +151,7 @@ pub(crate) fn ce_sums<B: Backend>(
     options: &CeOptions<B>,
 ) -> [Tensor<B, 1>; 2] {
     let kernel = match path::<B>() {
-        #[cfg(feature = "cpu-kernels")]
+        #[cfg(any(feature = "ndarray", feature = "flex"))]
         KernelPath::Cpu => cpu::ce_sums(&input, target, options),
         #[cfg(feature = "cube-kernels")]
         KernelPath::Cube => cube::ce_sums(&input, target, options),
@@ -164,7 +168,7 @@ pub(crate) fn focal_sums<B: Backend>(
     options: FocalOptions,
 ) -> Tensor<B, 2> {
     let kernel = match path::<B>() {
-        #[cfg(feature = "cpu-kernels")]
+        #[cfg(any(feature = "ndarray", feature = "flex"))]
         KernelPath::Cpu => cpu::focal_sums(&input, target, options),
         #[cfg(feature = "cube-kernels")]
         KernelPath::Cube => cube::focal_sums(&input, target, options),
@@ -177,7 +181,7 @@ pub(crate) fn focal_sums<B: Backend>(
 /// the CPU backends; `None` elsewhere (the caller then checks with burn ops).
 pub(crate) fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<bool> {
     match path::<B>() {
-        #[cfg(feature = "cpu-kernels")]
+        #[cfg(any(feature = "ndarray", feature = "flex"))]
         KernelPath::Cpu => cpu::all_finite(t),
         _ => {
             let _ = t;
@@ -194,7 +198,7 @@ pub(crate) fn labels_in_range<B: Backend, const D: usize>(
     ignore: Option<usize>,
 ) -> Option<bool> {
     match path::<B>() {
-        #[cfg(feature = "cpu-kernels")]
+        #[cfg(any(feature = "ndarray", feature = "flex"))]
         KernelPath::Cpu => cpu::labels_in_range(t, classes, ignore),
         _ => {
             let _ = (t, classes, ignore);
@@ -210,7 +214,7 @@ pub(crate) fn reshape<B: Backend, const D: usize, const D2: usize>(
     t: Tensor<B, D>,
     shape: [usize; D2],
 ) -> Tensor<B, D2> {
-    #[cfg(feature = "cpu-kernels")]
+    #[cfg(any(feature = "ndarray", feature = "flex"))]
     let t = match path::<B>() {
         KernelPath::Cpu => match cpu::reshape(t, shape) {
             Ok(out) => return out,
@@ -226,7 +230,7 @@ pub(crate) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
     t: Tensor<B, D, Int>,
     shape: [usize; D2],
 ) -> Tensor<B, D2, Int> {
-    #[cfg(feature = "cpu-kernels")]
+    #[cfg(any(feature = "ndarray", feature = "flex"))]
     let t = match path::<B>() {
         KernelPath::Cpu => match cpu::reshape_int(t, shape) {
             Ok(out) => return out,

@@ -6,15 +6,21 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use burn::tensor::backend::Backend;
+#[cfg(feature = "ndarray")]
 use burn::tensor::ops::FloatTensorOps;
+#[cfg(feature = "ndarray")]
 use burn::tensor::TensorMetadata;
-use burn::tensor::{DType, Element, Int, Tensor, TensorData, TensorPrimitive};
+#[cfg(feature = "flex")]
+use burn::tensor::{DType, Element};
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
+#[cfg(feature = "flex")]
 use burn_flex::{Flex, FlexTensor};
+#[cfg(feature = "ndarray")]
 use burn_ndarray::{NdArray, NdArrayTensor};
 
 use super::backend::{cast, inner_float, inner_int, primitives, split, TargetPrim};
@@ -25,6 +31,25 @@ use kernel::focal::FocalProblem;
 use kernel::{Labels, Problem, Target};
 
 pub(crate) mod kernel;
+
+/// Runs `$body` with `$t` each CPU backend built in (burn-flex with the `flex` feature, then
+/// burn-ndarray with `ndarray`), until one gives `Some`.
+macro_rules! on_cpu_backends {
+    ($t:ident => $body:expr) => {{
+        let out = None;
+        #[cfg(feature = "flex")]
+        let out = out.or_else(|| {
+            type $t = Flex;
+            $body
+        });
+        #[cfg(feature = "ndarray")]
+        let out = out.or_else(|| {
+            type $t = NdArray<f32>;
+            $body
+        });
+        out
+    }};
+}
 
 /// Integer labels borrowed or copied out of a backend tensor.
 #[derive(Debug)]
@@ -53,6 +78,7 @@ trait CpuBackend: Backend {
 }
 
 /// The elements of a burn-ndarray storage in row-major order, borrowed when contiguous.
+#[cfg(feature = "ndarray")]
 macro_rules! ndarray_slice {
     ($storage:expr) => {{
         let view = $storage.view();
@@ -63,6 +89,7 @@ macro_rules! ndarray_slice {
     }};
 }
 
+#[cfg(feature = "ndarray")]
 impl CpuBackend for NdArray<f32> {
     fn floats(t: &NdArrayTensor) -> Option<Cow<'_, [f32]>> {
         match t {
@@ -84,6 +111,7 @@ impl CpuBackend for NdArray<f32> {
     }
 }
 
+#[cfg(feature = "flex")]
 fn flex_slice<E: Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [E]> {
     match t.layout().contiguous_offsets() {
         Some((start, end)) => Cow::Borrowed(&t.storage::<E>()[start..end]),
@@ -91,6 +119,7 @@ fn flex_slice<E: Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [E]> {
     }
 }
 
+#[cfg(feature = "flex")]
 impl CpuBackend for Flex {
     fn floats(t: &FlexTensor) -> Option<Cow<'_, [f32]>> {
         (t.dtype() == DType::F32).then(|| flex_slice::<f32>(t))
@@ -304,7 +333,7 @@ fn float_data<B: Backend, const D: usize, R>(
         let p = inner_float::<B, T, D>(t.clone())?;
         Some(f(&T::floats(&p)?))
     }
-    on::<B, Flex, D, R>(t, &f).or_else(|| on::<B, NdArray<f32>, D, R>(t, &f))
+    on_cpu_backends!(T => on::<B, T, D, R>(t, &f))
 }
 
 /// Runs `f` on the labels of `t` if `B` is one of the CPU backends (plain or autodiff).
@@ -319,7 +348,7 @@ fn int_data<B: Backend, const D: usize, R>(
         let p = inner_int::<B, T, D>(t.clone())?;
         Some(f(T::ints(&p)?.as_labels()))
     }
-    on::<B, Flex, D, R>(t, &f).or_else(|| on::<B, NdArray<f32>, D, R>(t, &f))
+    on_cpu_backends!(T => on::<B, T, D, R>(t, &f))
 }
 
 /// See [`super::all_finite`].
@@ -338,6 +367,7 @@ pub(super) fn labels_in_range<B: Backend, const D: usize>(
 
 /// burn-ndarray 0.21 copies the data on every reshape (`to_shape(..).into_shared()`); a
 /// contiguous array only needs new dimensions over the same shared buffer.
+#[cfg(feature = "ndarray")]
 fn ndarray_reshape(t: NdArrayTensor, shape: &[usize]) -> NdArrayTensor {
     macro_rules! zero_copy {
         ($($variant:ident),*) => {
@@ -359,9 +389,11 @@ fn ndarray_reshape(t: NdArrayTensor, shape: &[usize]) -> NdArrayTensor {
 }
 
 /// The autodiff reshape of [`ndarray_reshape`]: the gradient is reshaped back the same way.
+#[cfg(feature = "ndarray")]
 #[derive(Debug)]
 struct ReshapeBackward;
 
+#[cfg(feature = "ndarray")]
 impl Backward<NdArray<f32>, 1> for ReshapeBackward {
     type State = Vec<usize>;
 
@@ -376,6 +408,7 @@ impl Backward<NdArray<f32>, 1> for ReshapeBackward {
 
 /// `t.reshape(shape)` without burn-ndarray's copy, where `B` is `NdArray<f32>` (plain or under
 /// `Autodiff`); `Err(t)` for every other backend.
+#[cfg(feature = "ndarray")]
 pub(super) fn reshape<B: Backend, const D: usize, const D2: usize>(
     t: Tensor<B, D>,
     shape: [usize; D2],
@@ -411,7 +444,17 @@ pub(super) fn reshape<B: Backend, const D: usize, const D2: usize>(
     Err(t)
 }
 
+/// Without burn-ndarray there is no copying reshape to avoid.
+#[cfg(not(feature = "ndarray"))]
+pub(super) fn reshape<B: Backend, const D: usize, const D2: usize>(
+    t: Tensor<B, D>,
+    _shape: [usize; D2],
+) -> Result<Tensor<B, D2>, Tensor<B, D>> {
+    Err(t)
+}
+
 /// [`reshape`] for integer tensors (no autodiff node: integer tensors carry no gradient).
+#[cfg(feature = "ndarray")]
 pub(super) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
     t: Tensor<B, D, Int>,
     shape: [usize; D2],
@@ -431,6 +474,15 @@ pub(super) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
     }
     on::<B, NdArray<f32>, D, D2>(t, shape)
         .or_else(|t| on::<B, Autodiff<NdArray<f32>, NoCheckpointing>, D, D2>(t, shape))
+}
+
+/// Without burn-ndarray there is no copying reshape to avoid.
+#[cfg(not(feature = "ndarray"))]
+pub(super) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
+    t: Tensor<B, D, Int>,
+    _shape: [usize; D2],
+) -> Result<Tensor<B, D2, Int>, Tensor<B, D, Int>> {
+    Err(t)
 }
 
 /// A fused operation of the input alone (target and mask are data): its options and its
@@ -605,8 +657,7 @@ fn input_op<B: Backend, S: InputOp>(
     if op.dims().contains(&0) {
         return None;
     }
-    fused_op::<B, Flex, S>(input, target, &op)
-        .or_else(|| fused_op::<B, NdArray<f32>, S>(input, target, &op))
+    on_cpu_backends!(T => fused_op::<B, T, S>(input, target, &op))
 }
 
 /// See [`super::ce_sums`].
@@ -649,15 +700,12 @@ pub(super) fn focal_sums<B: Backend>(
 
 /// Whether `B` is one of the CPU backends the kernels run on.
 pub(super) fn handles<B: Backend>() -> bool {
-    type Ad<T> = Autodiff<T, NoCheckpointing>;
     let id = TypeId::of::<B>();
-    [
-        TypeId::of::<Flex>(),
-        TypeId::of::<NdArray<f32>>(),
-        TypeId::of::<Ad<Flex>>(),
-        TypeId::of::<Ad<NdArray<f32>>>(),
-    ]
-    .contains(&id)
+    on_cpu_backends!(T => {
+        (id == TypeId::of::<T>() || id == TypeId::of::<Autodiff<T, NoCheckpointing>>())
+            .then_some(())
+    })
+    .is_some()
 }
 
 /// See [`super::class_stats`].
@@ -675,13 +723,11 @@ pub(super) fn class_stats<B: Backend>(
     if spec.dims.contains(&0) {
         return None;
     }
-    autodiff::<B, Flex>(input, target, spec)
-        .or_else(|| autodiff::<B, NdArray<f32>>(input, target, spec))
-        .or_else(|| plain::<B, Flex>(input, target, spec))
-        .or_else(|| plain::<B, NdArray<f32>>(input, target, spec))
+    on_cpu_backends!(T => autodiff::<B, T>(input, target, spec))
+        .or_else(|| on_cpu_backends!(T => plain::<B, T>(input, target, spec)))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "ndarray", feature = "flex"))]
 mod tests {
     use super::*;
     use crate::kernels::generic_only;
@@ -766,7 +812,7 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "ndarray", feature = "flex"))]
 mod borrow_tests {
     use super::*;
     use burn::tensor::Distribution;
@@ -786,7 +832,7 @@ mod borrow_tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "ndarray", feature = "flex"))]
 mod reshape_tests {
     use super::*;
     use burn::tensor::{Distribution, Tolerance};
