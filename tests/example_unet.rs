@@ -1,10 +1,10 @@
 //! End-to-end runs of the U-Net example, in-process: `train` on a tiny configuration, `train
-//! --resume`, `eval` and `predict`; and the MRI loader on Debian's mricron-data.
+//! --resume`, `eval` and `predict`; and, with the `mri-data` feature (CI), the MRI loader on
+//! Debian's mricron-data.
 
 use std::path::Path;
 
 use burn::config::Config;
-use unet::data::mri::{Mri, MriTask, DEFAULT_DIR};
 use unet::data::shapes::Shapes;
 use unet::data::SegmentationData;
 use unet::inference;
@@ -143,12 +143,15 @@ fn train_resume_eval_predict() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[cfg(feature = "mri-data")]
 #[test]
 fn mri_loader_on_mricron_data() {
+    use unet::data::mri::{Mri, MriTask, DEFAULT_DIR};
     let dir = Path::new(DEFAULT_DIR);
     assert!(
         dir.join("ch2.nii.gz").is_file(),
-        "this test needs Debian's mricron-data: apt-get install mricron-data"
+        "the `mri-data` feature asks for this test, which needs Debian's mricron-data: \
+         apt-get install mricron-data"
     );
     for (task, classes) in [(MriTask::Brain, 2), (MriTask::Regions, 4)] {
         let data = Mri {

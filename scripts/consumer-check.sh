@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# A user's view of the crate as published: `cargo package -p burn-dice` packs it and builds the
+# packed crate (as `cargo publish` would), then tests/consumer, a crate outside the workspace,
+# compiles the README's snippets against that package twice:
+#   cpu  burn-dice with its default features (the usage snippet on burn-ndarray);
+#   gpu  default-features = false with only `wgpu` and `train` (the Learner snippet on burn-wgpu).
+# Prints how many crates each set-up builds. Run by .ci/run; needs no GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+cargo package -p burn-dice --allow-dirty
+# The workspace's versions, so that the consumer builds what the tests tested.
+cp Cargo.lock tests/consumer/Cargo.lock
+manifest=tests/consumer/Cargo.toml
+for set in cpu gpu; do
+  crates=$(cargo tree --manifest-path "$manifest" --features "$set" -e normal,build --prefix none \
+    | sed 's/ (\*)$//' | sort -u | wc -l)
+  echo "consumer --features $set: $crates crates"
+  cargo check --manifest-path "$manifest" --features "$set" --target-dir target/consumer
+done
