@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # A user's view of the crate as published: `cargo package -p burn-dice` packs it and builds the
 # packed crate (as `cargo publish` would), then tests/consumer, a crate outside the workspace,
-# compiles the README's snippets against that package twice:
+# compiles the README's snippets against the packed crate (unpacked into
+# tests/consumer/burn-dice/) twice:
 #   cpu  burn-dice with its default features (the usage snippet on burn-ndarray);
 #   gpu  default-features = false with only `wgpu` and `train` (the Learner snippet on burn-wgpu).
 # Prints how many crates each set-up builds. Run by .ci/run; needs no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+target_dir="${CARGO_TARGET_DIR:-target}"
 cargo package -p burn-dice --allow-dirty
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+packed="$target_dir/package/burn-dice-$version.crate"
+rm -rf tests/consumer/burn-dice
+mkdir -p tests/consumer/burn-dice
+tar -xzf "$packed" -C tests/consumer/burn-dice --strip-components=1
 # The workspace's versions, so that the consumer builds what the tests tested.
 cp Cargo.lock tests/consumer/Cargo.lock
 manifest=tests/consumer/Cargo.toml
@@ -16,5 +23,5 @@ for set in cpu gpu; do
   crates=$(cargo tree --manifest-path "$manifest" --features "$set" -e normal,build --prefix none \
     | sed 's/ (\*)$//' | sort -u | wc -l)
   echo "consumer --features $set: $crates crates"
-  cargo check --manifest-path "$manifest" --features "$set" --target-dir target/consumer
+  cargo check --manifest-path "$manifest" --features "$set" --target-dir "$target_dir/consumer"
 done
