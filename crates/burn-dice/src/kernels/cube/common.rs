@@ -185,18 +185,26 @@ pub(super) fn verdict_kernel<F: Float>(
     }
     let mut acc = partial[k];
     for i in 1..count {
-        let v = partial[i * 4 + k];
-        if k < 2 {
-            acc += v;
-        } else if k == 2 {
-            if v > acc {
-                acc = v;
-            }
-        } else if v < acc {
-            acc = v;
-        }
+        acc = merge_verdict(k, acc, partial[i * 4 + k]);
     }
     out[k] = F::cast_from(acc);
+}
+
+/// Slot `k` of two partial verdicts merged: the two counts (`k` 0, 1) add, then the largest
+/// (`k` 2) and the smallest (`k` 3) class index.
+#[cube]
+pub(super) fn merge_verdict(k: usize, acc: f32, v: f32) -> f32 {
+    let mut out = acc;
+    if k < 2 {
+        out += v;
+    } else if k == 2 {
+        if v > acc {
+            out = v;
+        }
+    } else if v < acc {
+        out = v;
+    }
+    out
 }
 
 /// The classes a thread keeps in registers at once (`size`), and the number of such groups.

@@ -140,16 +140,7 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
         if tid < 4 {
             let mut acc = shared[tid * CUBE];
             for i in 1..CUBE {
-                let v = shared[tid * CUBE + i];
-                if tid < 2 {
-                    acc += v;
-                } else if tid == 2 {
-                    if v > acc {
-                        acc = v;
-                    }
-                } else if v < acc {
-                    acc = v;
-                }
+                acc = merge_verdict(tid, acc, shared[tid * CUBE + i]);
             }
             checks[(b * tiles + tile) * 4 + tid] = acc;
         }
