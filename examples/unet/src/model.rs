@@ -85,9 +85,12 @@ pub struct DoubleConv<B: Backend> {
 
 impl<B: Backend> DoubleConv<B> {
     fn new(c_in: usize, c_out: usize, batch_norm: bool, device: &B::Device) -> Self {
+        // A bias right before a batch norm is cancelled by its mean subtraction (the classic
+        // PyTorch U-Net writes `bias=False` there); leaving it out also saves its gradient.
         let conv = |a, b| {
             Conv2dConfig::new([a, b], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(!batch_norm)
                 .init(device)
         };
         let norm = || batch_norm.then(|| BatchNormConfig::new(c_out).init(device));
@@ -291,6 +294,19 @@ mod tests {
     fn reference_architecture_has_the_pytorch_parameter_count() {
         let model = UNetConfig::new(1).init::<B>(&Default::default());
         assert_eq!(model.num_params(), 1_940_817);
+    }
+
+    #[test]
+    fn batch_normed_convolutions_have_no_bias() {
+        // The reference's 18 batch-normed convolutions have 1,472 output channels: their biases
+        // go, each channel gains a batch norm (scale, shift and the two running statistics,
+        // which burn's `num_params` counts too).
+        let model = UNetConfig::new(1)
+            .with_batch_norm(true)
+            .init::<B>(&Default::default());
+        assert_eq!(model.num_params(), 1_940_817 - 1_472 + 4 * 1_472);
+        assert!(model.inc.conv1.bias.is_none() && model.inc.conv2.bias.is_none());
+        assert!(model.outc.conv.bias.is_some());
     }
 
     #[test]
