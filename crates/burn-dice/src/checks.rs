@@ -85,6 +85,18 @@ impl<B: Backend> Checks<B> {
         });
     }
 
+    /// Fails if `tensor` holds a value that is not in `[0, 1]` (NaN and infinities included):
+    /// a dense target must be one-hot, soft labels or probabilities.
+    pub fn probabilities<const D: usize>(&mut self, name: &'static str, tensor: Tensor<B, D>) {
+        let loss = self.loss;
+        let bad = tensor
+            .clone()
+            .is_nan()
+            .bool_or(tensor.clone().lower_elem(0.0))
+            .bool_or(tensor.greater_elem(1.0));
+        self.add(bad, move || dense_target_message(loss, name));
+    }
+
     /// Reads every flag back in one transfer and panics with the first failed check's message:
     /// in this call or a later one (see the module docs).
     pub fn finish(self) {
@@ -134,6 +146,15 @@ pub(crate) fn label_message(loss: &str, value: i64, context: VerdictContext) -> 
     )
 }
 
+/// The message for dense target values that are not in `[0, 1]` (NaN and infinities included)
+/// in argument `name`.
+pub(crate) fn dense_target_message(loss: &str, name: &str) -> String {
+    format!(
+        "{loss}: dense `{name}` holds NaN, infinite values or values outside [0, 1]; expected \
+         one-hot, soft labels or probabilities in [0, 1]"
+    )
+}
+
 /// The message for non-finite values in argument `name`.
 fn finite_message(loss: &str, name: &str) -> String {
     format!("{loss}: `{name}` holds NaN or infinite values; expected finite numbers")
@@ -156,7 +177,7 @@ pub(crate) fn report_verdict<B: Backend>(
             return Some(finite_message(loss, "input"));
         }
         if v[1] != 0.0 {
-            return Some(finite_message(loss, "target"));
+            return Some(dense_target_message(loss, "target"));
         }
         if context.labels {
             let (high, low) = (v[2], v[3]);
@@ -315,26 +336,114 @@ fn block_on<F: Future + ?Sized>(mut reading: Pin<&mut F>) -> F::Output {
     }
 }
 
-/// Panics unless a smoothing term is finite and non-negative.
-pub(crate) fn check_smoothing(loss: &str, name: &str, value: f64) {
-    assert!(
-        value.is_finite() && value >= 0.0,
-        "{loss}Config: `{name}` must be finite and >= 0, got {value}"
-    );
+/// An invalid config field, as [`DiceLossConfig::validate`](crate::DiceLossConfig::validate)
+/// and the other configs' `validate` / `try_init` report it: the config, the field (a nested
+/// config's field as `dice.smooth_nr`), the value it holds and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config type, e.g. `DiceLossConfig`.
+    pub config: String,
+    /// The field, e.g. `smooth_dr` or `weight[2]`.
+    pub field: String,
+    /// The value it holds, as written in the message.
+    pub value: String,
+    /// What the field must be.
+    pub expected: String,
 }
 
-/// Panics unless class weights (config field `name`) are non-empty, finite and non-negative.
-pub(crate) fn check_weights(loss: &str, name: &str, weight: &[f32]) {
-    assert!(
-        !weight.is_empty(),
-        "{loss}Config: `{name}` must hold one weight per class, got an empty list"
-    );
-    if let Some((i, w)) = weight
+impl ConfigError {
+    fn new(loss: &str, field: &str, value: impl std::fmt::Debug, expected: &str) -> Self {
+        Self {
+            config: format!("{loss}Config"),
+            field: field.to_string(),
+            // `Debug`: the shortest form that reads back as the same number (`-1e-300`).
+            value: format!("{value:?}").trim_matches('"').to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    /// The error of a nested config (`field` of `loss`'s config), reported as `loss`'s.
+    pub(crate) fn within(self, loss: &str, field: &str) -> Self {
+        Self {
+            config: format!("{loss}Config"),
+            field: format!("{field}.{}", self.field),
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: `{}` must be {}, got {}",
+            self.config, self.field, self.expected, self.value
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The value of `init` for a config that `validate`s: burn's convention, a panic with the
+/// error's message.
+pub(crate) fn or_panic<T>(result: Result<T, ConfigError>) -> T {
+    result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A smoothing term must be finite and non-negative.
+pub(crate) fn check_smoothing(loss: &str, name: &str, value: f64) -> Result<(), ConfigError> {
+    check_non_negative(loss, name, value)
+}
+
+/// Class weights (config field `name`) must be non-empty, finite and non-negative.
+pub(crate) fn check_weights(loss: &str, name: &str, weight: &[f32]) -> Result<(), ConfigError> {
+    if weight.is_empty() {
+        return Err(ConfigError::new(
+            loss,
+            name,
+            "an empty list",
+            "a list of one weight per class",
+        ));
+    }
+    match weight
         .iter()
         .enumerate()
         .find(|(_, w)| !(w.is_finite() && **w >= 0.0))
     {
-        panic!("{loss}Config: `{name}[{i}]` must be finite and >= 0, got {w}");
+        Some((i, w)) => Err(ConfigError::new(
+            loss,
+            &format!("{name}[{i}]"),
+            w,
+            "finite and >= 0",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A coefficient must be finite and non-negative.
+pub(crate) fn check_non_negative(loss: &str, name: &str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::new(loss, name, value, "finite and >= 0"))
+    }
+}
+
+/// A coefficient must be finite and positive.
+pub(crate) fn check_positive(loss: &str, name: &str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::new(loss, name, value, "finite and > 0"))
+    }
+}
+
+/// A value must lie in `[0, 1]`.
+pub(crate) fn check_unit(loss: &str, name: &str, value: f64) -> Result<(), ConfigError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(loss, name, value, "in [0, 1]"))
     }
 }
 
@@ -344,12 +453,4 @@ pub(crate) fn warn_single_channel_background(loss: &str) {
     if !WARNED.swap(true, Ordering::Relaxed) {
         log::warn!("{loss}: single channel prediction, `include_background = false` ignored");
     }
-}
-
-/// Panics unless a coefficient is finite and non-negative.
-pub(crate) fn check_non_negative(loss: &str, name: &str, value: f64) {
-    assert!(
-        value.is_finite() && value >= 0.0,
-        "{loss}Config: `{name}` must be finite and >= 0, got {value}"
-    );
 }

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
-use crate::checks::{check_smoothing, check_weights};
+use crate::checks::{check_smoothing, check_weights, or_panic, ConfigError};
 use crate::numerics::{ln, one_minus_ratio};
 use crate::reduction::{apply_class_weight, DiceReduction};
 use crate::stats::ClassStats;
@@ -63,7 +63,8 @@ pub struct DiceLossConfig {
     /// Reduction of the `[batch, class]` losses in `forward`. Default: [`DiceReduction::Mean`].
     #[config(default = "DiceReduction::Mean")]
     pub reduction: DiceReduction,
-    /// Check the data of every call: `input` and dense targets finite, class indices in range.
+    /// Check the data of every call: `input` finite, dense targets in `[0, 1]` (so finite),
+    /// class indices in range.
     /// Where a kernel computes the statistics (burn-ndarray, burn-flex, burn-wgpu) it makes
     /// the checks on the data it reads anyway, at almost no cost ([`crate::kernels`]). On a
     /// device backend the verdict is read back without making the call wait for the device: a
@@ -77,10 +78,17 @@ impl DiceLossConfig {
     /// Initializes a [`DiceLoss`] on `device`.
     ///
     /// # Panics
-    /// On a negative or non-finite smoothing term or weight, or an empty `weight`.
+    /// On a negative or non-finite smoothing term or weight, or an empty `weight` (the message
+    /// of [`DiceLossConfig::validate`]'s error).
     pub fn init<B: Backend>(&self, device: &B::Device) -> DiceLoss<B> {
-        self.assertions();
-        DiceLoss {
+        or_panic(self.try_init(device))
+    }
+
+    /// As [`init`](Self::init), with an error naming the field and its value instead of a panic
+    /// (for configs read from files).
+    pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<DiceLoss<B>, ConfigError> {
+        self.validate()?;
+        Ok(DiceLoss {
             activation: self.activation,
             include_background: self.include_background,
             smooth_nr: self.smooth_nr,
@@ -96,15 +104,18 @@ impl DiceLossConfig {
             log_loss: self.log_loss,
             reduction: self.reduction,
             check_inputs: self.check_inputs,
-        }
+        })
     }
 
-    fn assertions(&self) {
-        check_smoothing(NAME, "smooth_nr", self.smooth_nr);
-        check_smoothing(NAME, "smooth_dr", self.smooth_dr);
+    /// Checks every field: smoothing terms finite and `>= 0`, `weight` non-empty with finite
+    /// weights `>= 0` (its length is checked against the classes at each call).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_smoothing(NAME, "smooth_nr", self.smooth_nr)?;
+        check_smoothing(NAME, "smooth_dr", self.smooth_dr)?;
         if let Some(weight) = &self.weight {
-            check_weights(NAME, "weight", weight);
+            check_weights(NAME, "weight", weight)?;
         }
+        Ok(())
     }
 }
 
@@ -186,8 +197,8 @@ impl<B: Backend> DiceLoss<B> {
     ///
     /// # Panics
     /// On a wrong rank or shape, a class index outside `0..class` (that is not `ignore_index`),
-    /// NaN/infinite data (with `check_inputs`), softmax on one channel, or a `weight` whose length
-    /// is not the number of kept classes.
+    /// NaN/infinite data or a dense target value outside `[0, 1]` (with `check_inputs`), softmax
+    /// on one channel, or a `weight` whose length is not the number of kept classes.
     pub fn forward<const D: usize>(
         &self,
         input: Tensor<B, D>,

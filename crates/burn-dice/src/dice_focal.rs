@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::checks::check_non_negative;
+use crate::checks::{check_non_negative, check_unit, or_panic, ConfigError};
 use crate::dice::{DiceLoss, DiceLossConfig};
 use crate::kernels::{self, input::FocalOptions};
 use crate::numerics::reciprocal;
@@ -42,23 +42,36 @@ impl DiceFocalLossConfig {
     ///
     /// # Panics
     /// On a bad Dice config, negative or non-finite factors or `gamma`, or `alpha` outside
-    /// `[0, 1]`.
+    /// `[0, 1]` (the message of [`Self::validate`]'s error).
     pub fn init<B: Backend>(&self, device: &B::Device) -> DiceFocalLoss<B> {
-        check_non_negative(NAME, "lambda_dice", self.lambda_dice);
-        check_non_negative(NAME, "lambda_focal", self.lambda_focal);
-        check_non_negative(NAME, "gamma", self.gamma);
-        if let Some(alpha) = self.alpha {
-            assert!(
-                (0.0..=1.0).contains(&alpha),
-                "{NAME}Config: `alpha` must be in [0, 1], got {alpha}"
-            );
-        }
-        DiceFocalLoss {
-            dice: self.dice.init(device),
+        or_panic(self.try_init(device))
+    }
+
+    /// As [`init`](Self::init), with an error naming the field and its value instead of a panic.
+    pub fn try_init<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<DiceFocalLoss<B>, ConfigError> {
+        self.validate()?;
+        Ok(DiceFocalLoss {
+            dice: self.dice.try_init(device)?,
             lambda_dice: self.lambda_dice,
             lambda_focal: self.lambda_focal,
             gamma: self.gamma,
             alpha: self.alpha,
+        })
+    }
+
+    /// Checks every field: the Dice part (reported as `dice.<field>`), the factors and `gamma`
+    /// finite and `>= 0`, `alpha` in `[0, 1]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.dice.validate().map_err(|e| e.within(NAME, "dice"))?;
+        check_non_negative(NAME, "lambda_dice", self.lambda_dice)?;
+        check_non_negative(NAME, "lambda_focal", self.lambda_focal)?;
+        check_non_negative(NAME, "gamma", self.gamma)?;
+        match self.alpha {
+            Some(alpha) => check_unit(NAME, "alpha", alpha),
+            None => Ok(()),
         }
     }
 }

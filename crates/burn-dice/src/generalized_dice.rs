@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
-use crate::checks::check_smoothing;
+use crate::checks::{check_smoothing, or_panic, ConfigError};
 use crate::numerics::one_minus_ratio;
 use crate::reduction::DiceReduction;
 use crate::stats::ClassStats;
@@ -61,11 +61,18 @@ impl GeneralizedDiceLossConfig {
     /// Initializes a [`GeneralizedDiceLoss`].
     ///
     /// # Panics
-    /// On a negative or non-finite smoothing term.
-    pub fn init<B: Backend>(&self, _device: &B::Device) -> GeneralizedDiceLoss<B> {
-        check_smoothing(NAME, "smooth_nr", self.smooth_nr);
-        check_smoothing(NAME, "smooth_dr", self.smooth_dr);
-        GeneralizedDiceLoss {
+    /// On a negative or non-finite smoothing term (the message of [`Self::validate`]'s error).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> GeneralizedDiceLoss<B> {
+        or_panic(self.try_init(device))
+    }
+
+    /// As [`init`](Self::init), with an error naming the field and its value instead of a panic.
+    pub fn try_init<B: Backend>(
+        &self,
+        _device: &B::Device,
+    ) -> Result<GeneralizedDiceLoss<B>, ConfigError> {
+        self.validate()?;
+        Ok(GeneralizedDiceLoss {
             activation: self.activation,
             include_background: self.include_background,
             weight_type: self.weight_type,
@@ -76,7 +83,13 @@ impl GeneralizedDiceLossConfig {
             reduction: self.reduction,
             check_inputs: self.check_inputs,
             _backend: core::marker::PhantomData,
-        }
+        })
+    }
+
+    /// Checks every field: smoothing terms finite and `>= 0`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_smoothing(NAME, "smooth_nr", self.smooth_nr)?;
+        check_smoothing(NAME, "smooth_dr", self.smooth_dr)
     }
 }
 

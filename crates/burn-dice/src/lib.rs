@@ -16,7 +16,7 @@ mod target;
 pub mod tversky;
 
 pub use activation::Activation;
-pub use checks::wait_for_checks;
+pub use checks::{wait_for_checks, ConfigError};
 pub use dice::{DiceLoss, DiceLossConfig};
 pub use dice_ce::{DiceCELoss, DiceCELossConfig};
 pub use dice_focal::{DiceFocalLoss, DiceFocalLossConfig};

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
-use crate::checks::{check_non_negative, check_smoothing};
+use crate::checks::{check_non_negative, check_positive, check_smoothing, or_panic, ConfigError};
 use crate::numerics::one_minus_ratio;
 use crate::reduction::DiceReduction;
 use crate::stats::ClassStats;
@@ -61,18 +61,15 @@ impl TverskyLossConfig {
     ///
     /// # Panics
     /// On a negative or non-finite `alpha`, `beta` or smoothing term, or `gamma` that is not a
-    /// positive finite number.
-    pub fn init<B: Backend>(&self, _device: &B::Device) -> TverskyLoss<B> {
-        check_non_negative(NAME, "alpha", self.alpha);
-        check_non_negative(NAME, "beta", self.beta);
-        check_smoothing(NAME, "smooth_nr", self.smooth_nr);
-        check_smoothing(NAME, "smooth_dr", self.smooth_dr);
-        assert!(
-            self.gamma.is_finite() && self.gamma > 0.0,
-            "{NAME}Config: `gamma` must be finite and > 0, got {}",
-            self.gamma
-        );
-        TverskyLoss {
+    /// positive finite number (the message of [`Self::validate`]'s error).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> TverskyLoss<B> {
+        or_panic(self.try_init(device))
+    }
+
+    /// As [`init`](Self::init), with an error naming the field and its value instead of a panic.
+    pub fn try_init<B: Backend>(&self, _device: &B::Device) -> Result<TverskyLoss<B>, ConfigError> {
+        self.validate()?;
+        Ok(TverskyLoss {
             activation: self.activation,
             include_background: self.include_background,
             alpha: self.alpha,
@@ -85,7 +82,17 @@ impl TverskyLossConfig {
             reduction: self.reduction,
             check_inputs: self.check_inputs,
             _backend: core::marker::PhantomData,
-        }
+        })
+    }
+
+    /// Checks every field: `alpha`, `beta` and the smoothing terms finite and `>= 0`, `gamma`
+    /// finite and `> 0`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_non_negative(NAME, "alpha", self.alpha)?;
+        check_non_negative(NAME, "beta", self.beta)?;
+        check_smoothing(NAME, "smooth_nr", self.smooth_nr)?;
+        check_smoothing(NAME, "smooth_dr", self.smooth_dr)?;
+        check_positive(NAME, "gamma", self.gamma)
     }
 }
 
