@@ -197,7 +197,7 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
                  (Tensor<B, {D}, Int> of shape [batch, 1, *spatial]), got a dense target"
             );
             if let Some(checks) = checks.filter(|_| !deferred) {
-                checks.finite("target", t.clone());
+                checks.probabilities("target", t.clone());
             }
             PreparedTarget {
                 target: FlatTarget::Dense(kernels::reshape(t, [b, c, s])),
@@ -422,7 +422,16 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "`target` holds NaN or infinite values")]
+    #[should_panic(expected = "dense `target` holds NaN, infinite values or values outside [0, 1]")]
+    fn target_outside_the_unit_interval() {
+        let t = Tensor::<B, 3>::from_floats([[[0.0, 5.0]]], &Default::default());
+        let mut checks = Checks::new("test");
+        prepare_target("test", &[1, 1, 2], t.into(), None, Some(&mut checks), false);
+        checks.finish();
+    }
+
+    #[test]
+    #[should_panic(expected = "dense `target` holds NaN, infinite values or values outside [0, 1]")]
     fn nan_in_dense_target() {
         let t = Tensor::<B, 3>::from_floats([[[0.0, f32::NAN]]], &Default::default());
         let mut checks = Checks::new("test");

@@ -88,7 +88,7 @@ pub(crate) enum Verdict<B: Backend> {
     /// Checked on the host: whether everything passed.
     Host(bool),
     /// Checked on the device, not read back yet: `[4]` = number of non-finite input values,
-    /// number of non-finite dense target values, the largest and the smallest class index
+    /// number of dense target values not in `[0, 1]` (NaN and infinities included), the largest and the smallest class index
     /// (both 0 for dense targets).
     Device(Tensor<B, 1>),
 }

@@ -47,7 +47,11 @@ mod cpu;
 mod cube;
 pub(crate) mod generic;
 pub(crate) mod input;
-#[cfg(test)]
+// Helpers of the kernels' tests: those of the CPU kernels run with both CPU backends.
+#[cfg(all(
+    test,
+    any(all(feature = "ndarray", feature = "flex"), feature = "cube-kernels")
+))]
 pub(crate) mod tests;
 
 use std::cell::Cell;

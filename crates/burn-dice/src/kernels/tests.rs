@@ -300,9 +300,32 @@ pub(crate) fn deferred_checks_on<B: Backend>(device: &B::Device) {
             }),
         ),
         (
-            Some("DiceLoss: `target` holds NaN or infinite values; expected finite numbers".into()),
+            Some(crate::checks::dense_target_message("DiceLoss", "target")),
             Box::new(|| {
                 let t = dense().slice_fill([0..1, 1..2, 0..1, 0..1], f32::INFINITY);
+                drop(dice.init::<B>(&device).forward(x(), t))
+            }),
+        ),
+        (
+            // A target of 5.0 once gave a loss of 0.375 without a word.
+            Some(crate::checks::dense_target_message("DiceLoss", "target")),
+            Box::new(|| {
+                let t = dense().slice_fill([1..2, 2..3, 3..4, 4..5], 5.0);
+                drop(dice.init::<B>(&device).forward(x(), t))
+            }),
+        ),
+        (
+            Some(crate::checks::dense_target_message("DiceLoss", "target")),
+            Box::new(|| {
+                let t = dense().slice_fill([0..1, 0..1, 0..1, 0..1], -0.5);
+                drop(dice.init::<B>(&device).forward(x(), t))
+            }),
+        ),
+        (
+            // Soft labels in [0, 1] pass.
+            None,
+            Box::new(|| {
+                let t = Tensor::<B, 4>::random([2, 3, 4, 5], Distribution::Default, &device);
                 drop(dice.init::<B>(&device).forward(x(), t))
             }),
         ),

@@ -218,7 +218,8 @@ fn non_finite(v: f32) -> u32 {
     (v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32
 }
 
-/// Marks (non-zero in `bad`, lane by lane) a non-finite input or dense target value, or a
+/// Marks (non-zero in `bad`, lane by lane) a non-finite input value, a dense target value
+/// outside `[0, 1]` (NaN and infinities included), or a
 /// class index outside `0..classes` (`labels` as loaded by [`load_aux`]) in the block: the
 /// checks of `check_inputs`, done on data the forward pass reads anyway.
 #[inline(always)]
@@ -241,7 +242,8 @@ fn block_bad(
             for c in 0..c_count {
                 let t = &t[(b * c_count + c) * n + n0..][..len];
                 for k in 0..len {
-                    bad[k] |= non_finite(t[k]);
+                    // Not in [0, 1] (NaN fails the comparison too).
+                    bad[k] |= !(0.0..=1.0).contains(&t[k]) as u32;
                 }
             }
         }

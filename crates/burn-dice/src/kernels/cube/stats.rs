@@ -35,6 +35,8 @@ pub(crate) struct StatsSpec {
 /// `[batch · tiles, 4]`. The classes are taken `group` at a time (`groups` groups).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
+// `(0.0..=1.0).contains` is not a CubeCL expression: the comparisons stay written out.
+#[allow(clippy::manual_range_contains)]
 fn stats_forward_kernel<F: Float, I: Numeric>(
     x: &Tensor<F>,
     dense: &Tensor<F>,
@@ -60,7 +62,8 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     let tid = UNIT_POS_X as usize;
     let start = tile * per_thread * CUBE;
     let mut shared = SharedMemory::<f32>::new(comptime![3 * group.max(2) * CUBE]);
-    // The data checks: non-finite input and target values, the class index range.
+    // The data checks: non-finite input values, dense target values that are not in [0, 1]
+    // (NaN and infinities included), the class index range.
     let mut verdict = Array::<f32>::new(4usize);
     #[unroll]
     for k in 0..4usize {
@@ -101,7 +104,8 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
                                 verdict[0] += 1.0f32;
                             }
                             if comptime![is_dense] {
-                                if t.is_nan() || t.is_inf() {
+                                // NaN fails both comparisons: test it apart.
+                                if t.is_nan() || t < 0.0f32 || t > 1.0f32 {
                                     verdict[1] += 1.0f32;
                                 }
                             }
