@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub mod crosscheck;
 pub mod gpubench;
 pub mod parity;
+pub mod props;
 
 /// The CPU test backend with autodiff.
 pub type NdArrayAutodiff = burn_autodiff::Autodiff<burn_ndarray::NdArray<f32>>;

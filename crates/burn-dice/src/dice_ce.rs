@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::checks::{check_non_negative, check_weights};
+use crate::checks::{check_non_negative, check_unit, check_weights, or_panic, ConfigError};
 use crate::dice::{DiceLoss, DiceLossConfig};
 use crate::kernels::{self, input::CeOptions};
 use crate::numerics::reciprocal;
@@ -47,23 +47,16 @@ impl DiceCELossConfig {
     ///
     /// # Panics
     /// On a bad Dice config, negative or non-finite factors or weights, or a label smoothing
-    /// outside `[0, 1]`.
+    /// outside `[0, 1]` (the message of [`Self::validate`]'s error).
     pub fn init<B: Backend>(&self, device: &B::Device) -> DiceCELoss<B> {
-        check_non_negative(NAME, "lambda_dice", self.lambda_dice);
-        check_non_negative(NAME, "lambda_ce", self.lambda_ce);
-        if let Some(w) = &self.ce_weight {
-            check_weights(NAME, "ce_weight", w);
-        }
-        if let Some(w) = self.pos_weight {
-            check_non_negative(NAME, "pos_weight", w as f64);
-        }
-        assert!(
-            (0.0..=1.0).contains(&self.label_smoothing),
-            "{NAME}Config: `label_smoothing` must be in [0, 1], got {}",
-            self.label_smoothing
-        );
-        DiceCELoss {
-            dice: self.dice.init(device),
+        or_panic(self.try_init(device))
+    }
+
+    /// As [`init`](Self::init), with an error naming the field and its value instead of a panic.
+    pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<DiceCELoss<B>, ConfigError> {
+        self.validate()?;
+        Ok(DiceCELoss {
+            dice: self.dice.try_init(device)?,
             lambda_dice: self.lambda_dice,
             lambda_ce: self.lambda_ce,
             ce_weight: self
@@ -72,7 +65,23 @@ impl DiceCELossConfig {
                 .map(|w| Tensor::<B, 1>::from_floats(w.as_slice(), device)),
             label_smoothing: self.label_smoothing,
             pos_weight: self.pos_weight,
+        })
+    }
+
+    /// Checks every field: the Dice part (reported as `dice.<field>`), the factors finite and
+    /// `>= 0`, `ce_weight` non-empty, finite and `>= 0`, `pos_weight` finite and `>= 0`,
+    /// `label_smoothing` in `[0, 1]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.dice.validate().map_err(|e| e.within(NAME, "dice"))?;
+        check_non_negative(NAME, "lambda_dice", self.lambda_dice)?;
+        check_non_negative(NAME, "lambda_ce", self.lambda_ce)?;
+        if let Some(w) = &self.ce_weight {
+            check_weights(NAME, "ce_weight", w)?;
         }
+        if let Some(w) = self.pos_weight {
+            check_non_negative(NAME, "pos_weight", w as f64)?;
+        }
+        check_unit(NAME, "label_smoothing", self.label_smoothing)
     }
 }
 
@@ -94,7 +103,9 @@ impl DiceCELossConfig {
 /// `include_background` and the Dice `weight` apply to the Dice part only: the cross-entropy
 /// always sees every class. Pixels labelled `ignore_index` are left out of both parts (PyTorch's
 /// `ignore_index` for the cross-entropy: out of the sum and of the normalization). `Sum` sums
-/// the cross-entropy over the pixels, as PyTorch's `reduction="sum"`.
+/// the cross-entropy over the pixels, as PyTorch's `reduction="sum"`. When no pixel counts
+/// (every one ignored, or only classes of weight 0), the mean cross-entropy is 0, where
+/// PyTorch and MONAI give NaN (0/0); the same holds per sample in `forward_no_reduction`.
 ///
 /// On burn-ndarray, burn-flex and burn-wgpu the cross-entropy comes from a fused kernel with its
 /// own backward ([`crate::kernels`]): per sample, the summed pixel losses and weights in one
@@ -118,6 +129,17 @@ pub struct DiceCELoss<B: Backend> {
     pub label_smoothing: f64,
     /// Positive weight of the binary cross-entropy.
     pub pos_weight: Option<f32>,
+}
+
+/// A cross-entropy normalizer that is never 0: a normalizer of 0 means no pixel counted (all
+/// ignored, or all of zero-weight classes), and then the summed loss is 0 too, so the mean is
+/// 0 instead of PyTorch's 0/0 = NaN. Found by the property tests (a sample whose only pixel
+/// was `ignore_index` made `forward_no_reduction` NaN).
+fn nonzero<B: Backend>(norm: Tensor<B, 1>) -> Tensor<B, 1> {
+    // 0 becomes 1, not a tiny number: the backward multiplies by 1/norm before the pixels'
+    // zero weights, and 1/1e-38 overflows there (inf · 0 = NaN).
+    let zero = norm.clone().equal_elem(0.0).float();
+    norm + zero
 }
 
 /// Per sample, the summed pixel cross-entropies and their normalizer (the summed weights),
@@ -150,7 +172,7 @@ impl<B: Backend> DiceCELoss<B> {
             .reduction
             .reduce(self.dice.loss_prepared(prepared));
         let ce = match self.dice.reduction {
-            DiceReduction::Mean => ce.loss.sum() * reciprocal(ce.norm.sum()),
+            DiceReduction::Mean => ce.loss.sum() * reciprocal(nonzero(ce.norm.sum())),
             DiceReduction::Sum => ce.loss.sum(),
         };
         dice.mul_scalar(self.lambda_dice) + ce.mul_scalar(self.lambda_ce)
@@ -165,7 +187,7 @@ impl<B: Backend> DiceCELoss<B> {
         let prepared = self.prepare(input, target.into());
         let ce = self.sample_ce(&prepared);
         let b = ce.loss.dims()[0];
-        let per_sample = (ce.loss * reciprocal(ce.norm)).reshape([b, 1]);
+        let per_sample = (ce.loss * reciprocal(nonzero(ce.norm))).reshape([b, 1]);
         let dice = self.dice.loss_prepared(prepared);
         dice.mul_scalar(self.lambda_dice) + per_sample.mul_scalar(self.lambda_ce)
     }
@@ -319,5 +341,30 @@ mod tests {
         DiceCELossConfig::new()
             .with_lambda_ce(-1.0)
             .init::<B>(&Default::default());
+    }
+
+    #[test]
+    fn a_sample_with_every_pixel_ignored_has_a_cross_entropy_of_0() {
+        type A = burn_autodiff::Autodiff<TestBackend>;
+        let device = Default::default();
+        let x =
+            Tensor::<A, 3>::from_floats([[[0.5], [-1.0], [2.0]], [[1.0], [0.3], [-0.2]]], &device)
+                .require_grad();
+        let y = Tensor::<A, 3, Int>::from_ints([[[9]], [[2]]], &device);
+        let loss = DiceCELossConfig::new()
+            .with_lambda_dice(0.0)
+            .with_dice(DiceLossConfig::new().with_ignore_index(Some(9)))
+            .init::<A>(&device);
+        let per_sample = loss.forward_no_reduction(x.clone(), y.clone());
+        let grads = per_sample.clone().sum().backward();
+        let v: Vec<f32> = per_sample.into_data().to_vec().unwrap();
+        assert_eq!(v[..3], [0.0; 3], "{v:?}");
+        assert!(v[3..].iter().all(|l| l.is_finite() && *l > 0.0), "{v:?}");
+        let g: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+        assert_eq!(g[..3], [0.0; 3]);
+        // Every pixel of the batch ignored: 0, where PyTorch gives 0/0 = NaN.
+        let all = Tensor::<A, 3, Int>::from_ints([[[9]], [[9]]], &device);
+        assert_eq!(loss.forward(x, all).into_scalar(), 0.0);
     }
 }

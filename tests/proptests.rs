@@ -1,0 +1,62 @@
+//! Property tests (proptest): random cases of every rank, class count, target kind and option,
+//! checked by [`burn_dice_tests::props::check`] on burn-flex and burn-ndarray. A failing case
+//! shrinks to a minimal one, which proptest prints (and stores under
+//! `proptest-regressions/`). `PROPTEST_CASES` sets how many cases run (default below).
+
+use burn_dice_tests::props::{check, Case, TargetKind};
+use proptest::prelude::*;
+
+fn case() -> impl Strategy<Value = Case> {
+    let shape = (1usize..=3).prop_flat_map(|rank| {
+        // Sides that cross the kernels' block boundaries on rank 3, smaller ones above.
+        let side = [1usize..=300, 1..=40, 1..=10][rank - 1].clone();
+        (
+            1usize..=3,
+            1usize..=8,
+            proptest::collection::vec(side, rank),
+        )
+    });
+    let target = prop_oneof![
+        Just(TargetKind::Indices),
+        Just(TargetKind::OneHot),
+        Just(TargetKind::Soft)
+    ];
+    let flags = proptest::collection::vec(any::<bool>(), 10);
+    (shape, target, 0u8..3, flags, any::<u64>()).prop_map(
+        |((batch, classes, spatial), target, activation, f, seed)| {
+            Case {
+                batch,
+                classes,
+                spatial,
+                target,
+                activation,
+                squared_pred: f[0],
+                jaccard: f[1],
+                batch_sums: f[2],
+                include_background: f[3],
+                ignore: f[4],
+                mask: f[5],
+                weights: f[6],
+                log_loss: f[7],
+                extreme: f[8],
+                empty_class: f[9],
+                seed,
+            }
+            .normalized()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2048),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_path_agrees_and_every_property_holds(case in case()) {
+        if let Err(e) = check(&case) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The soak run: the properties of `burn_dice_tests::props` on many random cases, on
+//! burn-flex and burn-ndarray, with a summary line (cases, failures, worst errors, time).
+//!
+//! `cargo run --release -p burn-dice-tests --bin soak -- --cases 1000000 [--seed S]`
+//! (not in CI). Each failure prints its case and the case's seed; `--case-seed S` reruns
+//! that one case.
+
+use std::time::Instant;
+
+use burn_dice_tests::props::{check, random_case, GRAD_TOL, GRAD_TOL_SATURATED, VALUE_TOL};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: u64| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                match v.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => v.parse().ok(),
+                }
+                .unwrap_or_else(|| panic!("{name}: expected an integer, got {v}"))
+            })
+            .unwrap_or(default)
+    };
+    let (cases, seed) = (arg("--cases", 10_000), arg("--seed", 1));
+    let only = args
+        .iter()
+        .any(|a| a == "--case-seed")
+        .then(|| arg("--case-seed", 0));
+    let cases = if only.is_some() { 1 } else { cases };
+    let started = Instant::now();
+    let (mut failures, mut worst_value, mut worst_grad, mut worst_sat) =
+        (0u64, 0.0f64, 0.0f64, 0.0f64);
+    for k in 0..cases {
+        let case_seed = only.unwrap_or(seed.wrapping_mul(0x1000_0000_01B3) ^ k);
+        let case = random_case(case_seed);
+        match check(&case) {
+            Ok(o) => {
+                worst_value = worst_value.max(o.value_err);
+                worst_grad = worst_grad.max(o.grad_err);
+                worst_sat = worst_sat.max(o.grad_err_saturated);
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("FAIL case seed {case_seed:#x}: {case:?}\n  {e}");
+            }
+        }
+        if (k + 1) % 10_000 == 0 {
+            eprintln!(
+                "{} cases, {failures} failures, {:.0} s",
+                k + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    println!(
+        "soak: seed {seed}, {cases} cases on flex and ndarray, {failures} failures, worst value \
+         error {worst_value:.2e} (tolerance {VALUE_TOL:.0e}), worst gradient error \
+         {worst_grad:.2e} (tolerance {GRAD_TOL:.0e}; saturated logits {worst_sat:.2e}, tolerance \
+         {GRAD_TOL_SATURATED:.0e}), {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if failures > 0 {
+        std::process::exit(1);
+    }
+}

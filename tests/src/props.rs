@@ -1,0 +1,740 @@
+//! Properties of the losses and the metric on random cases, shared by the property tests
+//! (`tests/proptests.rs`, proptest with shrinking) and the soak binary (`soak`, 10⁶ cases).
+//!
+//! One [`Case`] is a shape (rank 3-5, 1-8 classes, sizes that cross the CPU kernels' block
+//! boundaries), a target kind (class indices, one-hot, soft), the options of `DiceLoss` and
+//! data seeds. [`check`] runs it on burn-flex and burn-ndarray and checks:
+//! - the fused kernels ≡ the generic burn-ops path ≡ an independent f64 loop of the formula
+//!   (values within [`VALUE_TOL`], relative, of the largest) and the gradients of both f32
+//!   paths against the generic path in f64 (within [`GRAD_TOL`] of the largest component, or
+//!   of [`GRAD_FLOOR`] when all are smaller; [`GRAD_TOL_SATURATED`] of at least [`GRAD_FLOOR_SATURATED`] with saturated logits), for `DiceLoss` (every option, masks, `ignore_index`),
+//!   `GeneralizedDiceLoss`, `TverskyLoss`, `DiceCELoss` and `DiceFocalLoss`;
+//! - finite values and gradients (every case has `smooth_dr > 0`), and `1 − dice ∈ [0, 1]`;
+//! - batch splitting: each sample's losses equal those of the sample alone (without `batch`);
+//! - class permutation: permuting the classes of input and dense target permutes the losses;
+//! - the metric's counts against a plain counting loop.
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_autodiff::Autodiff;
+use burn_dice::kernels::generic_only;
+use burn_dice::metric::{DiceCounts, EmptyPolicy};
+use burn_dice::{
+    Activation, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, DiceReduction, DiceTarget,
+    GeneralizedDiceLossConfig, TverskyLossConfig,
+};
+
+/// Relative tolerance on loss values (of the largest value compared).
+pub const VALUE_TOL: f64 = 1e-5;
+/// Tolerance on gradients, relative to the largest component.
+pub const GRAD_TOL: f64 = 1e-4;
+/// The same with saturated logits (`Case::extreme`, |x| up to 60): both f32 paths compute
+/// `σ' = σ·(1 − σ)` (burn's sigmoid backward and the fused kernels alike), which cancels in f32
+/// once `σ` is within 1e-7·(1/σ') of 1: a gradient of 3e-5 came out 5e-4 off, relatively,
+/// the same on both paths (found by these tests; see the note on `σ(x)·σ(−x)` in TESTING.md).
+pub const GRAD_TOL_SATURATED: f64 = 1e-2;
+/// With saturated logits every gradient can be a few 1e-6 (softmax at ±60), where f32 leaves
+/// a few 1e-8: compared relatively to at least this.
+pub const GRAD_FLOOR_SATURATED: f64 = 1e-5;
+
+/// The kind of target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// Class indices `[batch, 1, *spatial]`.
+    Indices,
+    /// One-hot `[batch, class, *spatial]`.
+    OneHot,
+    /// Soft labels in `[0, 1]`.
+    Soft,
+}
+
+/// One random case.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Batch size.
+    pub batch: usize,
+    /// Channels.
+    pub classes: usize,
+    /// Spatial sizes (1 to 3 of them).
+    pub spatial: Vec<usize>,
+    /// Target kind.
+    pub target: TargetKind,
+    /// 0: none (the input is a probability), 1: sigmoid, 2: softmax.
+    pub activation: u8,
+    /// `squared_pred`.
+    pub squared_pred: bool,
+    /// `jaccard`.
+    pub jaccard: bool,
+    /// `batch` (sums over the batch).
+    pub batch_sums: bool,
+    /// `include_background`.
+    pub include_background: bool,
+    /// `ignore_index` (class-index targets only): the label `classes` is ignored.
+    pub ignore: bool,
+    /// `forward_masked` with a random 0/1 mask.
+    pub mask: bool,
+    /// Class weights.
+    pub weights: bool,
+    /// `log_loss`.
+    pub log_loss: bool,
+    /// Logits scaled by 60 (saturated softmax and sigmoid).
+    pub extreme: bool,
+    /// Class 1 absent from the target (an empty class), or present everywhere it can be.
+    pub empty_class: bool,
+    /// Seed of the data.
+    pub seed: u64,
+}
+
+/// What a case measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outcome {
+    /// The largest relative difference of values (any two of fused, generic, reference).
+    pub value_err: f64,
+    /// The largest gradient difference relative to the largest component.
+    pub grad_err: f64,
+    /// The same for cases with saturated logits.
+    pub grad_err_saturated: f64,
+}
+
+impl Outcome {
+    fn merge(self, other: Outcome) -> Outcome {
+        Outcome {
+            value_err: self.value_err.max(other.value_err),
+            grad_err: self.grad_err.max(other.grad_err),
+            grad_err_saturated: self.grad_err_saturated.max(other.grad_err_saturated),
+        }
+    }
+}
+
+/// Deterministic values in `[0, 1)`.
+fn uniform(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect()
+}
+
+/// The case's data, flat, in f64: input `[b, c, n]`, dense target `[b, c, n]` (the one-hot of
+/// the labels for index targets, 0 at ignored pixels), labels `[b, n]`, mask `[b, n]`.
+struct Data {
+    input: Vec<f64>,
+    target: Vec<f64>,
+    labels: Vec<i64>,
+    mask: Vec<f64>,
+}
+
+impl Case {
+    fn pixels(&self) -> usize {
+        self.spatial.iter().product()
+    }
+
+    fn activation(&self) -> Activation {
+        match self.activation {
+            0 => Activation::None,
+            1 => Activation::Sigmoid,
+            _ => Activation::Softmax,
+        }
+    }
+
+    /// The case made consistent: softmax needs 2+ channels, `ignore_index` index targets.
+    pub fn normalized(mut self) -> Case {
+        if self.classes == 1 && self.activation == 2 {
+            self.activation = 1;
+        }
+        if self.target != TargetKind::Indices {
+            self.ignore = false;
+        }
+        self
+    }
+
+    fn ignore_index(&self) -> Option<usize> {
+        self.ignore.then_some(self.classes.max(2))
+    }
+
+    fn data(&self) -> Data {
+        let (b, c, n) = (self.batch, self.classes, self.pixels());
+        let u = uniform(b * c * n, self.seed);
+        let input: Vec<f64> = u
+            .iter()
+            .map(|&v| match (self.activation, self.extreme) {
+                (0, _) => v,
+                (_, false) => (v - 0.5) * 6.0,
+                (_, true) => (v - 0.5) * 120.0,
+            })
+            .collect();
+        let n_labels = c.max(2) as f64;
+        let labels: Vec<i64> = uniform(b * n, self.seed ^ 0xA5A5)
+            .iter()
+            .map(|&v| {
+                if self.ignore && v < 0.15 {
+                    return c.max(2) as i64;
+                }
+                let l = ((v * n_labels) as i64).min(n_labels as i64 - 1);
+                match (self.empty_class, c > 1) {
+                    // Class 1 absent: its pixels go to class 0.
+                    (true, true) if l == 1 => 0,
+                    _ => l,
+                }
+            })
+            .collect();
+        let soft = uniform(b * c * n, self.seed ^ 0x5A5A);
+        let mut target = vec![0.0; b * c * n];
+        for bi in 0..b {
+            for ci in 0..c {
+                for p in 0..n {
+                    let l = labels[bi * n + p];
+                    let hot = if c == 1 { l == 1 } else { l == ci as i64 };
+                    target[(bi * c + ci) * n + p] = match self.target {
+                        TargetKind::Soft if !(self.empty_class && ci == 1) => {
+                            soft[(bi * c + ci) * n + p]
+                        }
+                        TargetKind::Soft => 0.0,
+                        _ => f64::from(u8::from(hot)),
+                    };
+                }
+            }
+        }
+        let mask = if self.mask {
+            uniform(b * n, self.seed ^ 0x3C3C)
+                .iter()
+                .map(|&v| f64::from(u8::from(v < 0.7)))
+                .collect()
+        } else {
+            vec![1.0; b * n]
+        };
+        Data {
+            input,
+            target,
+            labels,
+            mask,
+        }
+    }
+
+    fn dice_config(&self) -> DiceLossConfig {
+        let kept = if self.include_background || self.classes == 1 {
+            self.classes
+        } else {
+            self.classes - 1
+        };
+        DiceLossConfig::new()
+            .with_activation(self.activation())
+            .with_squared_pred(self.squared_pred)
+            .with_jaccard(self.jaccard)
+            .with_batch(self.batch_sums)
+            .with_include_background(self.include_background)
+            .with_ignore_index(self.ignore_index())
+            .with_weight(
+                self.weights
+                    .then(|| (0..kept).map(|k| 0.25 + 0.5 * (k % 3) as f32).collect()),
+            )
+            .with_log_loss(self.log_loss)
+            .with_reduction(DiceReduction::Mean)
+    }
+}
+
+/// The f64 loop of the formula (`DiceLoss::forward_no_reduction`, see its docs): one value per
+/// sample (or one row with `batch`) and kept class.
+fn reference(case: &Case, data: &Data) -> Vec<f64> {
+    let (b, c, n) = (case.batch, case.classes, case.pixels());
+    let mut p = vec![0.0; b * c * n];
+    for bi in 0..b {
+        for px in 0..n {
+            let at = |ci: usize| (bi * c + ci) * n + px;
+            match case.activation {
+                0 => (0..c).for_each(|ci| p[at(ci)] = data.input[at(ci)]),
+                1 => (0..c).for_each(|ci| p[at(ci)] = 1.0 / (1.0 + (-data.input[at(ci)]).exp())),
+                _ => {
+                    let m = (0..c).map(|ci| data.input[at(ci)]).fold(f64::MIN, f64::max);
+                    let z: f64 = (0..c).map(|ci| (data.input[at(ci)] - m).exp()).sum();
+                    (0..c).for_each(|ci| p[at(ci)] = (data.input[at(ci)] - m).exp() / z);
+                }
+            }
+        }
+    }
+    let first = usize::from(!case.include_background && c > 1);
+    let rows = if case.batch_sums { 1 } else { b };
+    let mut out = Vec::new();
+    let config = case.dice_config();
+    for row in 0..rows {
+        for ci in first..c {
+            let (mut i, mut ps, mut ts) = (0.0, 0.0, 0.0);
+            for bi in 0..b {
+                if !case.batch_sums && bi != row {
+                    continue;
+                }
+                for px in 0..n {
+                    let keep = data.mask[bi * n + px]
+                        * f64::from(u8::from(
+                            case.ignore_index() != Some(data.labels[bi * n + px] as usize),
+                        ));
+                    let at = (bi * c + ci) * n + px;
+                    let (pv, tv) = (p[at] * keep, data.target[at] * keep);
+                    i += pv * tv;
+                    if case.squared_pred {
+                        ps += pv * pv;
+                        ts += tv * tv;
+                    } else {
+                        ps += pv;
+                        ts += tv;
+                    }
+                }
+            }
+            let (snr, sdr) = (config.smooth_nr, config.smooth_dr);
+            let f = if case.jaccard {
+                (2.0 * i + snr) / (2.0 * (ps + ts - i) + sdr)
+            } else {
+                (2.0 * i + snr) / (ps + ts + sdr)
+            };
+            // As documented (and in MONAI): no weight when one class is kept.
+            let w = match &config.weight {
+                Some(w) if c - first > 1 => f64::from(w[ci - first]),
+                _ => 1.0,
+            };
+            out.push(w * if case.log_loss { -f.ln() } else { 1.0 - f });
+        }
+    }
+    out
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("floats")
+}
+
+fn shape_of<const D: usize>(case: &Case, channels: usize) -> [usize; D] {
+    let mut s = [0; D];
+    s[0] = case.batch;
+    s[1] = channels;
+    for (k, v) in case.spatial.iter().enumerate() {
+        s[2 + k] = *v;
+    }
+    s
+}
+
+/// `max |a − b| / max(|a|, |b|, 1)` over the entries (values near 0 compared absolutely).
+fn value_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "value counts differ");
+    let scale = a.iter().chain(b).fold(1.0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs() / scale))
+}
+
+/// Below this, gradients are compared absolutely: with saturated logits (`σ(−60) ≈ 1e-26`)
+/// every component can be that small, and f32 paths differ there by underflow alone (the
+/// generic path loses the Dice term's `1e-27` beside the cross-entropy's in one case found).
+pub const GRAD_FLOOR: f64 = 1e-6;
+
+/// The entry where `a` and `b` differ most, and the largest component, for a message.
+fn worst_entry(a: &[f64], b: &[f64]) -> String {
+    let (k, _) = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .enumerate()
+        .fold((0, 0.0), |m, (k, d)| if d > m.1 { (k, d) } else { m });
+    let largest = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    format!(
+        ": entry {k}, {} vs f64 {} (largest {largest:.3e})",
+        a[k], b[k]
+    )
+}
+
+/// `max |a − b|` relative to the largest component (or to `floor`).
+fn grad_err_floor(a: &[f64], b: &[f64], floor: f64) -> f64 {
+    let scale = a.iter().chain(b).fold(floor, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs() / scale))
+}
+
+/// Every loss of the family, unreduced, with its input gradient (of the sum of a fixed
+/// weighting of the unreduced values, so that every entry counts).
+fn family<B: AutodiffBackend, const D: usize>(
+    case: &Case,
+    data: &Data,
+    device: &B::Device,
+) -> Vec<(&'static str, Vec<f64>, Vec<f64>)> {
+    let c = case.classes;
+    let input = || {
+        Tensor::<B, D>::from_data(
+            TensorData::new(
+                data.input.iter().map(|&v| v as f32).collect(),
+                shape_of::<D>(case, c),
+            ),
+            device,
+        )
+        .require_grad()
+    };
+    let target = || -> DiceTarget<B, D> {
+        match case.target {
+            TargetKind::Indices => Tensor::<B, D, Int>::from_data(
+                TensorData::new(data.labels.clone(), shape_of::<D>(case, 1)),
+                device,
+            )
+            .into(),
+            _ => Tensor::<B, D>::from_data(
+                TensorData::new(
+                    data.target.iter().map(|&v| v as f32).collect(),
+                    shape_of::<D>(case, c),
+                ),
+                device,
+            )
+            .into(),
+        }
+    };
+    let mask = || {
+        Tensor::<B, D>::from_data(
+            TensorData::new(
+                data.mask.iter().map(|&v| v as f32).collect(),
+                shape_of::<D>(case, 1),
+            ),
+            device,
+        )
+    };
+    let run = |name: &'static str, f: &dyn Fn(Tensor<B, D>) -> Tensor<B, 2>| {
+        let x = input();
+        let out = f(x.clone());
+        let values = to_vec(out.clone().inner());
+        let k = values.len();
+        let weights = Tensor::<B, 1>::from_floats(
+            (0..k)
+                .map(|j| 1.0 + (j % 5) as f32 * 0.25)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            device,
+        )
+        .reshape(out.dims());
+        let grads = (out * weights).sum().backward();
+        let g = to_vec(x.grad(&grads).expect("input gradient"));
+        (name, values, g)
+    };
+    let dice = case.dice_config();
+    let mut out = vec![run("DiceLoss", &|x| {
+        let loss = dice.init::<B>(device);
+        if case.mask {
+            loss.forward_masked_no_reduction(x, target(), mask())
+        } else {
+            loss.forward_no_reduction(x, target())
+        }
+    })];
+    let act = case.activation();
+    out.push(run("GeneralizedDiceLoss", &|x| {
+        GeneralizedDiceLossConfig::new()
+            .with_activation(act)
+            .with_include_background(case.include_background)
+            .with_batch(case.batch_sums)
+            .with_ignore_index(case.ignore_index())
+            .init::<B>(device)
+            .forward_no_reduction(x, target())
+    }));
+    out.push(run("TverskyLoss", &|x| {
+        TverskyLossConfig::new()
+            .with_activation(act)
+            .with_include_background(case.include_background)
+            .with_alpha(0.3)
+            .with_beta(0.7)
+            .with_gamma(if case.log_loss { 0.75 } else { 1.0 })
+            .with_batch(case.batch_sums)
+            .with_ignore_index(case.ignore_index())
+            .init::<B>(device)
+            .forward_no_reduction(x, target())
+    }));
+    // The CE and focal terms work on logits: not with `Activation::None`.
+    if case.activation != 0 {
+        let plain = dice.clone().with_weight(None);
+        out.push(run("DiceCELoss", &|x| {
+            DiceCELossConfig::new()
+                .with_dice(plain.clone())
+                .with_label_smoothing(if case.weights { 0.1 } else { 0.0 })
+                .init::<B>(device)
+                .forward_no_reduction(x, target())
+        }));
+        out.push(run("DiceFocalLoss", &|x| {
+            DiceFocalLossConfig::new()
+                .with_dice(plain.clone())
+                .with_alpha(case.weights.then_some(0.25))
+                .init::<B>(device)
+                .forward_no_reduction(x, target())
+        }));
+    }
+    out
+}
+
+/// The metric's counts against a plain loop, on argmax predictions (2+ classes).
+fn metric_matches_counting<B: Backend, const D: usize>(
+    case: &Case,
+    data: &Data,
+    device: &B::Device,
+) -> Result<(), String> {
+    let (b, c, n) = (case.batch, case.classes, case.pixels());
+    if c < 2 || case.target != TargetKind::Indices {
+        return Ok(());
+    }
+    let pred: Vec<i64> = (0..b * n)
+        .map(|k| {
+            let (bi, px) = (k / n, k % n);
+            (0..c)
+                .max_by(|&i, &j| {
+                    // In f32, as the backend compares them; ties go to the lower index.
+                    let v = |k: usize| data.input[(bi * c + k) * n + px] as f32;
+                    v(i).total_cmp(&v(j)).then(j.cmp(&i))
+                })
+                .unwrap() as i64
+        })
+        .collect();
+    let to = |v: &Vec<i64>| {
+        Tensor::<B, D, Int>::from_data(TensorData::new(v.clone(), shape_of::<D>(case, 1)), device)
+    };
+    let counts = DiceCounts::new(to(&pred), to(&data.labels), c, case.ignore_index());
+    let got = to_vec(counts.dice(true, EmptyPolicy::NaN));
+    let mut expected = Vec::new();
+    for bi in 0..b {
+        for ci in 0..c as i64 {
+            let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
+            for px in 0..n {
+                let (p, t) = (pred[bi * n + px], data.labels[bi * n + px]);
+                if case.ignore_index() == Some(t as usize) {
+                    continue;
+                }
+                match (p == ci, t == ci) {
+                    (true, true) => tp += 1.0,
+                    (true, false) => fp += 1.0,
+                    (false, true) => fn_ += 1.0,
+                    _ => {}
+                }
+            }
+            expected.push(if tp + fn_ == 0.0 {
+                f64::NAN
+            } else {
+                2.0 * tp / (2.0 * tp + fp + fn_)
+            });
+        }
+    }
+    for (k, (g, e)) in got.iter().zip(&expected).enumerate() {
+        let same = (g.is_nan() && e.is_nan()) || (g - e).abs() < 1e-6;
+        if !same {
+            return Err(format!("metric: entry {k}: {g} vs counted {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// Every loss's values and gradients, by name.
+type Family = Vec<(&'static str, Vec<f64>, Vec<f64>)>;
+
+fn check_on<B: AutodiffBackend, const D: usize>(
+    backend: &str,
+    case: &Case,
+    in_f64: &Family,
+    device: &B::Device,
+) -> Result<Outcome, String> {
+    let data = case.data();
+    let fail = |what: String| Err(format!("{backend}: {what}"));
+    let fused = family::<B, D>(case, &data, device);
+    let generic = generic_only(|| family::<B, D>(case, &data, device));
+    let mut outcome = Outcome::default();
+    for (((name, v, g), (_, gv, gg)), (_, v64, g64)) in fused.iter().zip(&generic).zip(in_f64) {
+        if v.iter().chain(g).any(|x| !x.is_finite()) {
+            return fail(format!(
+                "{name}: non-finite value or gradient: {v:?}, {g:?}"
+            ));
+        }
+        let ve = value_err(v, gv).max(value_err(v, v64));
+        let floor = if case.extreme {
+            GRAD_FLOOR_SATURATED
+        } else {
+            GRAD_FLOOR
+        };
+        let ge = grad_err_floor(g, g64, floor).max(grad_err_floor(gg, g64, floor));
+        outcome = outcome.merge(if case.extreme {
+            Outcome {
+                value_err: ve,
+                grad_err_saturated: ge,
+                ..Outcome::default()
+            }
+        } else {
+            Outcome {
+                value_err: ve,
+                grad_err: ge,
+                ..Outcome::default()
+            }
+        });
+        if ve > VALUE_TOL {
+            return fail(format!(
+                "{name}: fused {v:?} vs generic {gv:?} vs f64 {v64:?} (rel. {ve:.2e})"
+            ));
+        }
+        let tol = if case.extreme {
+            GRAD_TOL_SATURATED
+        } else {
+            GRAD_TOL
+        };
+        if ge > tol {
+            return fail(
+                format!(
+                    "{name}: gradients off the f64 ones by {:.2e} (fused) and {:.2e} (generic) of \
+                 the largest",
+                    grad_err_floor(g, g64, floor),
+                    grad_err_floor(gg, g64, floor)
+                ) + &worst_entry(g, g64),
+            );
+        }
+    }
+    let expected = reference(case, &data);
+    let ve = value_err(&fused[0].1, &expected);
+    outcome.value_err = outcome.value_err.max(ve);
+    if ve > VALUE_TOL {
+        return fail(format!(
+            "DiceLoss: {:?} vs f64 reference {expected:?} (rel. {ve:.2e})",
+            fused[0].1
+        ));
+    }
+    if !case.log_loss && !case.weights {
+        if let Some(v) = fused[0]
+            .1
+            .iter()
+            .find(|v| !(-1e-6..=1.0 + 1e-6).contains(*v))
+        {
+            return fail(format!("DiceLoss: 1 − dice = {v} outside [0, 1]"));
+        }
+    }
+    metric_matches_counting::<B, D>(case, &data, device).map_err(|e| format!("{backend}: {e}"))?;
+    Ok(outcome)
+}
+
+/// The properties that relate cases to each other (batch splitting, class permutation), on the
+/// f64 reference and the fused path of flex.
+fn relations<B: AutodiffBackend, const D: usize>(
+    case: &Case,
+    device: &B::Device,
+) -> Result<(), String> {
+    let data = case.data();
+    let whole = &family::<B, D>(case, &data, device)[0].1;
+    let (b, c, n) = (case.batch, case.classes, case.pixels());
+    if !case.batch_sums && b > 1 {
+        let kept = whole.len() / b;
+        for bi in 0..b {
+            let one = Case {
+                batch: 1,
+                ..case.clone()
+            };
+            let slice = |v: &Vec<f64>, per: usize| v[bi * per..(bi + 1) * per].to_vec();
+            let part = Data {
+                input: slice(&data.input, c * n),
+                target: slice(&data.target, c * n),
+                labels: data.labels[bi * n..(bi + 1) * n].to_vec(),
+                mask: slice(&data.mask, n),
+            };
+            let alone = &family::<B, D>(&one, &part, device)[0].1;
+            let err = value_err(alone, &whole[bi * kept..(bi + 1) * kept]);
+            if err > VALUE_TOL {
+                return Err(format!(
+                    "batch splitting: sample {bi}: {alone:?} vs {whole:?}"
+                ));
+            }
+        }
+    }
+    if case.target != TargetKind::Indices && case.include_background && !case.weights && c > 1 {
+        // Reverse the classes of input and target: the per-class losses reverse.
+        let rev = |v: &Vec<f64>| {
+            let mut out = v.clone();
+            for bi in 0..b {
+                for ci in 0..c {
+                    let (from, to) = ((bi * c + ci) * n, (bi * c + (c - 1 - ci)) * n);
+                    out[to..to + n].copy_from_slice(&v[from..from + n]);
+                }
+            }
+            out
+        };
+        let permuted = Data {
+            input: rev(&data.input),
+            target: rev(&data.target),
+            labels: data.labels.clone(),
+            mask: data.mask.clone(),
+        };
+        let got = &family::<B, D>(case, &permuted, device)[0].1;
+        let rows = got.len() / c;
+        let expected: Vec<f64> = (0..rows)
+            .flat_map(|r| (0..c).rev().map(move |ci| whole[r * c + ci]))
+            .collect();
+        let err = value_err(got, &expected);
+        if err > VALUE_TOL {
+            return Err(format!("class permutation: {got:?} vs {expected:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every property of `case` on burn-flex and burn-ndarray.
+pub fn check(case: &Case) -> Result<Outcome, String> {
+    let case = case.clone().normalized();
+    macro_rules! ranked {
+        ($d:literal) => {{
+            // The gradients' reference: the generic path in f64.
+            let in_f64 = generic_only(|| {
+                family::<Autodiff<burn_ndarray::NdArray<f64>>, $d>(
+                    &case,
+                    &case.data(),
+                    &Default::default(),
+                )
+            });
+            let flex = check_on::<Autodiff<burn_flex::Flex>, $d>(
+                "flex",
+                &case,
+                &in_f64,
+                &Default::default(),
+            )?;
+            let nd = check_on::<Autodiff<burn_ndarray::NdArray<f32>>, $d>(
+                "ndarray",
+                &case,
+                &in_f64,
+                &Default::default(),
+            )?;
+            relations::<Autodiff<burn_flex::Flex>, $d>(&case, &Default::default())?;
+            Ok(flex.merge(nd))
+        }};
+    }
+    match case.spatial.len() {
+        1 => ranked!(3),
+        2 => ranked!(4),
+        3 => ranked!(5),
+        k => Err(format!("{k} spatial dims: expected 1 to 3")),
+    }
+}
+
+/// A random case from `seed` (the soak binary's generator; the property tests use proptest's
+/// strategies over the same fields).
+pub fn random_case(seed: u64) -> Case {
+    let u = uniform(24, seed);
+    let pick = |k: usize, n: usize| ((u[k] * n as f64) as usize).min(n - 1);
+    let rank = 1 + pick(0, 3);
+    let max_side = [300, 40, 12][rank - 1];
+    let spatial = (0..rank).map(|k| 1 + pick(1 + k, max_side)).collect();
+    Case {
+        batch: 1 + pick(4, 3),
+        classes: 1 + pick(5, 8),
+        spatial,
+        target: [TargetKind::Indices, TargetKind::OneHot, TargetKind::Soft][pick(6, 3)],
+        activation: pick(7, 3) as u8,
+        squared_pred: u[8] < 0.5,
+        jaccard: u[9] < 0.3,
+        batch_sums: u[10] < 0.3,
+        include_background: u[11] < 0.5,
+        ignore: u[12] < 0.4,
+        mask: u[13] < 0.3,
+        weights: u[14] < 0.3,
+        log_loss: u[15] < 0.2,
+        extreme: u[16] < 0.2,
+        empty_class: u[17] < 0.3,
+        seed: seed ^ 0xDA7A,
+    }
+    .normalized()
+}
