@@ -104,6 +104,10 @@ pub struct DataArgs {
     /// folder: fraction of the pairs held out for validation.
     #[arg(long, default_value_t = 0.2)]
     pub valid_fraction: f64,
+    /// folder: leave out the files that cannot be used (unpaired, unreadable, of another size,
+    /// labels out of range), listing each in a warning, instead of failing.
+    #[arg(long)]
+    pub skip_bad_files: bool,
     /// Seed of the data set and the training.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -150,6 +154,7 @@ impl DataArgs {
                 classes: self.classes,
                 ignore_index: self.ignore_index,
                 valid_fraction: self.valid_fraction,
+                skip_bad_files: self.skip_bad_files,
             }),
         })
     }
@@ -169,7 +174,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Epochs.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 8)]
     pub epochs: usize,
     /// Batch size.
     #[arg(long, default_value_t = 8)]
@@ -186,8 +191,9 @@ pub struct TrainArgs {
     /// U-Net depth (down-sampling steps).
     #[arg(long, default_value_t = 4)]
     pub depth: usize,
-    /// Channels of the first level.
-    #[arg(long, default_value_t = 16)]
+    /// Channels of the first level (8 by default: on the shapes data set, per second of CPU
+    /// time, 8 learns faster than the reference model's 16).
+    #[arg(long, default_value_t = 8)]
     pub base_channels: usize,
     /// Batch normalization after each convolution (on by default: `--batch-norm false` gives
     /// the plain reference architecture).

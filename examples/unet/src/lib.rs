@@ -2,11 +2,13 @@
 //! the workspace tests can run it in-process. The binary (`src/main.rs`) only calls [`main_with_args`].
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod inference;
 pub mod model;
 pub mod plot;
+pub mod progress;
 pub mod schedule;
 pub mod training;
 

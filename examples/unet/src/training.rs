@@ -1,9 +1,11 @@
 //! `train`: burn-train's `Learner` with a burn-dice loss, validated with `DiceMetric`, and the
 //! run's artifacts: `config.json`, checkpoints, `metrics.csv`, `curves.png`, `predictions/`.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::config::Config;
@@ -13,12 +15,10 @@ use burn::module::Module;
 use burn::optim::AdamConfig;
 use burn::record::CompactRecorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
-use burn::train::metric::{LossMetric, MetricDefinition, MetricId, NumericEntry};
-use burn::train::renderer::{
-    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
-    MetricsRendererTraining, ProgressType, TrainingProgress,
-};
+use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::train::metric::LossMetric;
+use burn::train::renderer::tui::TuiMetricsRendererWrapper;
+use burn::train::renderer::MetricsRenderer;
 use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep};
 use burn_dice::metric::{DiceMetric, Prediction, SegmentationOutput};
 use burn_dice::{
@@ -27,12 +27,13 @@ use burn_dice::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::RunSchedule;
-
+use crate::checkpoint::{last_checkpoint, AtomicRecorder};
 use crate::data::{SegBatch, SegBatcher, SegmentationData};
 use crate::inference;
 use crate::model::{UNet, UNetConfig};
 use crate::plot;
+use crate::progress::{EpochRenderer, RunLog};
+use crate::schedule::RunSchedule;
 
 /// The loss the network is trained with (all from burn-dice, softmax over the classes).
 #[derive(Config, Debug, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -113,7 +114,14 @@ pub struct SegModel<B: Backend> {
     pub loss: LossKind,
     /// Label value left out.
     pub ignore_index: Option<usize>,
+    /// Training steps started (shared by the clones of the model), for the message of a
+    /// training that stops on a non-finite loss.
+    #[module(skip)]
+    pub steps: Arc<AtomicUsize>,
 }
+
+/// The start of the panic message of a training step whose loss is not finite.
+pub const NON_FINITE_LOSS: &str = "the training loss is not finite";
 
 impl<B: Backend> SegModel<B> {
     /// Builds the model of `config`.
@@ -122,6 +130,7 @@ impl<B: Backend> SegModel<B> {
             unet: config.model.init(device),
             loss: config.loss,
             ignore_index: config.ignore_index,
+            steps: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -175,8 +184,15 @@ impl<B: AutodiffBackend> TrainStep for SegModel<B> {
     type Input = SegBatch<B>;
     type Output = SegmentationOutput<B>;
 
+    /// # Panics
+    /// When the loss is NaN or infinite ([`NON_FINITE_LOSS`]); [`train`] turns that into an
+    /// error naming the epoch, the batch and the last complete checkpoint.
     fn step(&self, batch: SegBatch<B>) -> TrainOutput<SegmentationOutput<B>> {
+        self.steps.fetch_add(1, Ordering::Relaxed);
         let output = self.output(batch);
+        // burn-train's loss metric reads the value back anyway: checking it costs no extra wait.
+        let value: f64 = output.loss.clone().into_scalar().elem();
+        assert!(value.is_finite(), "{NON_FINITE_LOSS}: {value}");
         TrainOutput::new(self, output.loss.backward(), output)
     }
 }
@@ -216,21 +232,6 @@ pub struct EpochRow {
     pub valid_dice_per_class: Vec<f64>,
 }
 
-/// The last epoch with a model checkpoint in `out`, if any.
-pub fn last_checkpoint(out: &Path) -> Option<usize> {
-    std::fs::read_dir(out.join("checkpoint"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("model-")?
-                .strip_suffix(".mpk")?
-                .parse()
-                .ok()
-        })
-        .max()
-}
-
 /// The saved config of a run, continued up to `epochs`: the learning-rate schedule keeps the
 /// length it had (`schedule_epochs`, or the saved `epochs` for a run saved without it).
 pub fn resumed(saved: TrainConfig, epochs: usize) -> TrainConfig {
@@ -241,7 +242,12 @@ pub fn resumed(saved: TrainConfig, epochs: usize) -> TrainConfig {
 }
 
 /// Trains on `data` and writes the artifacts to `out`. With `resume`, continues from the last
-/// checkpoint in `out` (its `config.json` is used).
+/// complete checkpoint in `out` (its `config.json` is used).
+///
+/// `metrics.csv` and `curves.png` are brought up to date after every epoch and checkpoints are
+/// written then renamed, so a run stopped at any point can be resumed with every finished
+/// epoch in its log exactly once. A loss that turns NaN or infinite stops the run with an
+/// error naming the epoch, the batch and the last complete checkpoint.
 pub fn train<B: AutodiffBackend>(
     config: TrainConfig,
     data: &dyn SegmentationData,
@@ -249,11 +255,12 @@ pub fn train<B: AutodiffBackend>(
     resume: bool,
     device: &B::Device,
 ) -> Result<TrainReport, String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| format!("cannot create --out {}: {e}", out.display()))?;
     let resume_from = if resume {
         let epoch = last_checkpoint(out).ok_or_else(|| {
             format!(
-                "--resume: no checkpoint in {}",
+                "--resume: no complete checkpoint in {}",
                 out.join("checkpoint").display()
             )
         })?;
@@ -261,9 +268,8 @@ pub fn train<B: AutodiffBackend>(
     } else {
         None
     };
-    config
-        .save(out.join("config.json"))
-        .map_err(|e| format!("cannot write config.json: {e}"))?;
+    let config_path = out.join("config.json");
+    crate::progress::write_atomic(&config_path, config.to_string().as_bytes())?;
     B::seed(device, config.seed);
     let splits = data.load()?;
     println!(
@@ -291,6 +297,11 @@ pub fn train<B: AutodiffBackend>(
             .build(InMemDataset::new(splits.valid));
 
     let classes = config.class_names.len();
+    let log = Arc::new(Mutex::new(RunLog::start(
+        out,
+        &config.class_names,
+        resume_from,
+    )?));
     let mut training = SupervisedTraining::new(out, train_loader, valid_loader)
         .metric_train_numeric(LossMetric::new())
         .metric_valid_numeric(LossMetric::new())
@@ -299,50 +310,106 @@ pub fn train<B: AutodiffBackend>(
         training = training.metric_valid_numeric(DiceMetric::per_class(c));
     }
     training = training
-        .with_file_checkpointer(CompactRecorder::new())
+        .with_file_checkpointer(AtomicRecorder(CompactRecorder::new()))
         .num_epochs(config.epochs)
         .summary();
     if let Some(epoch) = resume_from {
         println!("resuming after epoch {epoch}");
         training = training.checkpoint(epoch);
     }
-    if !std::io::stdout().is_terminal() {
-        training = training.renderer(PlainRenderer::new(config.class_names.clone()));
-    }
+    let dashboard: Option<Box<dyn MetricsRenderer>> = std::io::stdout().is_terminal().then(|| {
+        Box::new(TuiMetricsRendererWrapper::new(
+            training.interrupter(),
+            resume_from,
+        )) as Box<dyn MetricsRenderer>
+    });
+    let interrupter = training.interrupter();
+    training = training.renderer(EpochRenderer::new(
+        dashboard,
+        log.clone(),
+        interrupter.clone(),
+    ));
     let model = SegModel::<B>::new(&config, device);
+    let steps = model.steps.clone();
     let optimizer = AdamConfig::new().init();
+    let batches = train_len.div_ceil(config.batch_size);
     let schedule_epochs = config.schedule_epochs.unwrap_or(config.epochs);
-    let steps = schedule_epochs * train_len.div_ceil(config.batch_size);
     let min_lr = match config.lr_schedule {
         LrSchedule::Constant => config.learning_rate,
         LrSchedule::Cosine => config.learning_rate / 50.0,
     };
     // One scheduler type for both: a cosine from `lr` to `lr` is the constant.
-    let scheduler = RunSchedule::new(config.learning_rate, min_lr, steps.max(1))
-        .map_err(|e| format!("--lr {}: {e}", config.learning_rate))?;
-    // burn-train 0.21 logs the first epoch of a resumed run as `epoch-1` (its event store has
-    // not seen an epoch end yet), overwriting the first epoch's logs, and the later epochs under
-    // their real numbers: set the earlier logs aside and renumber after the run.
-    if resume_from.is_some() {
-        set_logs_aside(out)?;
-    }
+    let scheduler = RunSchedule::new(
+        config.learning_rate,
+        min_lr,
+        (schedule_epochs * batches).max(1),
+    )
+    .map_err(|e| format!("--lr {}: {e}", config.learning_rate))?;
+    logs_of_resumed_runs(out, resume_from)?;
     let start = Instant::now();
-    let result = training.launch(Learner::new(model, optimizer, scheduler));
-    if let Some(epoch) = resume_from {
-        merge_resumed_logs(out, epoch)?;
-    }
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        training.launch(Learner::new(model, optimizer, scheduler))
+    }));
     let seconds = start.elapsed().as_secs_f64();
+    merge_logs_set_aside(out)?;
+    let result = match result {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            let step = steps.load(Ordering::Relaxed).max(1) - 1;
+            let epoch = resume_from.unwrap_or(0) + step / batches.max(1) + 1;
+            let checkpoint = match last_checkpoint(out) {
+                Some(k) => format!(
+                    "the last complete checkpoint is epoch {k} in {} (continue with --resume)",
+                    out.join("checkpoint").display()
+                ),
+                None => "there is no complete checkpoint yet".into(),
+            };
+            let what = if message.starts_with(NON_FINITE_LOSS)
+                || message.contains("holds NaN or infinite values")
+            {
+                "the loss turned non-finite (lower --lr?)"
+            } else {
+                "the training failed"
+            };
+            return Err(format!(
+                "{what} at epoch {epoch}, batch {}/{batches}: {message}; {checkpoint}",
+                step % batches.max(1) + 1
+            ));
+        }
+    };
+    // A checkpoint or a log that could not be written stops the run with its reason (a stop
+    // without one is the dashboard's quit key: the model so far is kept as usual).
+    if let Some(reason) = interrupter.get_message() {
+        let done = log
+            .lock()
+            .expect("run log")
+            .rows()
+            .last()
+            .map_or(0, |r| r.epoch);
+        let checkpoint = last_checkpoint(out).map_or_else(
+            || "no complete checkpoint".to_string(),
+            |k| format!("the last complete checkpoint is epoch {k}"),
+        );
+        return Err(format!(
+            "training stopped after epoch {done}: {reason}; {checkpoint} in {}",
+            out.join("checkpoint").display()
+        ));
+    }
     let model = result.model;
     model
         .clone()
-        .save_file(out.join("model"), &CompactRecorder::new())
+        .save_file(out.join("model"), &AtomicRecorder(CompactRecorder::new()))
         .map_err(|e| format!("cannot save the model: {e}"))?;
 
-    let rows = read_metrics(out, &config.class_names);
-    write_csv(&out.join("metrics.csv"), &rows, &config.class_names)?;
-    plot::curves(&out.join("curves.png"), &rows, &config.class_names)?;
+    let rows = log.lock().expect("run log").rows().to_vec();
     let predictions = out.join("predictions");
-    std::fs::create_dir_all(&predictions).map_err(|e| format!("{e}"))?;
+    std::fs::create_dir_all(&predictions)
+        .map_err(|e| format!("cannot create {}: {e}", predictions.display()))?;
     for (k, sample) in preview.iter().enumerate() {
         let pred = inference::predict_sample(&model.unet, sample, device);
         plot::overlay(
@@ -354,7 +421,7 @@ pub fn train<B: AutodiffBackend>(
         )?;
     }
     Ok(TrainReport {
-        epochs: config.epochs - resume_from.unwrap_or(0),
+        epochs: config.epochs - resume_from.unwrap_or(0).min(config.epochs),
         seconds,
         rows,
     })
@@ -362,11 +429,27 @@ pub fn train<B: AutodiffBackend>(
 
 const SPLITS: [&str; 2] = ["train", "valid"];
 
+/// Where the per-batch logs of the epochs before a resume wait during the resumed run.
 fn aside(out: &Path, split: &str) -> std::path::PathBuf {
     out.join(format!(".{split}-before-resume"))
 }
 
-fn set_logs_aside(out: &Path) -> Result<(), String> {
+/// The epoch the logs set aside were resumed after (written with them).
+fn aside_marker(out: &Path) -> std::path::PathBuf {
+    out.join(".resumed-after")
+}
+
+/// burn-train 0.21 logs the first epoch of a resumed run as `epoch-1` (its event store has not
+/// seen an epoch end yet), over the first epoch's per-batch logs, and the later epochs under
+/// their real numbers. Before a resumed run: the logs of a resumed run that was stopped are
+/// merged back first (renumbered), then the current logs are set aside with the epoch resumed
+/// after; after the run [`merge_resumed_logs`] renumbers and merges. `metrics.csv` does not
+/// depend on this: it is written by [`RunLog`].
+fn logs_of_resumed_runs(out: &Path, resume_from: Option<usize>) -> Result<(), String> {
+    merge_logs_set_aside(out)?;
+    let Some(epoch) = resume_from else {
+        return Ok(());
+    };
     for split in SPLITS {
         let (from, to) = (out.join(split), aside(out, split));
         let _ = std::fs::remove_dir_all(&to);
@@ -375,13 +458,25 @@ fn set_logs_aside(out: &Path) -> Result<(), String> {
                 .map_err(|e| format!("cannot move {}: {e}", from.display()))?;
         }
     }
+    crate::progress::write_atomic(&aside_marker(out), epoch.to_string().as_bytes())
+}
+
+/// Merges the logs set aside by [`logs_of_resumed_runs`], if any, with the resumed run's.
+fn merge_logs_set_aside(out: &Path) -> Result<(), String> {
+    if let Ok(text) = std::fs::read_to_string(aside_marker(out)) {
+        if let Ok(epoch) = text.trim().parse() {
+            merge_resumed_logs(out, epoch)?;
+        }
+        let _ = std::fs::remove_file(aside_marker(out));
+    }
     Ok(())
 }
 
 fn merge_resumed_logs(out: &Path, resumed_after: usize) -> Result<(), String> {
     for split in SPLITS {
         let (new, old) = (out.join(split), aside(out, split));
-        std::fs::create_dir_all(&old).map_err(|e| format!("{e}"))?;
+        std::fs::create_dir_all(&old)
+            .map_err(|e| format!("cannot create {}: {e}", old.display()))?;
         if let Ok(entries) = std::fs::read_dir(&new) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
@@ -401,191 +496,6 @@ fn merge_resumed_logs(out: &Path, resumed_after: usize) -> Result<(), String> {
         std::fs::rename(&old, &new).map_err(|e| format!("cannot restore logs: {e}"))?;
     }
     Ok(())
-}
-
-/// Weighted means of burn-train's per-batch metric logs, per epoch.
-pub fn read_metrics(out: &Path, class_names: &[String]) -> Vec<EpochRow> {
-    let mean = |split: &str, epoch: usize, metric: &str| -> Option<f64> {
-        let path = out
-            .join(split)
-            .join(format!("epoch-{epoch}"))
-            .join(format!("{}.log", metric.replace(' ', "_")));
-        let text = std::fs::read_to_string(path).ok()?;
-        let (mut sum, mut n) = (0.0, 0usize);
-        for line in text.lines() {
-            match NumericEntry::deserialize(line).ok()? {
-                NumericEntry::Value(v) => {
-                    sum += v;
-                    n += 1;
-                }
-                NumericEntry::Aggregated {
-                    aggregated_value,
-                    count,
-                } => {
-                    sum += aggregated_value * count as f64;
-                    n += count;
-                }
-            }
-        }
-        (n > 0).then(|| sum / n as f64)
-    };
-    let mut rows = Vec::new();
-    for epoch in 1.. {
-        let Some(train_loss) = mean("train", epoch, "Loss") else {
-            break;
-        };
-        rows.push(EpochRow {
-            epoch,
-            train_loss,
-            valid_loss: mean("valid", epoch, "Loss").unwrap_or(f64::NAN),
-            valid_dice: mean("valid", epoch, "Dice").unwrap_or(f64::NAN),
-            valid_dice_per_class: (1..class_names.len())
-                .map(|c| mean("valid", epoch, &format!("Dice[class {c}]")).unwrap_or(f64::NAN))
-                .collect(),
-        });
-    }
-    rows
-}
-
-fn write_csv(path: &Path, rows: &[EpochRow], class_names: &[String]) -> Result<(), String> {
-    let mut text = String::from("epoch,train_loss,valid_loss,valid_dice");
-    for name in &class_names[1..] {
-        text.push_str(&format!(",valid_dice_{}", name.replace([' ', ','], "_")));
-    }
-    text.push('\n');
-    for r in rows {
-        text.push_str(&format!(
-            "{},{:.6},{:.6},{:.6}",
-            r.epoch, r.train_loss, r.valid_loss, r.valid_dice
-        ));
-        for d in &r.valid_dice_per_class {
-            text.push_str(&format!(",{d:.6}"));
-        }
-        text.push('\n');
-    }
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// Progress as plain lines, for logs and pipes (burn's dashboard needs a terminal): one line per
-/// epoch with the epoch's means.
-pub struct PlainRenderer {
-    names: HashMap<MetricId, String>,
-    class_names: Vec<String>,
-    sums: HashMap<(bool, String), (f64, usize)>,
-    epoch: usize,
-    started: Instant,
-}
-
-impl PlainRenderer {
-    /// A renderer naming the per-class metrics after `class_names`.
-    pub fn new(class_names: Vec<String>) -> Self {
-        Self {
-            names: HashMap::new(),
-            class_names,
-            sums: HashMap::new(),
-            epoch: 0,
-            started: Instant::now(),
-        }
-    }
-
-    fn record(&mut self, valid: bool, state: MetricState) {
-        if let MetricState::Numeric(
-            entry,
-            NumericEntry::Aggregated {
-                aggregated_value,
-                count,
-            },
-        ) = state
-        {
-            let name = self
-                .names
-                .get(&entry.metric_id)
-                .cloned()
-                .unwrap_or_default();
-            let slot = self.sums.entry((valid, name)).or_insert((0.0, 0));
-            if count > 0 {
-                slot.0 += aggregated_value * count as f64;
-                slot.1 += count;
-            }
-        }
-    }
-
-    fn mean(&self, valid: bool, name: &str) -> Option<f64> {
-        let (s, n) = self.sums.get(&(valid, name.to_string()))?;
-        (*n > 0).then(|| s / *n as f64)
-    }
-
-    fn epoch_line(&self, epoch: usize, total: usize) -> String {
-        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-        let mut line = format!(
-            "epoch {epoch}/{total}  train loss {}  valid loss {}  Dice {}",
-            f(self.mean(false, "Loss")),
-            f(self.mean(true, "Loss")),
-            f(self.mean(true, "Dice")),
-        );
-        let per_class: Vec<String> = (1..self.class_names.len())
-            .map(|c| {
-                format!(
-                    "{} {}",
-                    self.class_names[c],
-                    f(self.mean(true, &format!("Dice[class {c}]")))
-                )
-            })
-            .collect();
-        if !per_class.is_empty() {
-            line.push_str(&format!("  [{}]", per_class.join(", ")));
-        }
-        line.push_str(&format!(
-            "  ({:.0} s)",
-            self.started.elapsed().as_secs_f64()
-        ));
-        line
-    }
-}
-
-impl MetricsRendererTraining for PlainRenderer {
-    fn update_train(&mut self, state: MetricState) {
-        self.record(false, state);
-    }
-
-    fn update_valid(&mut self, state: MetricState) {
-        self.record(true, state);
-    }
-
-    fn render_train(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
-        let epoch = item.global_progress.items_processed;
-        if epoch != self.epoch {
-            self.epoch = epoch;
-            self.sums.clear();
-        }
-    }
-
-    fn render_valid(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
-        if let Some(p) = &item.progress {
-            if p.items_processed == p.items_total {
-                println!(
-                    "{}",
-                    self.epoch_line(
-                        item.global_progress.items_processed,
-                        item.global_progress.items_total
-                    )
-                );
-            }
-        }
-    }
-}
-
-impl MetricsRendererEvaluation for PlainRenderer {
-    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
-    fn render_test(&mut self, _item: EvaluationProgress, _: Vec<ProgressType>) {}
-}
-
-impl MetricsRenderer for PlainRenderer {
-    fn manual_close(&mut self) {}
-
-    fn register_metric(&mut self, definition: MetricDefinition) {
-        self.names.insert(definition.metric_id, definition.name);
-    }
 }
 
 #[cfg(test)]

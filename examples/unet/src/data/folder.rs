@@ -3,6 +3,13 @@
 //! (255 → 1). With `--ignore-index` that value is kept as is (left out of loss and metric).
 //! Everything is resized to `--size` (bilinear images, nearest masks). The last
 //! `--valid-fraction` of the pairs, in file-name order, is the validation split.
+//!
+//! Nothing is dropped silently: an image without a mask (or a mask without an image), a file
+//! that is not a PNG or JPEG, one that cannot be decoded, a mask of another size than its image
+//! and a mask with a label not below the class count are each an error naming the file and the
+//! problem, all of them listed at once. With `--skip-bad-files` they are left out instead, with
+//! a warning that lists every one. Hidden files (names starting with `.`) and folders are not
+//! looked at.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,63 +31,112 @@ pub struct Folder {
     pub ignore_index: Option<usize>,
     /// Fraction of the pairs held out for validation.
     pub valid_fraction: f64,
+    /// Leave out the files that cannot be used (with a warning listing them) instead of failing.
+    pub skip_bad_files: bool,
 }
 
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-fn list(dir: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+/// A file that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadFile {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// An image and its mask.
+type Pair = (PathBuf, PathBuf);
+
+/// The image files of `dir` by stem, and the files that are not images.
+fn list(dir: &Path) -> Result<(BTreeMap<String, PathBuf>, Vec<BadFile>), String> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| format!("folder: cannot read {}: {e}", dir.display()))?;
-    let mut out = BTreeMap::new();
-    for entry in entries.flatten() {
+    let mut images = BTreeMap::new();
+    let mut bad = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("folder: cannot read {}: {e}", dir.display()))?;
         let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || path.is_dir() {
+            continue;
+        }
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
-        if ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
-            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-                out.insert(stem.to_string(), path);
+        match (ext, path.file_stem().and_then(|s| s.to_str())) {
+            (Some(ext), Some(stem)) if EXTENSIONS.contains(&ext.as_str()) => {
+                if let Some(other) = images.insert(stem.to_string(), path.clone()) {
+                    bad.push(BadFile {
+                        path,
+                        problem: format!(
+                            "same stem as {}: which one to pair is ambiguous",
+                            other.display()
+                        ),
+                    });
+                }
             }
+            _ => bad.push(BadFile {
+                path,
+                problem: "not a .png, .jpg or .jpeg file".into(),
+            }),
         }
     }
-    Ok(out)
+    Ok((images, bad))
 }
 
 impl Folder {
-    fn pairs(&self) -> Result<Vec<(PathBuf, PathBuf)>, String> {
-        let images = list(&self.images)?;
-        let masks = list(&self.masks)?;
-        let pairs: Vec<_> = images
-            .iter()
-            .filter_map(|(stem, img)| masks.get(stem).map(|m| (img.clone(), m.clone())))
-            .collect();
-        if pairs.len() < 2 {
-            return Err(format!(
-                "folder: found {} image/mask pair(s) (matched by file stem, .png/.jpg) in {} and {}; need at least 2",
-                pairs.len(),
-                self.images.display(),
-                self.masks.display()
-            ));
+    /// The image/mask pairs, matched by stem, and the files left without a partner.
+    fn scan(&self) -> Result<(Vec<Pair>, Vec<BadFile>), String> {
+        let (images, mut bad) = list(&self.images)?;
+        let (masks, bad_masks) = list(&self.masks)?;
+        bad.extend(bad_masks);
+        let mut pairs = Vec::new();
+        for (stem, img) in &images {
+            match masks.get(stem) {
+                Some(m) => pairs.push((img.clone(), m.clone())),
+                None => bad.push(BadFile {
+                    path: img.clone(),
+                    problem: format!("no mask named {stem}.* in {}", self.masks.display()),
+                }),
+            }
         }
-        Ok(pairs)
+        for (stem, m) in &masks {
+            if !images.contains_key(stem) {
+                bad.push(BadFile {
+                    path: m.clone(),
+                    problem: format!("no image named {stem}.* in {}", self.images.display()),
+                });
+            }
+        }
+        Ok((pairs, bad))
     }
 
-    fn read_pair(&self, image: &Path, mask: &Path) -> Result<(Sample, i64), String> {
+    fn read_pair(&self, image: &Path, mask: &Path) -> Result<(Sample, i64), BadFile> {
         let img = image::open(image)
-            .map_err(|e| format!("folder: {}: {e}", image.display()))?
+            .map_err(|e| BadFile {
+                path: image.to_path_buf(),
+                problem: format!("cannot decode: {e}"),
+            })?
             .to_luma32f();
         let msk = image::open(mask)
-            .map_err(|e| format!("folder: {}: {e}", mask.display()))?
+            .map_err(|e| BadFile {
+                path: mask.to_path_buf(),
+                problem: format!("cannot decode: {e}"),
+            })?
             .to_luma8();
         if img.dimensions() != msk.dimensions() {
-            return Err(format!(
-                "folder: {} is {:?} but its mask {} is {:?}",
-                image.display(),
-                img.dimensions(),
-                mask.display(),
-                msk.dimensions()
-            ));
+            return Err(BadFile {
+                path: mask.to_path_buf(),
+                problem: format!(
+                    "mask is {:?} (width, height) but its image {} is {:?}",
+                    msk.dimensions(),
+                    image.display(),
+                    img.dimensions()
+                ),
+            });
         }
         let (w, h) = (img.width() as usize, img.height() as usize);
         let pixels: Vec<f32> = img.into_raw();
@@ -113,12 +169,41 @@ impl Folder {
         ))
     }
 
+    /// The class count of the readable pairs: the largest label + 1 (the unreadable ones are
+    /// reported by [`SegmentationData::load`]).
     fn detected_classes(&self) -> Result<usize, String> {
         let mut max = 0;
-        for (img, m) in self.pairs()? {
-            max = max.max(self.read_pair(&img, &m)?.1);
+        for (img, m) in self.scan()?.0 {
+            if let Ok((_, label)) = self.read_pair(&img, &m) {
+                max = max.max(label);
+            }
         }
         Ok(max as usize + 1)
+    }
+
+    /// Every file that cannot be used, as an error, or (with `skip_bad_files`) as a warning
+    /// on stderr.
+    fn report(&self, bad: &[BadFile]) -> Result<(), String> {
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let list: String = bad
+            .iter()
+            .map(|b| format!("\n  {}: {}", b.path.display(), b.problem))
+            .collect();
+        if self.skip_bad_files {
+            eprintln!(
+                "warning: folder: leaving out {} file(s) (--skip-bad-files):{list}",
+                bad.len()
+            );
+            Ok(())
+        } else {
+            Err(format!(
+                "folder: {} file(s) cannot be used (fix them, or pass --skip-bad-files to train \
+                 without them):{list}",
+                bad.len()
+            ))
+        }
     }
 }
 
@@ -163,21 +248,35 @@ impl SegmentationData for Folder {
                 self.valid_fraction
             ));
         }
-        let pairs = self.pairs()?;
-        let n_valid =
-            ((pairs.len() as f64 * self.valid_fraction).round() as usize).clamp(1, pairs.len() - 1);
+        let (pairs, mut bad) = self.scan()?;
         let classes = self.class_names().len() as i64;
         let mut samples = Vec::with_capacity(pairs.len());
         for (img, m) in &pairs {
-            let (sample, max) = self.read_pair(img, m)?;
-            if max >= classes {
-                return Err(format!(
-                    "folder: {} holds label {max}, but there are {classes} classes (--classes)",
-                    m.display()
-                ));
+            match self.read_pair(img, m) {
+                Ok((_, max)) if max >= classes => bad.push(BadFile {
+                    path: m.clone(),
+                    problem: format!(
+                        "holds label {max}, but there are {classes} classes (labels 0..{}; \
+                         --classes)",
+                        classes - 1
+                    ),
+                }),
+                Ok((sample, _)) => samples.push(sample),
+                Err(b) => bad.push(b),
             }
-            samples.push(sample);
         }
+        self.report(&bad)?;
+        if samples.len() < 2 {
+            return Err(format!(
+                "folder: found {} usable image/mask pair(s) (matched by file stem, .png/.jpg) in \
+                 {} and {}; need at least 2",
+                samples.len(),
+                self.images.display(),
+                self.masks.display()
+            ));
+        }
+        let n_valid = ((samples.len() as f64 * self.valid_fraction).round() as usize)
+            .clamp(1, samples.len() - 1);
         let valid = samples.split_off(samples.len() - n_valid);
         Ok(Splits {
             train: samples,
@@ -204,10 +303,6 @@ mod tests {
             });
             m.save(masks.join(format!("s{k}.png"))).unwrap();
         }
-        // An image without a mask is skipped.
-        image::GrayImage::new(20, 10)
-            .save(imgs.join("lonely.png"))
-            .unwrap();
         let folder = Folder {
             images: imgs,
             masks,
@@ -215,6 +310,7 @@ mod tests {
             classes: None,
             ignore_index: None,
             valid_fraction: 0.2,
+            skip_bad_files: false,
         };
         assert_eq!(folder.class_names().len(), 2);
         let splits = folder.load().unwrap();
@@ -223,6 +319,79 @@ mod tests {
         assert_eq!((s.height, s.width), (16, 16));
         assert_eq!(s.mask[0], 0);
         assert_eq!(s.mask[15], 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_bad_file_is_named_or_listed_when_skipped() {
+        let dir = std::env::temp_dir().join(format!("unet-folder-bad-{}", std::process::id()));
+        let (imgs, masks) = (dir.join("images"), dir.join("masks"));
+        std::fs::create_dir_all(&imgs).unwrap();
+        std::fs::create_dir_all(&masks).unwrap();
+        let grey = |w, h| image::GrayImage::from_fn(w, h, |x, _| image::Luma([x as u8]));
+        let mask =
+            |w, h, v| image::GrayImage::from_fn(w, h, |x, _| image::Luma([(x % 2) as u8 * v]));
+        for k in 0..4 {
+            grey(8, 8).save(imgs.join(format!("ok{k}.png"))).unwrap();
+            mask(8, 8, 1)
+                .save(masks.join(format!("ok{k}.png")))
+                .unwrap();
+        }
+        grey(8, 8).save(imgs.join("lonely.png")).unwrap();
+        mask(8, 8, 1).save(masks.join("orphan.png")).unwrap();
+        grey(8, 8).save(imgs.join("corrupt.png")).unwrap();
+        std::fs::write(masks.join("corrupt.png"), b"not a png").unwrap();
+        grey(8, 8).save(imgs.join("small.png")).unwrap();
+        mask(4, 8, 1).save(masks.join("small.png")).unwrap();
+        grey(8, 8).save(imgs.join("label.png")).unwrap();
+        mask(8, 8, 3).save(masks.join("label.png")).unwrap();
+        std::fs::write(imgs.join("notes.txt"), b"hello").unwrap();
+        std::fs::write(imgs.join(".hidden"), b"ignored").unwrap();
+        let mut folder = Folder {
+            images: imgs.clone(),
+            masks: masks.clone(),
+            size: 8,
+            classes: Some(2),
+            ignore_index: None,
+            valid_fraction: 0.25,
+            skip_bad_files: false,
+        };
+        let err = folder.load().unwrap_err();
+        let expected = [
+            ("lonely.png", "no mask named lonely.*"),
+            ("orphan.png", "no image named orphan.*"),
+            ("corrupt.png", "cannot decode"),
+            ("small.png", "mask is (4, 8)"),
+            ("label.png", "holds label 3, but there are 2 classes"),
+            ("notes.txt", "not a .png, .jpg or .jpeg file"),
+        ];
+        assert!(err.contains("6 file(s) cannot be used"), "{err}");
+        for (file, problem) in expected {
+            let line = err
+                .lines()
+                .find(|l| l.contains(file))
+                .unwrap_or_else(|| panic!("{file} not named in: {err}"));
+            assert!(line.contains(problem), "{file}: {line}");
+        }
+        assert!(!err.contains(".hidden"), "{err}");
+        // With the flag the four good pairs train, the rest are left out with a warning.
+        folder.skip_bad_files = true;
+        let splits = folder.load().unwrap();
+        assert_eq!((splits.train.len(), splits.valid.len()), (3, 1));
+        // An empty folder names both folders.
+        let empty = dir.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = Folder {
+            images: empty.clone(),
+            masks: empty.clone(),
+            ..folder
+        }
+        .load()
+        .unwrap_err();
+        assert!(
+            err.contains("found 0 usable") && err.contains("empty"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
