@@ -7,39 +7,21 @@ use burn_dice::{
     Activation, ConfigError, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, DiceReduction,
     GeneralizedDiceLossConfig, TverskyLossConfig, WeightType,
 };
+use burn_dice_tests::XorShift;
 use serde_json::{json, Value};
 
 type B = burn_flex::Flex;
 
-/// xorshift, seeded: the random configs and documents are the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn bool(&mut self) -> bool {
-        self.below(2) == 1
-    }
-    fn weights(&mut self) -> Option<Vec<f32>> {
-        self.bool().then(|| {
-            (0..1 + self.below(5))
-                .map(|_| (self.unit() * 3.0) as f32)
-                .collect()
-        })
-    }
+/// Class weights, or none.
+fn weights(r: &mut XorShift) -> Option<Vec<f32>> {
+    r.bool().then(|| {
+        (0..1 + r.below(5))
+            .map(|_| (r.unit() * 3.0) as f32)
+            .collect()
+    })
 }
 
-fn random_dice(r: &mut Rng) -> DiceLossConfig {
+fn random_dice(r: &mut XorShift) -> DiceLossConfig {
     let activation =
         [Activation::None, Activation::Sigmoid, Activation::Softmax][r.below(3) as usize];
     DiceLossConfig::new()
@@ -50,7 +32,7 @@ fn random_dice(r: &mut Rng) -> DiceLossConfig {
         .with_squared_pred(r.bool())
         .with_jaccard(r.bool())
         .with_batch(r.bool())
-        .with_weight(r.weights())
+        .with_weight(weights(r))
         .with_ignore_index(r.bool().then(|| r.below(256) as usize))
         .with_log_loss(r.bool())
         .with_reduction([DiceReduction::Mean, DiceReduction::Sum][r.below(2) as usize])
@@ -71,7 +53,7 @@ fn round_trip<C: Config>(config: &C) {
 
 #[test]
 fn random_configs_round_trip_through_json_and_validate() {
-    let mut r = Rng(0xc0f1);
+    let mut r = XorShift::new(0xc0f1);
     for _ in 0..500 {
         let dice = random_dice(&mut r);
         round_trip(&dice);
@@ -95,7 +77,7 @@ fn random_configs_round_trip_through_json_and_validate() {
             .with_dice(random_dice(&mut r))
             .with_lambda_dice(r.unit() * 2.0)
             .with_lambda_ce(r.unit() * 2.0)
-            .with_ce_weight(r.weights())
+            .with_ce_weight(weights(&mut r))
             .with_label_smoothing(r.unit())
             .with_pos_weight(r.bool().then(|| (r.unit() * 4.0) as f32));
         round_trip(&ce);
@@ -265,7 +247,7 @@ fn hostile_json_is_an_error_never_a_panic() {
         "{".repeat(10_000),
     ];
     // Random mutations of a valid document: bytes replaced, cut, duplicated.
-    let mut r = Rng(0x4057);
+    let mut r = XorShift::new(0x4057);
     let bytes = valid.as_bytes();
     for _ in 0..2000 {
         let mut doc = bytes.to_vec();

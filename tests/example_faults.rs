@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use burn_dice_tests::XorShift;
 use unet::checkpoint::{last_checkpoint, PARTS};
 use unet::progress::parse_csv;
 
@@ -71,18 +72,6 @@ fn assert_checkpoints_complete(out: &Path) {
     }
 }
 
-/// A small seeded generator for the kill times (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[test]
 fn killed_at_random_points_then_resumed() {
     let dir = scratch("kill");
@@ -99,7 +88,7 @@ fn killed_at_random_points_then_resumed() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_u64);
-    let mut rng = Rng(seed);
+    let mut rng = XorShift::new(seed);
     let out = dir.join("killed");
     let mut kills = Vec::new();
     let mut finished = false;

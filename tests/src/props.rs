@@ -108,15 +108,8 @@ impl Outcome {
 
 /// Deterministic values in `[0, 1)`.
 fn uniform(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
+    let mut r = crate::XorShift::new(seed);
+    (0..n).map(|_| r.unit()).collect()
 }
 
 /// The case's data, flat, in f64: input `[b, c, n]`, dense target `[b, c, n]` (the one-hot of

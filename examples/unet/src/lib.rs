@@ -121,6 +121,17 @@ pub fn run<B: AutodiffBackend>(command: Command, device: B::Device) -> Result<()
     }
 }
 
+/// The `unet` program: runs the command line of this process and prints an error to stderr.
+pub fn main() -> std::process::ExitCode {
+    match main_with_args(std::env::args_os()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Parses `args` (the program name first) and runs the command on the chosen backend.
 pub fn main_with_args<I, T>(args: I) -> Result<(), String>
 where
