@@ -75,7 +75,7 @@ fn assert_checkpoints_complete(out: &Path) {
 #[test]
 fn killed_at_random_points_then_resumed() {
     let dir = scratch("kill");
-    let epochs = 6;
+    let epochs = 8;
     // The uninterrupted run, as a process of its own: its time sets the kill times.
     let whole = dir.join("whole");
     let started = Instant::now();
@@ -99,17 +99,30 @@ fn killed_at_random_points_then_resumed() {
             args.push("--resume".into());
         }
         let mut child = unet(&args).spawn().unwrap();
-        if kills.len() < 3 {
-            // Somewhere between the start-up and the end of the run.
-            let at = run_time.mul_f64(0.1 + 0.6 * rng.unit());
-            let deadline = Instant::now() + at;
-            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        let done = last_checkpoint(&out).unwrap_or(0);
+        if kills.len() < 3 && done + 1 < epochs {
+            // A random point of the rest of the run that leaves at least one epoch to go: wait
+            // for a random number of further epochs to be logged (burn-train checkpoints and
+            // our log write at each epoch's end), then a random fraction of an epoch. Timed by
+            // progress, not by the clock alone, so that a loaded machine moves the kills with
+            // the run instead of past its end.
+            let logged = |out: &Path| {
+                std::fs::read_to_string(out.join("metrics.csv"))
+                    .ok()
+                    .and_then(|t| parse_csv(&t, CLASSES).ok())
+                    .map_or(0, |rows| rows.len())
+            };
+            let target = done + rng.below((epochs - done - 1) as u64) as usize;
+            let epoch_time = run_time / epochs as u32;
+            while logged(&out) < target && child.try_wait().unwrap().is_none() {
                 std::thread::sleep(Duration::from_millis(5));
             }
+            let at = epoch_time.mul_f64(0.05 + 0.75 * rng.unit());
+            std::thread::sleep(at);
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
-                kills.push((at, last_checkpoint(&out)));
+                kills.push((target, at, last_checkpoint(&out)));
                 // What a killed run leaves is consistent at every point.
                 if out.join("metrics.csv").exists() {
                     let seen = epochs_in_csv(&out);
@@ -151,7 +164,8 @@ fn killed_at_random_points_then_resumed() {
     // it), so it does not replay the uninterrupted run bit for bit: compare where it ends.
     let (a, b) = (final_dice(&whole), final_dice(&out));
     println!(
-        "seed {seed:#x}, run {run_time:?}, kills at {kills:?}: final validation Dice {a:.4} \
+        "seed {seed:#x}, run {run_time:?}, kills (after epoch, then, last checkpoint) \
+         {kills:?}: final validation Dice {a:.4} \
          uninterrupted, {b:.4} killed 3 times"
     );
     assert!((a - b).abs() < 0.15, "uninterrupted {a} vs interrupted {b}");

@@ -720,6 +720,32 @@ pub fn check(case: &Case) -> Result<Outcome, String> {
     }
 }
 
+/// Checks `case` on burn-wgpu (the CubeCL kernels against the generic path on wgpu, both
+/// against the generic path in f64, and the f64 loop of the formula; the metric).
+#[cfg(feature = "wgpu")]
+pub fn check_wgpu(case: &Case) -> Result<Outcome, String> {
+    let case = case.clone().normalized();
+    let device = crate::wgpu_device();
+    macro_rules! ranked {
+        ($d:literal) => {{
+            let in_f64 = generic_only(|| {
+                family::<Autodiff<burn_ndarray::NdArray<f64>>, $d>(
+                    &case,
+                    &case.data(),
+                    &Default::default(),
+                )
+            });
+            check_on::<Autodiff<burn_wgpu::Wgpu>, $d>("wgpu", &case, &in_f64, &device)
+        }};
+    }
+    match case.spatial.len() {
+        1 => ranked!(3),
+        2 => ranked!(4),
+        3 => ranked!(5),
+        k => Err(format!("{k} spatial dims: expected 1 to 3")),
+    }
+}
+
 /// A random case from `seed` (the soak binary's generator; the property tests use proptest's
 /// strategies over the same fields).
 pub fn random_case(seed: u64) -> Case {

@@ -1,12 +1,20 @@
 //! The soak run: the properties of `burn_dice_tests::props` on many random cases, on
 //! burn-flex and burn-ndarray, with a summary line (cases, failures, worst errors, time).
 //!
-//! `cargo run --release -p burn-dice-tests --bin soak -- --cases 1000000 [--seed S]`
+//! `cargo run --release -p burn-dice-tests --bin soak -- --cases 1000000 [--seed S]`; with
+//! `--features wgpu` and `--wgpu`, on burn-wgpu instead (lavapipe on a CPU-only machine)
 //! (not in CI). Each failure prints its case and the case's seed; `--case-seed S` reruns
 //! that one case.
 
 use std::time::Instant;
 
+/// Without the `wgpu` feature `--wgpu` is an error.
+#[cfg(not(feature = "wgpu"))]
+fn check_wgpu(_: &burn_dice_tests::props::Case) -> Result<burn_dice_tests::props::Outcome, String> {
+    Err("--wgpu needs the binary built with --features wgpu".into())
+}
+#[cfg(feature = "wgpu")]
+use burn_dice_tests::props::check_wgpu;
 use burn_dice_tests::props::{check, random_case, GRAD_TOL, GRAD_TOL_SATURATED, VALUE_TOL};
 
 fn main() {
@@ -30,13 +38,20 @@ fn main() {
         .any(|a| a == "--case-seed")
         .then(|| arg("--case-seed", 0));
     let cases = if only.is_some() { 1 } else { cases };
+    let wgpu = args.iter().any(|a| a == "--wgpu");
+    let backends = if wgpu { "wgpu" } else { "flex and ndarray" };
     let started = Instant::now();
     let (mut failures, mut worst_value, mut worst_grad, mut worst_sat) =
         (0u64, 0.0f64, 0.0f64, 0.0f64);
     for k in 0..cases {
         let case_seed = only.unwrap_or(seed.wrapping_mul(0x1000_0000_01B3) ^ k);
         let case = random_case(case_seed);
-        match check(&case) {
+        let outcome = if wgpu {
+            check_wgpu(&case)
+        } else {
+            check(&case)
+        };
+        match outcome {
             Ok(o) => {
                 worst_value = worst_value.max(o.value_err);
                 worst_grad = worst_grad.max(o.grad_err);
@@ -56,7 +71,7 @@ fn main() {
         }
     }
     println!(
-        "soak: seed {seed}, {cases} cases on flex and ndarray, {failures} failures, worst value \
+        "soak: seed {seed}, {cases} cases on {backends}, {failures} failures, worst value \
          error {worst_value:.2e} (tolerance {VALUE_TOL:.0e}), worst gradient error \
          {worst_grad:.2e} (tolerance {GRAD_TOL:.0e}; saturated logits {worst_sat:.2e}, tolerance \
          {GRAD_TOL_SATURATED:.0e}), {:.0} s",
