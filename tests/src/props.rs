@@ -547,13 +547,13 @@ type Family = Vec<(&'static str, Vec<f64>, Vec<f64>)>;
 fn check_on<B: AutodiffBackend, const D: usize>(
     backend: &str,
     case: &Case,
+    data: &Data,
     in_f64: &Family,
     device: &B::Device,
 ) -> Result<Outcome, String> {
-    let data = case.data();
     let fail = |what: String| Err(format!("{backend}: {what}"));
-    let fused = family::<B, D>(case, &data, device);
-    let generic = generic_only(|| family::<B, D>(case, &data, device));
+    let fused = family::<B, D>(case, data, device);
+    let generic = generic_only(|| family::<B, D>(case, data, device));
     let mut outcome = Outcome::default();
     for (((name, v, g), (_, gv, gg)), (_, v64, g64)) in fused.iter().zip(&generic).zip(in_f64) {
         if v.iter().chain(g).any(|x| !x.is_finite()) {
@@ -598,7 +598,7 @@ fn check_on<B: AutodiffBackend, const D: usize>(
             );
         }
     }
-    let expected = reference(case, &data);
+    let expected = reference(case, data);
     let ve = value_err(&fused[0].1, &expected);
     outcome.value_err = outcome.value_err.max(ve);
     if ve > VALUE_TOL {
@@ -616,7 +616,7 @@ fn check_on<B: AutodiffBackend, const D: usize>(
             return fail(format!("DiceLoss: 1 − dice = {v} outside [0, 1]"));
         }
     }
-    metric_matches_counting::<B, D>(case, &data, device).map_err(|e| format!("{backend}: {e}"))?;
+    metric_matches_counting::<B, D>(case, data, device).map_err(|e| format!("{backend}: {e}"))?;
     Ok(outcome)
 }
 
@@ -683,28 +683,31 @@ fn relations<B: AutodiffBackend, const D: usize>(
     Ok(())
 }
 
+/// The gradients' reference: every loss on the generic path in f64.
+fn family_in_f64<const D: usize>(case: &Case, data: &Data) -> Family {
+    generic_only(|| {
+        family::<Autodiff<burn_ndarray::NdArray<f64>>, D>(case, data, &Default::default())
+    })
+}
+
 /// Checks every property of `case` on burn-flex and burn-ndarray.
 pub fn check(case: &Case) -> Result<Outcome, String> {
     let case = case.clone().normalized();
     macro_rules! ranked {
         ($d:literal) => {{
-            // The gradients' reference: the generic path in f64.
-            let in_f64 = generic_only(|| {
-                family::<Autodiff<burn_ndarray::NdArray<f64>>, $d>(
-                    &case,
-                    &case.data(),
-                    &Default::default(),
-                )
-            });
+            let data = case.data();
+            let in_f64 = family_in_f64::<$d>(&case, &data);
             let flex = check_on::<Autodiff<burn_flex::Flex>, $d>(
                 "flex",
                 &case,
+                &data,
                 &in_f64,
                 &Default::default(),
             )?;
             let nd = check_on::<Autodiff<burn_ndarray::NdArray<f32>>, $d>(
                 "ndarray",
                 &case,
+                &data,
                 &in_f64,
                 &Default::default(),
             )?;
@@ -728,14 +731,9 @@ pub fn check_wgpu(case: &Case) -> Result<Outcome, String> {
     let device = crate::wgpu_device();
     macro_rules! ranked {
         ($d:literal) => {{
-            let in_f64 = generic_only(|| {
-                family::<Autodiff<burn_ndarray::NdArray<f64>>, $d>(
-                    &case,
-                    &case.data(),
-                    &Default::default(),
-                )
-            });
-            check_on::<Autodiff<burn_wgpu::Wgpu>, $d>("wgpu", &case, &in_f64, &device)
+            let data = case.data();
+            let in_f64 = family_in_f64::<$d>(&case, &data);
+            check_on::<Autodiff<burn_wgpu::Wgpu>, $d>("wgpu", &case, &data, &in_f64, &device)
         }};
     }
     match case.spatial.len() {
