@@ -28,10 +28,17 @@ use burn_dice::{
 pub const VALUE_TOL: f64 = 1e-5;
 /// Tolerance on gradients, relative to the largest component.
 pub const GRAD_TOL: f64 = 1e-4;
-/// The same with saturated logits (`Case::extreme`, |x| up to 60): both f32 paths compute
-/// `σ' = σ·(1 − σ)` (burn's sigmoid backward and the fused kernels alike), which cancels in f32
-/// once `σ` is within 1e-7·(1/σ') of 1: a gradient of 3e-5 came out 5e-4 off, relatively,
-/// the same on both paths (found by these tests; see the note on `σ(x)·σ(−x)` in TESTING.md).
+/// The tolerance for gradients that f32 cannot resolve to [`GRAD_TOL`]:
+/// - with saturated logits (`Case::extreme`, |x| up to 60): both f32 paths compute
+///   `σ' = σ·(1 − σ)` (burn's sigmoid backward and the fused kernels alike), which cancels in
+///   f32 once `σ` is within 1e-7·(1/σ') of 1: a gradient of 3e-5 came out 5e-4 off,
+///   relatively, the same on both paths (found by these tests; see the note on `σ(x)·σ(−x)`
+///   in TESTING.md);
+/// - where both f32 paths agree with each other to [`GRAD_TOL`] but not with f64 (ill
+///   conditioned): `∂dice/∂pᵢ = 2tᵢ/D − N/D²` is a difference that vanishes at `tᵢ = N/(2D)`,
+///   and f32 resolves it only to ~6e-8 of its terms. The soak found one pixel with
+///   `t = 0.0022` (`2t/D = 6.7478e-3`, `N/D² = 6.7483e-3`) whose only gradient, 2.57e-5
+///   with `log_loss`, came out 1.1e-3 off on both paths alike; every component was that small.
 pub const GRAD_TOL_SATURATED: f64 = 1e-2;
 
 /// The kind of target.
@@ -94,14 +101,22 @@ pub struct Outcome {
     pub grad_err: f64,
     /// The same for cases with saturated logits.
     pub grad_err_saturated: f64,
+    /// The same for the ill-conditioned gradients of unsaturated cases: both f32 paths agree
+    /// with each other to [`GRAD_TOL`] but not with f64 (see [`GRAD_TOL_SATURATED`]); 0 when
+    /// the case had none.
+    pub grad_err_ill_conditioned: f64,
 }
 
 impl Outcome {
-    fn merge(self, other: Outcome) -> Outcome {
+    /// The worse of two outcomes, error by error.
+    pub fn merge(self, other: Outcome) -> Outcome {
         Outcome {
             value_err: self.value_err.max(other.value_err),
             grad_err: self.grad_err.max(other.grad_err),
             grad_err_saturated: self.grad_err_saturated.max(other.grad_err_saturated),
+            grad_err_ill_conditioned: self
+                .grad_err_ill_conditioned
+                .max(other.grad_err_ill_conditioned),
         }
     }
 }
@@ -361,48 +376,87 @@ fn grad_err_floor(a: &[f64], b: &[f64], floor: f64) -> f64 {
 
 /// Every loss of the family, unreduced, with its input gradient (of the sum of a fixed
 /// weighting of the unreduced values, so that every entry counts).
-fn family<B: AutodiffBackend, const D: usize>(
+/// The case's input `[b, c, *spatial]` in f32.
+fn input_tensor<B: Backend, const D: usize>(
     case: &Case,
     data: &Data,
     device: &B::Device,
-) -> Vec<(&'static str, Vec<f64>, Vec<f64>)> {
-    let c = case.classes;
-    let input = || {
-        Tensor::<B, D>::from_data(
+) -> Tensor<B, D> {
+    Tensor::from_data(
+        TensorData::new(
+            data.input.iter().map(|&v| v as f32).collect(),
+            shape_of::<D>(case, case.classes),
+        ),
+        device,
+    )
+}
+
+/// The case's target: class indices or a dense `[b, c, *spatial]` one.
+fn target_tensor<B: Backend, const D: usize>(
+    case: &Case,
+    data: &Data,
+    device: &B::Device,
+) -> DiceTarget<B, D> {
+    match case.target {
+        TargetKind::Indices => Tensor::<B, D, Int>::from_data(
+            TensorData::new(data.labels.clone(), shape_of::<D>(case, 1)),
+            device,
+        )
+        .into(),
+        _ => Tensor::<B, D>::from_data(
             TensorData::new(
-                data.input.iter().map(|&v| v as f32).collect(),
-                shape_of::<D>(case, c),
+                data.target.iter().map(|&v| v as f32).collect(),
+                shape_of::<D>(case, case.classes),
             ),
             device,
         )
-        .require_grad()
-    };
-    let target = || -> DiceTarget<B, D> {
-        match case.target {
-            TargetKind::Indices => Tensor::<B, D, Int>::from_data(
-                TensorData::new(data.labels.clone(), shape_of::<D>(case, 1)),
-                device,
-            )
-            .into(),
-            _ => Tensor::<B, D>::from_data(
-                TensorData::new(
-                    data.target.iter().map(|&v| v as f32).collect(),
-                    shape_of::<D>(case, c),
-                ),
-                device,
-            )
-            .into(),
-        }
-    };
-    let mask = || {
-        Tensor::<B, D>::from_data(
+        .into(),
+    }
+}
+
+/// `DiceLoss` of the case on `x`, unreduced (`forward_masked_no_reduction` with a mask).
+fn dice_forward<B: Backend, const D: usize>(
+    case: &Case,
+    x: Tensor<B, D>,
+    data: &Data,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let loss = case.dice_config().init::<B>(device);
+    let target = target_tensor::<B, D>(case, data, device);
+    if case.mask {
+        let mask = Tensor::<B, D>::from_data(
             TensorData::new(
                 data.mask.iter().map(|&v| v as f32).collect(),
                 shape_of::<D>(case, 1),
             ),
             device,
-        )
-    };
+        );
+        loss.forward_masked_no_reduction(x, target, mask)
+    } else {
+        loss.forward_no_reduction(x, target)
+    }
+}
+
+/// `DiceLoss`'s values alone, without autodiff (for the relations between cases).
+fn dice_values<B: Backend, const D: usize>(
+    case: &Case,
+    data: &Data,
+    device: &B::Device,
+) -> Vec<f64> {
+    to_vec(dice_forward(
+        case,
+        input_tensor::<B, D>(case, data, device),
+        data,
+        device,
+    ))
+}
+
+fn family<B: AutodiffBackend, const D: usize>(
+    case: &Case,
+    data: &Data,
+    device: &B::Device,
+) -> Vec<(&'static str, Vec<f64>, Vec<f64>)> {
+    let input = || input_tensor::<B, D>(case, data, device).require_grad();
     let run = |name: &'static str, f: &dyn Fn(Tensor<B, D>) -> Tensor<B, 2>| {
         let x = input();
         let out = f(x.clone());
@@ -420,15 +474,10 @@ fn family<B: AutodiffBackend, const D: usize>(
         let g = to_vec(x.grad(&grads).expect("input gradient"));
         (name, values, g)
     };
+    let mut out = vec![run("DiceLoss", &|x| dice_forward(case, x, data, device))];
+    let target = || target_tensor::<B, D>(case, data, device);
+    let c = case.classes;
     let dice = case.dice_config();
-    let mut out = vec![run("DiceLoss", &|x| {
-        let loss = dice.init::<B>(device);
-        if case.mask {
-            loss.forward_masked_no_reduction(x, target(), mask())
-        } else {
-            loss.forward_no_reduction(x, target())
-        }
-    })];
     let act = case.activation();
     out.push(run("GeneralizedDiceLoss", &|x| {
         GeneralizedDiceLossConfig::new()
@@ -564,25 +613,25 @@ fn check_on<B: AutodiffBackend, const D: usize>(
         let ve = value_err(v, gv).max(value_err(v, v64));
         let floor = GRAD_FLOOR;
         let ge = grad_err_floor(g, g64, floor).max(grad_err_floor(gg, g64, floor));
-        outcome = outcome.merge(if case.extreme {
-            Outcome {
-                value_err: ve,
-                grad_err_saturated: ge,
-                ..Outcome::default()
-            }
-        } else {
-            Outcome {
-                value_err: ve,
-                grad_err: ge,
-                ..Outcome::default()
-            }
+        // Both f32 paths off f64 in the same way: f32 cancellation, not a bug of either.
+        let agree = grad_err_floor(g, gg, floor) <= GRAD_TOL;
+        let ill_conditioned = !case.extreme && ge > GRAD_TOL && agree;
+        outcome = outcome.merge(Outcome {
+            value_err: ve,
+            grad_err: if case.extreme || ill_conditioned {
+                0.0
+            } else {
+                ge
+            },
+            grad_err_saturated: if case.extreme { ge } else { 0.0 },
+            grad_err_ill_conditioned: if ill_conditioned { ge } else { 0.0 },
         });
         if ve > VALUE_TOL {
             return fail(format!(
                 "{name}: fused {v:?} vs generic {gv:?} vs f64 {v64:?} (rel. {ve:.2e})"
             ));
         }
-        let tol = if case.extreme {
+        let tol = if case.extreme || ill_conditioned {
             GRAD_TOL_SATURATED
         } else {
             GRAD_TOL
@@ -622,12 +671,9 @@ fn check_on<B: AutodiffBackend, const D: usize>(
 
 /// The properties that relate cases to each other (batch splitting, class permutation), on the
 /// f64 reference and the fused path of flex.
-fn relations<B: AutodiffBackend, const D: usize>(
-    case: &Case,
-    device: &B::Device,
-) -> Result<(), String> {
+fn relations<B: Backend, const D: usize>(case: &Case, device: &B::Device) -> Result<(), String> {
     let data = case.data();
-    let whole = &family::<B, D>(case, &data, device)[0].1;
+    let whole = &dice_values::<B, D>(case, &data, device);
     let (b, c, n) = (case.batch, case.classes, case.pixels());
     if !case.batch_sums && b > 1 {
         let kept = whole.len() / b;
@@ -643,7 +689,7 @@ fn relations<B: AutodiffBackend, const D: usize>(
                 labels: data.labels[bi * n..(bi + 1) * n].to_vec(),
                 mask: slice(&data.mask, n),
             };
-            let alone = &family::<B, D>(&one, &part, device)[0].1;
+            let alone = &dice_values::<B, D>(&one, &part, device);
             let err = value_err(alone, &whole[bi * kept..(bi + 1) * kept]);
             if err > VALUE_TOL {
                 return Err(format!(
@@ -670,7 +716,7 @@ fn relations<B: AutodiffBackend, const D: usize>(
             labels: data.labels.clone(),
             mask: data.mask.clone(),
         };
-        let got = &family::<B, D>(case, &permuted, device)[0].1;
+        let got = &dice_values::<B, D>(case, &permuted, device);
         let rows = got.len() / c;
         let expected: Vec<f64> = (0..rows)
             .flat_map(|r| (0..c).rev().map(move |ci| whole[r * c + ci]))
@@ -711,7 +757,7 @@ pub fn check(case: &Case) -> Result<Outcome, String> {
                 &in_f64,
                 &Default::default(),
             )?;
-            relations::<Autodiff<burn_flex::Flex>, $d>(&case, &Default::default())?;
+            relations::<burn_flex::Flex, $d>(&case, &Default::default())?;
             Ok(flex.merge(nd))
         }};
     }

@@ -1,7 +1,10 @@
 //! The soak run: the properties of `burn_dice_tests::props` on many random cases, on
 //! burn-flex and burn-ndarray, with a summary line (cases, failures, worst errors, time).
 //!
-//! `cargo run --release -p burn-dice-tests --bin soak -- --cases 1000000 [--seed S]`; with
+//! `cargo run --release -p burn-dice-tests --bin soak -- --cases 1000000 [--seed S]
+//! [--first K]`; `--first K` starts at the seed's case K, so that processes on different cores
+//! can share one seed's cases (`--first 0 --cases 500000` and `--first 500000 --cases 500000`
+//! are the cases of `--cases 1000000`). With
 //! `--features wgpu` and `--wgpu`, on burn-wgpu instead (lavapipe on a CPU-only machine)
 //! (not in CI). Each failure prints its case and the case's seed; `--case-seed S` reruns
 //! that one case.
@@ -15,7 +18,19 @@ fn check_wgpu(_: &burn_dice_tests::props::Case) -> Result<burn_dice_tests::props
 }
 #[cfg(feature = "wgpu")]
 use burn_dice_tests::props::check_wgpu;
-use burn_dice_tests::props::{check, random_case, GRAD_TOL, GRAD_TOL_SATURATED, VALUE_TOL};
+use burn_dice_tests::props::{
+    check, random_case, Outcome, GRAD_TOL, GRAD_TOL_SATURATED, VALUE_TOL,
+};
+
+/// The worst errors, each with its tolerance.
+fn summary(worst: &Outcome) -> String {
+    format!(
+        "worst value error {:.2e} (tolerance {VALUE_TOL:.0e}), worst gradient error {:.2e} \
+         (tolerance {GRAD_TOL:.0e}; saturated logits {:.2e}, ill-conditioned {:.2e}, tolerance \
+         {GRAD_TOL_SATURATED:.0e})",
+        worst.value_err, worst.grad_err, worst.grad_err_saturated, worst.grad_err_ill_conditioned
+    )
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -32,7 +47,7 @@ fn main() {
             })
             .unwrap_or(default)
     };
-    let (cases, seed) = (arg("--cases", 10_000), arg("--seed", 1));
+    let (cases, seed, first) = (arg("--cases", 10_000), arg("--seed", 1), arg("--first", 0));
     let only = args
         .iter()
         .any(|a| a == "--case-seed")
@@ -41,9 +56,9 @@ fn main() {
     let wgpu = args.iter().any(|a| a == "--wgpu");
     let backends = if wgpu { "wgpu" } else { "flex and ndarray" };
     let started = Instant::now();
-    let (mut failures, mut worst_value, mut worst_grad, mut worst_sat) =
-        (0u64, 0.0f64, 0.0f64, 0.0f64);
-    for k in 0..cases {
+    let (mut failures, mut ill_conditioned) = (0u64, 0u64);
+    let mut worst = Outcome::default();
+    for k in first..first + cases {
         let case_seed = only.unwrap_or(seed.wrapping_mul(0x1000_0000_01B3) ^ k);
         let case = random_case(case_seed);
         let outcome = if wgpu {
@@ -53,28 +68,29 @@ fn main() {
         };
         match outcome {
             Ok(o) => {
-                worst_value = worst_value.max(o.value_err);
-                worst_grad = worst_grad.max(o.grad_err);
-                worst_sat = worst_sat.max(o.grad_err_saturated);
+                ill_conditioned += u64::from(o.grad_err_ill_conditioned > 0.0);
+                worst = worst.merge(o);
             }
             Err(e) => {
                 failures += 1;
                 eprintln!("FAIL case seed {case_seed:#x}: {case:?}\n  {e}");
             }
         }
-        if (k + 1) % 10_000 == 0 {
+        let done = k + 1 - first;
+        if done % 10_000 == 0 {
             eprintln!(
-                "{} cases, {failures} failures, {:.0} s",
-                k + 1,
+                "{done} cases (from case {first}), {failures} failures, {ill_conditioned} \
+                 ill-conditioned, {}, {:.0} s",
+                summary(&worst),
                 started.elapsed().as_secs_f64()
             );
         }
     }
     println!(
-        "soak: seed {seed}, {cases} cases on {backends}, {failures} failures, worst value \
-         error {worst_value:.2e} (tolerance {VALUE_TOL:.0e}), worst gradient error \
-         {worst_grad:.2e} (tolerance {GRAD_TOL:.0e}; saturated logits {worst_sat:.2e}, tolerance \
-         {GRAD_TOL_SATURATED:.0e}), {:.0} s",
+        "soak: seed {seed}, cases {first}..{}, on {backends}: {failures} failures, \
+         {ill_conditioned} ill-conditioned, {}, {:.0} s",
+        first + cases,
+        summary(&worst),
         started.elapsed().as_secs_f64()
     );
     if failures > 0 {
