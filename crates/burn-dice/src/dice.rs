@@ -6,6 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::{check_smoothing, check_weights, or_panic, ConfigError};
+use crate::kernels::input::Terms;
 use crate::numerics::{ln, one_minus_ratio};
 use crate::reduction::{apply_class_weight, DiceReduction};
 use crate::stats::ClassStats;
@@ -44,6 +45,17 @@ pub struct DiceLossConfig {
     /// MONAI's formula. Default: `false`.
     #[config(default = false)]
     pub jaccard: bool,
+    /// The soft-label (semimetric) form of Wang & Blaschko, "Dice Semimetric Losses: Optimizing
+    /// the Dice Score with Soft Labels", MICCAI 2023, as MONAI 1.6's `soft_label`: the
+    /// intersection becomes `I = Σ (|p| + |t| − |p − t|) / 2` (`Σ min(p, t)` for `p, t ≥ 0`),
+    /// `P = Σ |p|`, `T = Σ |t|`, so that `loss(t, t) = 0` (up to smoothing) for any target
+    /// `t ∈ [0, 1]`, where the plain form rewards a prediction of 1 at a target of 0.5. For soft
+    /// targets (label smoothing, averaged raters, a teacher's probabilities). It changes nothing
+    /// with `squared_pred` (whose `I` is `Σ p·t` either way) and nothing on hard targets with
+    /// `p ∈ [0, 1]`, but for the gradient where `p = t` exactly (see the type's docs).
+    /// Default: `false`.
+    #[config(default = false)]
+    pub soft_label: bool,
     /// Sum the statistics over the batch before the ratio (one Dice per class for the whole
     /// batch, as nnU-Net's "batch Dice"). Default: `false`.
     #[config(default = false)]
@@ -95,6 +107,7 @@ impl DiceLossConfig {
             smooth_dr: self.smooth_dr,
             squared_pred: self.squared_pred,
             jaccard: self.jaccard,
+            soft_label: self.soft_label,
             batch: self.batch,
             weight: self
                 .weight
@@ -130,6 +143,7 @@ impl DiceLossConfig {
 ///
 /// ```text
 /// I = Σ p·t,   P = Σ p  (Σ p² with squared_pred),   T = Σ t  (Σ t² with squared_pred)
+/// soft_label: I = Σ (|p| + |t| − |p − t|) / 2,   P = Σ |p|,   T = Σ |t|   (not with squared_pred)
 /// dice   = (2·I + smooth_nr) / (P + T + smooth_dr)
 /// jaccard: (2·I + smooth_nr) / (2·(P + T − I) + smooth_dr)        (MONAI's soft-IoU form)
 /// loss[b, c] = w[c] · (1 − dice)        or  w[c] · (−ln dice)  with log_loss
@@ -139,6 +153,18 @@ impl DiceLossConfig {
 /// The steps run in MONAI's order: activation, then one-hot of class-index targets, then
 /// dropping the background channel, then the ratio and the reduction. Pixels whose label is
 /// `ignore_index` are zeroed in `p` and `t` for every class before the sums.
+///
+/// # Soft labels
+/// With a soft target the plain intersection `Σ p·t` is not a similarity: at a pixel with
+/// `t = 0.5` the loss is smallest for `p = 1`, and `loss(t, t) > 0` (MONAI issue #8094).
+/// `soft_label` takes the L1 form of Wang & Blaschko (MICCAI 2023), MONAI 1.6's
+/// `compute_tp_fp_fn(…, ord = 1, soft_label = True)`: `I = (‖p‖₁ + ‖t‖₁ − ‖p − t‖₁) / 2`,
+/// summed pixel by pixel, with `P = ‖p‖₁` and `T = ‖t‖₁`. For `p, t ∈ [0, 1]` that is
+/// `I = Σ min(p, t)`, so `dice(t, t) = 1` and the loss is 0 up to smoothing. With `squared_pred`
+/// MONAI takes the squared L2 norms, whose `I` is `Σ p·t` again: there the option changes
+/// nothing. On hard targets it changes no value either; the gradient differs only where
+/// `p = t` exactly, the kink of `|p − t|`: there we take PyTorch's subgradient, `sgn 0 = 0`,
+/// so `∂I/∂p = 1/2` where the hard formula has `t = 1`.
 ///
 /// # Smoothing and empty masks
 /// Smoothing enters once in the numerator (`smooth_nr`) and once in the denominator
@@ -171,6 +197,8 @@ pub struct DiceLoss<B: Backend> {
     pub squared_pred: bool,
     /// Soft Jaccard instead of Dice.
     pub jaccard: bool,
+    /// The soft-label (semimetric) intersection.
+    pub soft_label: bool,
     /// Sum over the batch before the ratio.
     pub batch: bool,
     /// Class weights, one per kept class.
@@ -294,7 +322,7 @@ impl<B: Backend> DiceLoss<B> {
             NAME,
             prepared,
             self.activation,
-            self.squared_pred,
+            Terms::new(self.squared_pred, self.soft_label),
             self.batch,
             self.include_background,
         );
@@ -593,5 +621,121 @@ mod tests {
             .forward(x, t)
             .into_scalar();
         assert!(loss.is_nan());
+    }
+
+    /// `[1, 1, 2, 3]` probabilities or soft labels.
+    fn map(values: [f32; 6]) -> Tensor<B, 4> {
+        Tensor::<B, 1>::from_floats(values, &Default::default()).reshape([1, 1, 2, 3])
+    }
+
+    const SOFT: [f32; 6] = [0.5, 0.1, 0.9, 0.3, 0.0, 0.65];
+
+    #[test]
+    fn soft_label_scores_zero_at_a_soft_target() {
+        let soft = DiceLossConfig::new()
+            .with_soft_label(true)
+            .init::<B>(&Default::default());
+        let plain = DiceLossConfig::new().init::<B>(&Default::default());
+        for jaccard in [false, true] {
+            let loss = soft.clone();
+            let loss = DiceLoss { jaccard, ..loss };
+            let at_target = loss.forward(map(SOFT), map(SOFT)).into_scalar();
+            assert!(
+                at_target.abs() < 1e-5,
+                "jaccard {jaccard}: loss(t, t) = {at_target}"
+            );
+        }
+        // The plain form: 1 − 2·Σt²/(2·Σt) = 1 − 1.5825/2.45.
+        let plain_at_target = plain.forward(map(SOFT), map(SOFT)).into_scalar();
+        assert!(
+            (plain_at_target - (1.0 - 1.5825 / 2.45)).abs() < 1e-5,
+            "{plain_at_target}"
+        );
+    }
+
+    /// MONAI issue #8094: at a target of 0.5 the plain loss is smallest for a prediction of 1;
+    /// the soft-label loss is smallest at 0.5.
+    #[test]
+    fn soft_label_is_smallest_at_the_target() {
+        let target = map([0.5; 6]);
+        for (soft_label, best) in [(false, 1.0f32), (true, 0.5)] {
+            let loss = DiceLossConfig::new()
+                .with_soft_label(soft_label)
+                .init::<B>(&Default::default());
+            let at = |p: f32| loss.forward(map([p; 6]), target.clone()).into_scalar();
+            let argmin = (0..=20)
+                .map(|k| k as f32 / 20.0)
+                .min_by(|a, b| at(*a).total_cmp(&at(*b)))
+                .unwrap();
+            assert_eq!(argmin, best, "soft_label {soft_label}");
+        }
+    }
+
+    #[test]
+    fn soft_label_changes_nothing_on_hard_targets_or_with_squared_pred() {
+        let device = Default::default();
+        let onehot: Tensor<B, 4> = labels()
+            .one_hot::<5>(3)
+            .squeeze_dim::<4>(1)
+            .permute([0, 3, 1, 2])
+            .float();
+        let soft_target = onehot.clone().mul_scalar(0.6).add_scalar(0.1);
+        for (target, squared_pred) in [
+            (DiceTarget::from(labels()), false),
+            (DiceTarget::from(onehot), false),
+            (DiceTarget::from(soft_target), true),
+        ] {
+            let config = DiceLossConfig::new()
+                .with_activation(Activation::Softmax)
+                .with_squared_pred(squared_pred);
+            let plain = config.init::<B>(&device);
+            let soft = config.with_soft_label(true).init::<B>(&device);
+            let a = plain.forward_no_reduction(logits(), target.clone());
+            let b = soft.forward_no_reduction(logits(), target);
+            a.into_data()
+                .assert_approx_eq::<f32>(&b.into_data(), Tolerance::default());
+        }
+    }
+
+    /// Where `p = t` exactly, `|p − t|` has a kink: the subgradient is PyTorch's (`sgn 0 = 0`),
+    /// so `∂I/∂p = 1/2` there, on the kernels and the generic path alike.
+    #[test]
+    fn soft_label_subgradient_at_the_kink() {
+        type A = burn_autodiff::Autodiff<B>;
+        let device = Default::default();
+        let loss = DiceLossConfig::new()
+            .with_soft_label(true)
+            .with_smooth_nr(0.0)
+            .with_smooth_dr(0.0)
+            .init::<A>(&device);
+        // Pixel 0 at the kink (p = t = 0.5); pixel 1 with p < t.
+        let p = [0.5f32, 0.2];
+        let t = [0.5f32, 0.7];
+        // I = 0.5 + 0.2, P = 0.7, T = 1.2; ∂L/∂p = −(2/D·∂I/∂p − N/D²), N = 2I, D = P + T.
+        let (n, d) = (1.4f64, 1.9f64);
+        let expected = [-(2.0 / d * 0.5 - n / (d * d)), -(2.0 / d - n / (d * d))];
+        for generic in [false, true] {
+            let run = || {
+                let x = Tensor::<A, 3>::from_floats([[p]], &device).require_grad();
+                let target = Tensor::<A, 3>::from_floats([[t]], &device);
+                let grads = loss.forward(x.clone(), target).backward();
+                x.grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .into_vec::<f32>()
+                    .unwrap()
+            };
+            let got = if generic {
+                crate::kernels::generic_only(run)
+            } else {
+                run()
+            };
+            for (g, e) in got.iter().zip(expected) {
+                assert!(
+                    (*g as f64 - e).abs() < 1e-6,
+                    "generic {generic}: {got:?} vs {expected:?}"
+                );
+            }
+        }
     }
 }

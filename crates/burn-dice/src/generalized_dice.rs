@@ -6,6 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::{check_smoothing, or_panic, ConfigError};
+use crate::kernels::input::Terms;
 use crate::numerics::one_minus_ratio;
 use crate::reduction::DiceReduction;
 use crate::stats::ClassStats;
@@ -47,6 +48,12 @@ pub struct GeneralizedDiceLossConfig {
     /// Default: `false`.
     #[config(default = false)]
     pub batch: bool,
+    /// The soft-label (semimetric) form of Wang & Blaschko (MICCAI 2023), as MONAI 1.6's
+    /// `soft_label`: `I = Σ (|p| + |t| − |p − t|) / 2`, `P = Σ |p|`, `T = Σ |t|`, so that
+    /// `loss(t, t) = 0` (up to smoothing) for soft targets; the same values on hard targets.
+    /// See [`DiceLoss`](crate::DiceLoss)'s "Soft labels". Default: `false`.
+    #[config(default = false)]
+    pub soft_label: bool,
     /// Label value whose pixels are left out (class-index targets only). Default: `None`.
     pub ignore_index: Option<usize>,
     /// Reduction in `forward`. Default: [`DiceReduction::Mean`].
@@ -79,6 +86,7 @@ impl GeneralizedDiceLossConfig {
             smooth_nr: self.smooth_nr,
             smooth_dr: self.smooth_dr,
             batch: self.batch,
+            soft_label: self.soft_label,
             ignore_index: self.ignore_index,
             reduction: self.reduction,
             check_inputs: self.check_inputs,
@@ -104,6 +112,9 @@ impl GeneralizedDiceLossConfig {
 /// loss = 1 − (2·Σ_c w_c·I_c + smooth_nr) / (Σ_c w_c·(P_c + T_c) + smooth_dr)
 /// ```
 ///
+/// With `soft_label`, `I_c = Σ (|p| + |t| − |p − t|) / 2`, `P_c = Σ |p|` and `T_c = Σ |t|`
+/// (MONAI 1.6; the weights stay those of `Σ t`, equal for targets in `[0, 1]`).
+///
 /// The classes are pooled, so there is one value per sample: `forward_no_reduction` returns
 /// `[batch, 1]` (`[1, 1]` with `batch`).
 ///
@@ -127,6 +138,8 @@ pub struct GeneralizedDiceLoss<B: Backend> {
     pub smooth_dr: f64,
     /// Pool the batch.
     pub batch: bool,
+    /// The soft-label (semimetric) intersection.
+    pub soft_label: bool,
     /// Label value left out.
     pub ignore_index: Option<usize>,
     /// Reduction in `forward`.
@@ -178,7 +191,7 @@ impl<B: Backend> GeneralizedDiceLoss<B> {
             NAME,
             prepared,
             self.activation,
-            false,
+            Terms::new(false, self.soft_label),
             self.batch,
             self.include_background,
         );

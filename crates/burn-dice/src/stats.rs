@@ -4,7 +4,11 @@
 //! the statistics are, summed over the pixels (and over the batch with `batch = true`):
 //! - intersection `I = Σ p·t`,
 //! - prediction mass `P = Σ p` (`Σ p²` with `squared_pred`),
-//! - target mass `T = Σ t` (`Σ t²` with `squared_pred`).
+//! - target mass `T = Σ t` (`Σ t²` with `squared_pred`);
+//!
+//! with `soft_label` (and without `squared_pred`) the L1 forms of Wang & Blaschko (MICCAI 2023),
+//! as MONAI 1.6's `compute_tp_fp_fn`: `I = Σ (|p| + |t| − |p − t|) / 2`, `P = Σ |p|`,
+//! `T = Σ |t|` (see `crate::kernels::input::Terms`).
 //!
 //! False positives and negatives follow as `P − I` and `T − I`. [`crate::kernels`] chooses what
 //! computes them on each backend (fused CPU or GPU kernels, or burn ops).
@@ -13,7 +17,8 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::{report_verdict, warn_single_channel_background};
-use crate::kernels::{self, input::Verdict};
+use crate::kernels::input::{Terms, Verdict};
+use crate::kernels::{self};
 use crate::target::Prepared;
 
 /// The three sums, each `[batch, class]` (`[1, class]` when summed over the batch).
@@ -46,7 +51,7 @@ impl<B: Backend> ClassStats<B> {
         loss: &'static str,
         prepared: Prepared<B>,
         activation: Activation,
-        squared_pred: bool,
+        terms: Terms,
         batch: bool,
         include_background: bool,
     ) -> Self {
@@ -56,14 +61,8 @@ impl<B: Backend> ClassStats<B> {
             target,
             deferred,
         } = prepared;
-        let stats = kernels::class_stats(
-            input,
-            &target,
-            activation,
-            squared_pred,
-            deferred.is_some(),
-            loss,
-        );
+        let stats =
+            kernels::class_stats(input, &target, activation, terms, deferred.is_some(), loss);
         if let Some(checks) = deferred {
             match stats.verdict {
                 Verdict::Host(true) => {}
@@ -129,8 +128,9 @@ mod tests {
         squared_pred: bool,
         batch: bool,
     ) -> ClassStats<B> {
+        let terms = Terms::new(squared_pred, false);
         let [intersection, pred, target] =
-            generic::class_stats(probs, &target, Activation::None, squared_pred, "t");
+            generic::class_stats(probs, &target, Activation::None, terms, "t");
         ClassStats {
             intersection,
             pred,

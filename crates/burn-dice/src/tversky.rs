@@ -6,6 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::{check_non_negative, check_positive, check_smoothing, or_panic, ConfigError};
+use crate::kernels::input::Terms;
 use crate::numerics::one_minus_ratio;
 use crate::reduction::DiceReduction;
 use crate::stats::ClassStats;
@@ -46,6 +47,12 @@ pub struct TverskyLossConfig {
     /// Sum over the batch before the ratio. Default: `false`.
     #[config(default = false)]
     pub batch: bool,
+    /// The soft-label (semimetric) form of Wang & Blaschko (MICCAI 2023), as MONAI 1.6's
+    /// `soft_label`: `I = Σ (|p| + |t| − |p − t|) / 2`, `P = Σ |p|`, `T = Σ |t|`, so that
+    /// `loss(t, t) = 0` (up to smoothing, for `γ = 1`) for soft targets; the same values on hard targets.
+    /// See [`DiceLoss`](crate::DiceLoss)'s "Soft labels". Default: `false`.
+    #[config(default = false)]
+    pub soft_label: bool,
     /// Label value whose pixels are left out (class-index targets only). Default: `None`.
     pub ignore_index: Option<usize>,
     /// Reduction in `forward`. Default: [`DiceReduction::Mean`].
@@ -78,6 +85,7 @@ impl TverskyLossConfig {
             smooth_nr: self.smooth_nr,
             smooth_dr: self.smooth_dr,
             batch: self.batch,
+            soft_label: self.soft_label,
             ignore_index: self.ignore_index,
             reduction: self.reduction,
             check_inputs: self.check_inputs,
@@ -112,6 +120,10 @@ impl TverskyLossConfig {
 ///
 /// `α = β = 0.5` is the Dice loss (up to where smoothing enters), `α = β = 1` the soft Jaccard.
 ///
+/// With `soft_label` (MONAI 1.6; Wang & Blaschko, "Jaccard Metric Losses", NeurIPS 2023),
+/// `I = Σ (|p| + |t| − |p − t|) / 2`, `FP = Σ |p| − I`, `FN = Σ |t| − I`: for soft targets
+/// `FP` and `FN` are then the parts of `Σ |p − t|` where `p > t` and where `p < t`.
+///
 /// # Which focal form
 /// The exponent is Abraham & Khan's `1/γ`, applied to each class's `1 − TI` before the
 /// reduction, so `forward_no_reduction` stays per class and `γ = 1` is exactly MONAI's Tversky
@@ -141,6 +153,8 @@ pub struct TverskyLoss<B: Backend> {
     pub smooth_dr: f64,
     /// Sum over the batch before the ratio.
     pub batch: bool,
+    /// The soft-label (semimetric) intersection.
+    pub soft_label: bool,
     /// Label value left out.
     pub ignore_index: Option<usize>,
     /// Reduction in `forward`.
@@ -189,7 +203,7 @@ impl<B: Backend> TverskyLoss<B> {
             NAME,
             prepared,
             self.activation,
-            false,
+            Terms::new(false, self.soft_label),
             self.batch,
             self.include_background,
         );

@@ -11,7 +11,7 @@
 
 use burn::tensor::{backend::Backend, Int, Tensor};
 
-use super::input::{CeOptions, FlatTarget, FocalOptions, PreparedTarget};
+use super::input::{CeOptions, FlatTarget, FocalOptions, PreparedTarget, Terms};
 use crate::activation::Activation;
 use crate::numerics::{log_sigmoid, log_softmax};
 
@@ -30,14 +30,15 @@ pub(crate) fn per_channel<B: Backend>(target: &PreparedTarget<B>, classes: usize
     }
 }
 
-/// The three `[batch, class]` sums `I = Σ p·t`, `P = Σ p` (`Σ p²` with `squared_pred`) and
-/// `T = Σ t` (`Σ t²`) of `input` (`[batch, class, pixels]`, raw) after `activation`, over the
-/// pixels that count (see [`crate::stats`]).
+/// The three `[batch, class]` sums `I`, `P` and `T` of the per-pixel [`Terms`] of `input`
+/// (`[batch, class, pixels]`, raw) after `activation`, over the pixels that count (see
+/// [`crate::stats`]). Their gradients are autodiff's: with [`Terms::SoftL1`], burn's `abs`,
+/// whose backward is `sign` (`sign 0 = 0`).
 pub(crate) fn class_stats<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,
     activation: Activation,
-    squared_pred: bool,
+    terms: Terms,
     loss: &str,
 ) -> [Tensor<B, 2>; 3] {
     let [b, c, _] = input.dims();
@@ -47,13 +48,25 @@ pub(crate) fn class_stats<B: Backend>(
         Some(valid) => (probs * valid.clone(), t * valid.clone()),
         None => (probs, t),
     };
-    let intersection = (p.clone() * t.clone()).sum_dim(2);
-    let (p, t) = if squared_pred {
-        (p.square(), t.square())
-    } else {
-        (p, t)
+    let [intersection, p, t] = match terms {
+        Terms::Linear => [p.clone() * t.clone(), p, t],
+        Terms::Squared => [p.clone() * t.clone(), p.square(), t.square()],
+        Terms::SoftL1 => {
+            // `I = p·m_p + t·m_t` (`Terms::soft_intersection`), with the subgradients as
+            // constants: exact where `(|p| + |t| − |p − t|)/2` cancels, and autodiff then gives
+            // `∂I/∂p = m_p` as one term (PyTorch's subgradient). Through the three `abs` it
+            // would add `±g_I/2` halves beside `g_P·sgn p`, which cancel in f32 and leave an
+            // error of `1e-7·g_I` where `∂I/∂p = 0` (a class whose target is 0 everywhere:
+            // its gradient `g_P` alone is ~1e-5).
+            let (pd, td) = (p.clone().detach(), t.clone().detach());
+            let diff = (pd.clone() - td.clone()).sign();
+            let m_p = (pd.sign() - diff.clone()).mul_scalar(0.5);
+            let m_t = (td.sign() + diff).mul_scalar(0.5);
+            let i = p.clone() * m_p + t.clone() * m_t;
+            [i, p.abs(), t.abs()]
+        }
     };
-    [intersection, p.sum_dim(2), t.sum_dim(2)].map(|s| s.reshape([b, c]))
+    [intersection, p, t].map(|s| s.sum_dim(2).reshape([b, c]))
 }
 
 /// Per sample, the sum of the pixel cross-entropies and the sum of their weights (`[batch]`

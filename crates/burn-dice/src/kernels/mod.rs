@@ -1,7 +1,8 @@
 //! The one place that chooses what computes the family's terms on a backend.
 //!
 //! Every loss of the family starts from per-(sample, class) statistics of its input (the
-//! activation, then `I = Σ p·t`, `P = Σ p`, `T = Σ t`); `DiceCELoss` and `DiceFocalLoss` add a
+//! activation, then `I = Σ p·t`, `P = Σ p`, `T = Σ t`, or the forms of
+//! `input::Terms` with `squared_pred` or `soft_label`); `DiceCELoss` and `DiceFocalLoss` add a
 //! per-pixel term (cross-entropy, focal). Three implementations compute them, siblings below
 //! this module, and nothing beneath it calls back up into the losses:
 //!
@@ -59,7 +60,7 @@ use std::cell::Cell;
 use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::activation::Activation;
-use input::{CeOptions, FocalOptions, PreparedTarget, Stats, Verdict};
+use input::{CeOptions, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
 
 thread_local! {
     static GENERIC_ONLY: Cell<bool> = const { Cell::new(false) };
@@ -123,26 +124,26 @@ pub(crate) fn checks_in_pass<B: Backend>() -> bool {
 }
 
 /// The three `[batch, class]` sums of `input` (`[batch, class, pixels]`, raw) after
-/// `activation` against `target`; with `check`, the kernels also check the data they read
+/// `activation` against `target`, of the per-pixel `terms`; with `check`, the kernels also check the data they read
 /// (the generic path never does: its verdict is [`Verdict::Unchecked`]).
 pub(crate) fn class_stats<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,
     activation: Activation,
-    squared_pred: bool,
+    terms: Terms,
     check: bool,
     loss: &str,
 ) -> Stats<B> {
     let _ = check;
     let kernel = match path::<B>() {
         #[cfg(any(feature = "ndarray", feature = "flex"))]
-        KernelPath::Cpu => cpu::class_stats(&input, target, activation, squared_pred),
+        KernelPath::Cpu => cpu::class_stats(&input, target, activation, terms),
         #[cfg(feature = "cube-kernels")]
-        KernelPath::Cube => cube::class_stats(&input, target, activation, squared_pred, check),
+        KernelPath::Cube => cube::class_stats(&input, target, activation, terms, check),
         _ => None,
     };
     kernel.unwrap_or_else(|| Stats {
-        sums: generic::class_stats(input, target, activation, squared_pred, loss),
+        sums: generic::class_stats(input, target, activation, terms, loss),
         verdict: Verdict::Unchecked,
     })
 }

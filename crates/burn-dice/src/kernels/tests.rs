@@ -42,6 +42,8 @@ struct HostData {
     x: TensorData,
     probs: TensorData,
     dense: TensorData,
+    /// Soft labels in `[0, 1)`, for `soft_label`.
+    soft: TensorData,
     labels: TensorData,
     mask: TensorData,
 }
@@ -60,6 +62,7 @@ impl HostData {
             // would make `P` cancel towards 0 and the ratio ill-conditioned in f32.
             probs: float(shape, Distribution::Uniform(0.05, 1.0)),
             dense: float(shape, Distribution::Bernoulli(0.4)),
+            soft: float(shape, Distribution::Uniform(0.0, 1.0)),
             // Labels 0..=c; label c is ignored below.
             labels: Tensor::<H, 4, Int>::random(
                 lshape,
@@ -124,6 +127,7 @@ fn cases<B: AutodiffBackend>(data: &HostData, device: &B::Device) -> Vec<(String
     let dense = Tensor::<B, 4>::from_data(data.dense.clone(), device);
     let labels = Tensor::<B, 4, Int>::from_data(data.labels.clone(), device);
     let mask = Tensor::<B, 4>::from_data(data.mask.clone(), device);
+    let soft = Tensor::<B, 4>::from_data(data.soft.clone(), device);
     let ignore = Some(c);
     // Without the last class: an empty class in every sample.
     let no_last = labels.clone().clamp_max(c as i64 - 2);
@@ -134,28 +138,40 @@ fn cases<B: AutodiffBackend>(data: &HostData, device: &B::Device) -> Vec<(String
     };
     let mut cases: Vec<(String, LossOf<B>)> = Vec::new();
     for activation in [Activation::None, Activation::Sigmoid, Activation::Softmax] {
-        for squared_pred in [false, true] {
+        for (squared_pred, soft_label) in [(false, false), (true, false), (false, true)] {
             let config = DiceLossConfig::new()
                 .with_activation(activation)
-                .with_squared_pred(squared_pred);
+                .with_squared_pred(squared_pred)
+                .with_soft_label(soft_label);
             let (d, l, m) = (dense.clone(), labels.clone(), mask.clone());
             let c = config.clone();
             cases.push((
-                format!("{activation:?} sq={squared_pred} dense"),
+                format!("{activation:?} sq={squared_pred} soft={soft_label} dense"),
                 Box::new(move |x| c.init(&x.device()).forward(x, d.clone())),
             ));
+            if soft_label {
+                let (c, t) = (config.clone().with_jaccard(true), soft.clone());
+                cases.push((
+                    format!("{activation:?} soft_label jaccard soft target"),
+                    Box::new(move |x| c.init(&x.device()).forward(x, t.clone())),
+                ));
+            }
             let c = config.clone().with_ignore_index(ignore);
             cases.push((
-                format!("{activation:?} sq={squared_pred} indices+ignore"),
+                format!("{activation:?} sq={squared_pred} soft={soft_label} indices+ignore"),
                 Box::new(move |x| c.init(&x.device()).forward(x, l.clone())),
             ));
             let c = config
                 .clone()
                 .with_batch(true)
                 .with_include_background(false);
-            let d = dense.clone();
+            let d = if soft_label {
+                soft.clone()
+            } else {
+                dense.clone()
+            };
             cases.push((
-                format!("{activation:?} sq={squared_pred} dense masked batch"),
+                format!("{activation:?} sq={squared_pred} soft={soft_label} masked batch"),
                 Box::new(move |x| c.init(&x.device()).forward_masked(x, d.clone(), m.clone())),
             ));
         }
@@ -181,6 +197,52 @@ fn cases<B: AutodiffBackend>(data: &HostData, device: &B::Device) -> Vec<(String
                 .init(&x.device())
                 .forward(x, l.clone())
         }),
+    ));
+    let l = labels.clone();
+    cases.push((
+        "generalized soft_label indices".into(),
+        Box::new(move |x| {
+            GeneralizedDiceLossConfig::new()
+                .with_activation(Activation::Softmax)
+                .with_soft_label(true)
+                .with_ignore_index(ignore)
+                .init(&x.device())
+                .forward(x, l.clone())
+        }),
+    ));
+    let t = soft.clone();
+    cases.push((
+        "generalized soft_label soft target".into(),
+        Box::new(move |x| {
+            GeneralizedDiceLossConfig::new()
+                .with_activation(Activation::Sigmoid)
+                .with_soft_label(true)
+                .init(&x.device())
+                .forward(x, t.clone())
+        }),
+    ));
+    let t = soft.clone();
+    cases.push((
+        "tversky soft_label soft target".into(),
+        Box::new(move |x| {
+            TverskyLossConfig::new()
+                .with_activation(Activation::Sigmoid)
+                .with_alpha(0.3)
+                .with_beta(0.7)
+                .with_soft_label(true)
+                .init(&x.device())
+                .forward(x, t.clone())
+        }),
+    ));
+    let t = soft.clone();
+    let c = DiceCELossConfig::new().with_dice(
+        DiceLossConfig::new()
+            .with_activation(Activation::Softmax)
+            .with_soft_label(true),
+    );
+    cases.push((
+        "dice-ce soft_label soft target".into(),
+        Box::new(move |x| c.init(&x.device()).forward(x, t.clone())),
     ));
     let d = dense.clone();
     cases.push((

@@ -12,6 +12,7 @@
 use std::mem::MaybeUninit;
 
 use crate::activation::Activation;
+use crate::kernels::input::Terms;
 
 pub(crate) mod ce;
 pub(crate) mod focal;
@@ -73,7 +74,7 @@ pub(crate) struct Problem<'a> {
     pub classes: usize,
     pub pixels: usize,
     pub activation: Activation,
-    pub squared_pred: bool,
+    pub terms: Terms,
 }
 
 /// `a·b + c`, as one fused multiply-add where the caller is compiled for FMA (`FMA`), else a
@@ -257,11 +258,11 @@ fn block_bad(
     }
 }
 
-/// Branch-free `squared_pred`: `x·(sq·x + lin)` is `x²` for `(1, 0)` and `x` for `(0, 1)`,
+/// Branch-free [`Terms::Squared`] or [`Terms::Linear`]: `x·(sq·x + lin)` is `x²` for `(1, 0)` and `x` for `(0, 1)`,
 /// both exact.
 #[inline(always)]
 fn squared_factors(problem: &Problem) -> (f32, f32) {
-    if problem.squared_pred {
+    if problem.terms == Terms::Squared {
         (1.0, 0.0)
     } else {
         (0.0, 1.0)
@@ -430,7 +431,6 @@ fn forward_block<const FMA: bool>(
     out: &mut [&mut [MaybeUninit<f32>]],
     scratch: &mut ForwardScratch,
 ) {
-    let c_count = problem.classes;
     let ForwardScratch {
         probs,
         w,
@@ -446,12 +446,59 @@ fn forward_block<const FMA: bool>(
             o.write(p);
         }
     }
-    let (sq, lin) = squared_factors(problem);
     let (w, labels) = (&w[..len], &labels[..len]);
+    // One copy of the class loop per kind of terms, so that neither carries a branch.
+    if problem.terms == Terms::SoftL1 {
+        block_sums::<true>(problem, (b, n0, len), probs, w, labels, wide);
+    } else {
+        block_sums::<false>(problem, (b, n0, len), probs, w, labels, wide);
+    }
+}
+
+/// The terms `[I, P, T]` of one pixel (see [`Terms`]), from `pw = p·w` and `tw = t·w`;
+/// `(sq, lin)`: see [`squared_factors`]. `SOFT`: [`Terms::SoftL1`].
+#[inline(always)]
+fn pixel_terms<const SOFT: bool>(pw: f32, tw: f32, (sq, lin): (f32, f32)) -> [f32; 3] {
+    if SOFT {
+        [Terms::soft_intersection(pw, tw), pw.abs(), tw.abs()]
+    } else {
+        [pw * tw, pw * (sq * pw + lin), tw * (sq * tw + lin)]
+    }
+}
+
+/// `(∂I/∂p, ∂P/∂p)` of one pixel, from `p`, its weight `w` and `tw = t·w` (the derivatives of
+/// [`pixel_terms`] through `pw = p·w`).
+#[inline(always)]
+fn pixel_grads<const SOFT: bool>(p: f32, w: f32, tw: f32, (sq, lin): (f32, f32)) -> (f32, f32) {
+    if SOFT {
+        let (d_i, d_p) = Terms::d_soft(p * w, tw);
+        (d_i * w, d_p * w)
+    } else {
+        (tw * w, w * (sq * 2.0 * p * w + lin))
+    }
+}
+
+/// The sums of every class over one block of [`forward_block`], added to `wide`.
+#[inline(always)]
+fn block_sums<const SOFT: bool>(
+    problem: &Problem,
+    (b, n0, len): (usize, usize, usize),
+    probs: &[f32],
+    w: &[f32],
+    labels: &[f32],
+    wide: &mut [f64],
+) {
+    let c_count = problem.classes;
+    let factors = squared_factors(problem);
     for c in 0..c_count {
         let p = &probs[c * BLOCK..c * BLOCK + len];
-        let (mut ai, mut ap, mut at) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+        let mut acc: Acc = [[0.0f32; LANES]; 3];
         let mut tail = [0.0f32; 3];
+        let add = |acc: &mut [f32; 3], terms: [f32; 3]| {
+            for s in 0..3 {
+                acc[s] += terms[s];
+            }
+        };
         match problem.target {
             Target::Dense(t) => {
                 let t = &t[(b * c_count + c) * problem.pixels + n0..][..len];
@@ -462,19 +509,19 @@ fn forward_block<const FMA: bool>(
                 for ((p, t), w) in chunks {
                     for j in 0..LANES {
                         // (p·w)·(t·w), as the generic path multiplies both by the mask.
-                        let (pw, tw) = (p[j] * w[j], t[j] * w[j]);
-                        ai[j] += pw * tw;
-                        ap[j] += pw * (sq * pw + lin);
-                        at[j] += tw * (sq * tw + lin);
+                        let terms = pixel_terms::<SOFT>(p[j] * w[j], t[j] * w[j], factors);
+                        for s in 0..3 {
+                            acc[s][j] += terms[s];
+                        }
                     }
                 }
-                // The tail of a partial block, into lane 0 (a dynamic lane index would keep
+                // The tail of a partial block, into `tail` (a dynamic lane index would keep
                 // the lanes out of registers).
                 for k in len - len % LANES..len {
-                    let (pw, tw) = (p[k] * w[k], t[k] * w[k]);
-                    tail[0] += pw * tw;
-                    tail[1] += pw * (sq * pw + lin);
-                    tail[2] += tw * (sq * tw + lin);
+                    add(
+                        &mut tail,
+                        pixel_terms::<SOFT>(p[k] * w[k], t[k] * w[k], factors),
+                    );
                 }
             }
             Target::Indices(_) => {
@@ -485,26 +532,23 @@ fn forward_block<const FMA: bool>(
                     .zip(w.chunks_exact(LANES));
                 for ((p, l), w) in chunks {
                     for j in 0..LANES {
-                        let pw = p[j] * w[j];
                         let hit = if l[j] == class { w[j] } else { 0.0 };
-                        ai[j] += p[j] * hit;
-                        ap[j] += pw * (sq * pw + lin);
-                        at[j] += hit;
+                        let terms = pixel_terms::<SOFT>(p[j] * w[j], hit, factors);
+                        for s in 0..3 {
+                            acc[s][j] += terms[s];
+                        }
                     }
                 }
                 for k in len - len % LANES..len {
-                    let pw = p[k] * w[k];
                     let hit = if labels[k] == class { w[k] } else { 0.0 };
-                    tail[0] += p[k] * hit;
-                    tail[1] += pw * (sq * pw + lin);
-                    tail[2] += hit;
+                    add(&mut tail, pixel_terms::<SOFT>(p[k] * w[k], hit, factors));
                 }
             }
         }
-        ai[0] += tail[0];
-        ap[0] += tail[1];
-        at[0] += tail[2];
-        widen(&[ai, ap, at], &mut wide[3 * c * LANES..3 * (c + 1) * LANES]);
+        for s in 0..3 {
+            acc[s][0] += tail[s];
+        }
+        widen(&acc, &mut wide[3 * c * LANES..3 * (c + 1) * LANES]);
     }
 }
 
@@ -605,8 +649,9 @@ fn forward_on(isa: Isa, problem: &Problem, probs: Option<&mut [MaybeUninit<f32>]
 /// The gradient with respect to `x` of `Σ g_I·I + g_P·P + g_T·T` for `grad` = `[3, batch, class]`
 /// (`T` does not depend on `x`), the activation recomputed from `x`.
 ///
-/// With `pw = p·w`: `∂I/∂p = t·w²` (dense) or `w·[label = c]` (indices), `∂P/∂p = w` or
-/// `2·p·w²` (`squared_pred`); then through the activation: sigmoid `p(1 − p)`, softmax
+/// With `pw = p·w` and `tw = t·w` (`w·[label = c]` for indices): `∂I/∂p = tw·w`, `∂P/∂p = w`
+/// or `2·p·w²` ([`Terms::Squared`]); with [`Terms::SoftL1`], `∂I/∂p = w·(sgn pw − sgn(pw −
+/// tw))/2` and `∂P/∂p = w·sgn pw` ([`Terms::d_soft`]); then through the activation: sigmoid `p(1 − p)`, softmax
 /// `p_c (dp_c − Σ_k p_k dp_k)`.
 pub(crate) fn backward(problem: &Problem, grad: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0f32; problem.x.len()];
@@ -646,6 +691,45 @@ pub(crate) fn backward_on(
     });
 }
 
+/// `∂L/∂p = g_I·∂I/∂p + g_P·∂P/∂p` of every class over one block of [`backward_job`], into
+/// `dp` (`[class][BLOCK]`); `g(s, c)`: `∂L/∂` sum `s` of class `c` of this sample.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_grads<const SOFT: bool>(
+    problem: &Problem,
+    (b, n0, len): (usize, usize, usize),
+    g: &impl Fn(usize, usize) -> f32,
+    probs: &[f32],
+    w: &[f32],
+    labels: &[f32],
+    dp: &mut [f32],
+) {
+    let c_count = problem.classes;
+    let factors = squared_factors(problem);
+    for c in 0..c_count {
+        let (gi, gp) = (g(0, c), g(1, c));
+        let p = &probs[c * BLOCK..c * BLOCK + len];
+        let d = &mut dp[c * BLOCK..c * BLOCK + len];
+        match problem.target {
+            Target::Dense(t) => {
+                let t = &t[(b * c_count + c) * problem.pixels + n0..][..len];
+                for k in 0..len {
+                    let (d_i, d_p) = pixel_grads::<SOFT>(p[k], w[k], t[k] * w[k], factors);
+                    d[k] = gi * d_i + gp * d_p;
+                }
+            }
+            Target::Indices(_) => {
+                let class = c as f32;
+                for k in 0..len {
+                    let hit = if labels[k] == class { w[k] } else { 0.0 };
+                    let (d_i, d_p) = pixel_grads::<SOFT>(p[k], w[k], hit, factors);
+                    d[k] = gi * d_i + gp * d_p;
+                }
+            }
+        }
+    }
+}
+
 /// One job of [`backward`] (`stored`: the probabilities are read from `out`, then replaced).
 #[inline(always)]
 fn backward_job<const FMA: bool>(
@@ -657,7 +741,6 @@ fn backward_job<const FMA: bool>(
 ) {
     let (b_count, c_count) = (problem.batch, problem.classes);
     let g = |s: usize, c: usize| grad[(s * b_count + b) * c_count + c];
-    let (sq, lin) = squared_factors(problem);
     let mut probs = vec![0.0f32; c_count * BLOCK];
     let mut dp = vec![0.0f32; c_count * BLOCK];
     let mut w = [0.0f32; BLOCK];
@@ -672,27 +755,10 @@ fn backward_job<const FMA: bool>(
         }
         load_aux(problem, (b, n0, len), &mut w, &mut labels);
         let (w, labels) = (&w[..len], &labels[..len]);
-        for c in 0..c_count {
-            let (gi, gp) = (g(0, c), g(1, c));
-            let p = &probs[c * BLOCK..c * BLOCK + len];
-            let d = &mut dp[c * BLOCK..c * BLOCK + len];
-            match problem.target {
-                Target::Dense(t) => {
-                    let t = &t[(b * c_count + c) * problem.pixels + n0..][..len];
-                    for k in 0..len {
-                        let dpred = w[k] * (sq * 2.0 * p[k] * w[k] + lin);
-                        d[k] = gi * t[k] * (w[k] * w[k]) + gp * dpred;
-                    }
-                }
-                Target::Indices(_) => {
-                    let class = c as f32;
-                    for k in 0..len {
-                        let hit = if labels[k] == class { w[k] } else { 0.0 };
-                        let dpred = w[k] * (sq * 2.0 * p[k] * w[k] + lin);
-                        d[k] = gi * hit + gp * dpred;
-                    }
-                }
-            }
+        if problem.terms == Terms::SoftL1 {
+            block_grads::<true>(problem, (b, n0, len), &g, &probs, w, labels, &mut dp);
+        } else {
+            block_grads::<false>(problem, (b, n0, len), &g, &probs, w, labels, &mut dp);
         }
         match problem.activation {
             Activation::None => {
@@ -928,7 +994,7 @@ mod tests {
             classes: 2,
             pixels: 3,
             activation,
-            squared_pred: false,
+            terms: Terms::Linear,
         }
     }
 
@@ -993,7 +1059,7 @@ mod tests {
                     classes,
                     pixels,
                     activation,
-                    squared_pred: true,
+                    terms: Terms::Squared,
                 };
                 let run = |isa| {
                     let (sums, mut probs) = forward_storing_on(isa, &problem);
@@ -1050,7 +1116,7 @@ mod tests {
             classes,
             pixels,
             activation: Activation::Softmax,
-            squared_pred: false,
+            terms: Terms::Linear,
         };
         // Naive f64: softmax per pixel, sums, and dx = p_c (dp_c − Σ_k p_k dp_k).
         let mut sums = vec![0.0f64; 3 * batch * classes];
@@ -1127,7 +1193,7 @@ mod tests {
         let valid = [1.0f32, 0.0, 1.0];
         let grad = [0.7f32, -1.3, 0.2, 0.5, 0.9, -0.1];
         for activation in [Activation::None, Activation::Sigmoid, Activation::Softmax] {
-            for squared_pred in [false, true] {
+            for terms in [Terms::Linear, Terms::Squared, Terms::SoftL1] {
                 for (target, valid) in [
                     (Target::Dense(&dense), None),
                     (Target::Dense(&dense), Some(&valid[..])),
@@ -1135,7 +1201,7 @@ mod tests {
                     (Target::Indices(Labels::I64(&labels)), Some(&valid[..])),
                 ] {
                     let mut p = problem(&x, target, valid, activation);
-                    p.squared_pred = squared_pred;
+                    p.terms = terms;
                     let objective = |x: &[f32]| {
                         let sums = forward(&Problem { x, ..p }).sums;
                         sums.iter()
@@ -1159,7 +1225,7 @@ mod tests {
                         let fd = (objective(&up) - objective(&down)) / (2.0 * h as f64);
                         assert!(
                             (fd - dx[i] as f64).abs() < 2e-3,
-                            "{activation:?} squared {squared_pred} {target:?} {valid:?} x[{i}]: \
+                            "{activation:?} {terms:?} {target:?} {valid:?} x[{i}]: \
                              {} vs {fd}",
                             dx[i]
                         );

@@ -24,7 +24,7 @@ use burn_flex::{Flex, FlexTensor};
 use burn_ndarray::{NdArray, NdArrayTensor};
 
 use super::backend::{cast, inner_float, inner_int, primitives, split, TargetPrim};
-use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Verdict};
+use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
 use kernel::ce::CeProblem;
 use kernel::focal::FocalProblem;
@@ -143,7 +143,7 @@ impl CpuBackend for Flex {
 struct Spec {
     dims: [usize; 3],
     activation: Activation,
-    squared_pred: bool,
+    terms: Terms,
 }
 
 /// Runs `f` on the kernel problem of these primitives (`x`: `None` for a backward pass from
@@ -182,7 +182,7 @@ fn with_problem<B: CpuBackend, R>(
         classes,
         pixels,
         activation: spec.activation,
-        squared_pred: spec.squared_pred,
+        terms: spec.terms,
     }))
 }
 
@@ -508,7 +508,7 @@ trait InputOp: Clone + Send + std::fmt::Debug + 'static {
         let spec = Spec {
             dims: self.dims(),
             activation: Activation::None,
-            squared_pred: false,
+            terms: Terms::Linear,
         };
         with_problem::<B, _>(Some(x), target, valid, spec, f)
     }
@@ -713,12 +713,12 @@ pub(super) fn class_stats<B: Backend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     activation: Activation,
-    squared_pred: bool,
+    terms: Terms,
 ) -> Option<Stats<B>> {
     let spec = Spec {
         dims: input.dims(),
         activation,
-        squared_pred,
+        terms,
     };
     if spec.dims.contains(&0) {
         return None;
@@ -778,7 +778,7 @@ mod tests {
             target: FlatTarget::Indices(Tensor::zeros([1, 1, 3], &device)),
             valid: None,
         };
-        let fused = class_stats(&x, &target, Activation::Softmax, false);
+        let fused = class_stats(&x, &target, Activation::Softmax, Terms::Linear);
         let generic = generic_only(|| crate::kernels::path::<B>() != crate::KernelPath::Generic);
         if let Some(Stats {
             sums: [i, p, t],

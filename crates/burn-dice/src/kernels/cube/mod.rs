@@ -34,7 +34,7 @@ use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use super::backend::{cast, inner_float, primitives, split, TargetPrim};
-use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Verdict};
+use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
 use ce::CeSpec;
 use common::{Data, ACT_NONE, ACT_SIGMOID, ACT_SOFTMAX};
@@ -432,12 +432,12 @@ pub(super) fn class_stats<B: Backend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     activation: Activation,
-    squared_pred: bool,
+    terms: Terms,
     check: bool,
 ) -> Option<Stats<B>> {
     let spec = StatsSpec {
         activation: activation_code(activation),
-        squared_pred,
+        terms,
     };
     let forward = Op::StatsForward { spec, check };
     let backward = Op::StatsBackward(spec);

@@ -1,12 +1,16 @@
 //! The per-(sample, class) statistics on the GPU: one pass forward, one pass backward.
 //!
 //! Forward, for every sample `b` and class `c`, over the pixels (weight `w`, 0/1):
-//! `I = Σ (p·w)·(t·w)`, `P = Σ p·w` (`Σ (p·w)²` with `squared_pred`), `T = Σ t·w` (`Σ (t·w)²`),
+//! `I = Σ (p·w)·(t·w)`, `P = Σ p·w` (`Σ (p·w)²` with `squared_pred`), `T = Σ t·w` (`Σ (t·w)²`);
+//! with `soft_label` ([`Terms::SoftL1`]) `I = Σ (|pw| + |tw| − |pw − tw|)/2` (in the exact form
+//! of [`Terms::soft_intersection`]), `P = Σ |pw|`,
+//! `T = Σ |tw|`,
 //! and, when asked, the data checks on what it reads (non-finite input and dense target values,
 //! the range of the class indices).
 //!
 //! Backward, from the gradient `g = ∂L/∂[I, P, T]` (`[3, batch, class]`):
-//! `∂L/∂p_c = g_I·t·w² + g_P·w·(2·p·w if squared_pred, else 1)` (`T` does not depend on `x`),
+//! `∂L/∂p_c = g_I·t·w² + g_P·w·(2·p·w if squared_pred, else 1)` (`T` does not depend on `x`);
+//! with `soft_label`, `g_I·w·(sgn pw − sgn(pw − tw))/2 + g_P·w·sgn pw` ([`Terms::d_soft`]),
 //! then through the activation: sigmoid `p(1 − p)·∂L/∂p`, softmax `p_c (∂L/∂p_c − Σ_k p_k ∂L/∂p_k)`.
 //! The probabilities are recomputed from `x`: a GPU has the arithmetic to spare, and it saves
 //! writing and reading a buffer of the input's size.
@@ -22,13 +26,15 @@ use cubecl::prelude::*;
 use cubecl::CubeDim;
 
 use super::common::*;
+use crate::kernels::input::Terms;
 
 /// The options of one statistics problem (comptime in the kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct StatsSpec {
     /// [`ACT_NONE`], [`ACT_SIGMOID`] or [`ACT_SOFTMAX`].
     pub activation: u32,
-    pub squared_pred: bool,
+    /// The per-pixel terms of the sums.
+    pub terms: Terms,
 }
 
 /// Per cube: the partial sums `[batch, tiles, class, 3]` and, with `check`, the partial verdict
@@ -112,11 +118,16 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
                         }
                         let pw = activate(v, norm, spec.activation) * w;
                         let tw = t * w;
-                        acc[3 * g] += pw * tw;
-                        if comptime![spec.squared_pred] {
+                        if comptime![spec.terms == Terms::SoftL1] {
+                            acc[3 * g] += soft_intersection(pw, tw);
+                            acc[3 * g + 1] += pw.abs();
+                            acc[3 * g + 2] += tw.abs();
+                        } else if comptime![spec.terms == Terms::Squared] {
+                            acc[3 * g] += pw * tw;
                             acc[3 * g + 1] += pw * pw;
                             acc[3 * g + 2] += tw * tw;
                         } else {
+                            acc[3 * g] += pw * tw;
                             acc[3 * g + 1] += pw;
                             acc[3 * g + 2] += tw;
                         }
@@ -206,7 +217,8 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     }
 }
 
-/// `∂L/∂p` of one element: `g_I·t·w² + g_P·w·(2pw or 1)`, with `bc` = `b·classes + c` and
+/// `∂L/∂p` of one element: `g_I·t·w² + g_P·w·(2pw or 1)` (with `soft_label`:
+/// `g_I·w·(sgn pw − sgn(pw − tw))/2 + g_P·w·sgn pw`), with `bc` = `b·classes + c` and
 /// `stride` = `batch·classes` (the distance between the rows of `grad`).
 #[cube]
 fn d_prob<F: Float>(
@@ -220,11 +232,39 @@ fn d_prob<F: Float>(
 ) -> f32 {
     let g_i = f32::cast_from(grad[bc]);
     let g_p = f32::cast_from(grad[stride + bc]);
-    let mut dpred = w;
-    if comptime![spec.squared_pred] {
-        dpred = 2.0f32 * p * w * w;
+    // (∂I/∂p, ∂P/∂p), as `Terms::d_soft` and the CPU kernel's `pixel_grads`.
+    let mut d_i = t * w * w;
+    let mut d_p = w;
+    if comptime![spec.terms == Terms::Squared] {
+        d_p = 2.0f32 * p * w * w;
     }
-    g_i * t * w * w + g_p * dpred
+    if comptime![spec.terms == Terms::SoftL1] {
+        let pw = p * w;
+        let s_p = sgn(pw);
+        d_i = w * (s_p - sgn(pw - t * w)) * 0.5f32;
+        d_p = w * s_p;
+    }
+    g_i * d_i + g_p * d_p
+}
+
+/// `(|p| + |t| − |p − t|) / 2` as `p·m_p + t·m_t`, exact: see [`Terms::soft_intersection`].
+#[cube]
+fn soft_intersection(p: f32, t: f32) -> f32 {
+    let s = sgn(p - t);
+    p * ((sgn(p) - s) * 0.5f32) + t * ((sgn(t) + s) * 0.5f32)
+}
+
+/// `sgn v` with `sgn 0 = 0` (and `sgn NaN = 0`), as [`crate::kernels::input::sgn`].
+#[cube]
+fn sgn(v: f32) -> f32 {
+    let mut s = 0.0f32;
+    if v > 0.0f32 {
+        s = 1.0f32;
+    }
+    if v < 0.0f32 {
+        s = -1.0f32;
+    }
+    s
 }
 
 /// The `[3, batch, class]` sums of `data` and, with `check`, the `[4]` verdict (see

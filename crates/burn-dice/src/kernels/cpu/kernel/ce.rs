@@ -14,7 +14,7 @@
 
 use super::*;
 
-/// One cross-entropy problem: the data of `base` (its activation and `squared_pred` are not
+/// One cross-entropy problem: the data of `base` (its activation and `terms` are not
 /// read) and the options of the term.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CeProblem<'a> {
@@ -340,7 +340,7 @@ mod tests {
                     classes,
                     pixels,
                     activation: Activation::Softmax,
-                    squared_pred: false,
+                    terms: Terms::Linear,
                 },
                 class_weight: weights,
                 pos_weight: 1.0,
@@ -415,7 +415,7 @@ mod tests {
                 classes: 1,
                 pixels: 4,
                 activation: Activation::Sigmoid,
-                squared_pred: false,
+                terms: Terms::Linear,
             },
             class_weight: None,
             pos_weight: 2.5,

@@ -10,7 +10,7 @@
 use super::ce::ln;
 use super::*;
 
-/// One focal problem: the data of `base` (its activation and `squared_pred` are not read) and
+/// One focal problem: the data of `base` (its activation and `terms` are not read) and
 /// the options of the term.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FocalProblem<'a> {
@@ -182,7 +182,7 @@ mod tests {
                     classes,
                     pixels,
                     activation: Activation::Sigmoid,
-                    squared_pred: false,
+                    terms: Terms::Linear,
                 },
                 gamma,
                 alpha,
