@@ -35,6 +35,8 @@ enum Labels {
     Indices { n: i64, absent: Option<i64> },
     /// A dense one-hot or multi-label target.
     Dense,
+    /// A dense soft target in `[0.05, 0.95]`.
+    Soft,
 }
 
 struct Setup {
@@ -77,6 +79,13 @@ impl Setup {
                 let d = noise(n, seed + 2)
                     .into_iter()
                     .map(|v| if v > 0.2 { 1.0 } else { 0.0 })
+                    .collect();
+                (Vec::new(), d, false)
+            }
+            Labels::Soft => {
+                let d = noise(n, seed + 3)
+                    .into_iter()
+                    .map(|v| 0.5 + 0.45 * v)
                     .collect();
                 (Vec::new(), d, false)
             }
@@ -464,4 +473,65 @@ fn masked_dice() {
         loss.forward_masked(x, t, m)
     };
     assert_loss::<4>("masked", &idx, &f);
+}
+
+/// `soft_label` (the L1 intersection, with its kinks at `p = t`, which random data misses by far
+/// more than the step): every loss that has it, soft and hard targets.
+#[test]
+fn soft_label() {
+    let device = Default::default();
+    let soft = Setup::new(&[2, 3, 4, 4], Labels::Soft, 21, false);
+    let probs = Setup::new(&[2, 3, 4, 4], Labels::Soft, 22, true);
+    let idx = Setup::new(&[2, 3, 4, 4], IDX3, 23, false);
+    let soft_3d = Setup::new(&[2, 2, 3, 3, 3], Labels::Soft, 24, false);
+    let dice = |c: DiceLossConfig| c.with_soft_label(true);
+    assert_close::<4>("sigmoid", &soft, dice(sigmoid()));
+    assert_close::<4>("sigmoid jaccard", &soft, dice(sigmoid().with_jaccard(true)));
+    assert_close::<4>(
+        "sigmoid batch log_loss",
+        &soft,
+        dice(sigmoid().with_batch(true).with_log_loss(true)),
+    );
+    assert_close::<4>("softmax", &soft, dice(softmax()));
+    assert_close::<4>("no activation", &probs, dice(DiceLossConfig::new()));
+    assert_close::<4>(
+        "softmax, class indices",
+        &idx,
+        dice(softmax().with_include_background(false)),
+    );
+    assert_close::<5>("3-D sigmoid", &soft_3d, dice(sigmoid()));
+    for weight_type in [WeightType::Square, WeightType::Simple, WeightType::Uniform] {
+        let loss = GeneralizedDiceLossConfig::new()
+            .with_activation(Activation::Sigmoid)
+            .with_weight_type(weight_type)
+            .with_soft_label(true)
+            .init::<A>(&device);
+        assert_loss::<4>(
+            &format!("generalized {weight_type:?}"),
+            &soft,
+            &move |x, t| loss.forward(x, t),
+        );
+    }
+    for (alpha, beta, gamma) in [(0.3, 0.7, 1.0), (1.0, 1.0, 1.0), (0.5, 0.5, 4.0 / 3.0)] {
+        let loss = TverskyLossConfig::new()
+            .with_activation(Activation::Sigmoid)
+            .with_alpha(alpha)
+            .with_beta(beta)
+            .with_gamma(gamma)
+            .with_soft_label(true)
+            .init::<A>(&device);
+        assert_loss::<4>(
+            &format!("tversky {alpha} {beta} {gamma}"),
+            &soft,
+            &move |x, t| loss.forward(x, t),
+        );
+    }
+    let ce = DiceCELossConfig::new()
+        .with_dice(dice(softmax()))
+        .init::<A>(&device);
+    assert_loss::<4>("dice-ce", &soft, &move |x, t| ce.forward(x, t));
+    let focal = DiceFocalLossConfig::new()
+        .with_dice(dice(sigmoid()))
+        .init::<A>(&device);
+    assert_loss::<4>("dice-focal", &soft, &move |x, t| focal.forward(x, t));
 }

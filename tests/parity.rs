@@ -51,6 +51,21 @@ fn masked_dice_matches_reference<B: AutodiffBackend>(device: &B::Device) {
     check::<B>(Kind::MaskedDice, family_fixtures("masked_dice"), 10, device);
 }
 
+/// `soft_label` on every loss that has it (through the Dice part of DiceCE and DiceFocal),
+/// against MONAI 1.6.
+fn soft_label_matches_monai<B: AutodiffBackend>(device: &B::Device) {
+    for (kind, name, min_cases) in [
+        (Kind::Dice, "soft_dice", 20),
+        (Kind::GeneralizedDice, "soft_generalized_dice", 10),
+        (Kind::Tversky, "soft_tversky", 10),
+        (Kind::DiceCe, "soft_dice_ce", 8),
+        (Kind::DiceFocal, "soft_dice_focal", 8),
+        (Kind::MaskedDice, "soft_masked_dice", 6),
+    ] {
+        check::<B>(kind, family_fixtures(name), min_cases, device);
+    }
+}
+
 backend_tests!(
     dice_loss_matches_monai,
     generalized_dice_matches_monai,
@@ -58,4 +73,5 @@ backend_tests!(
     dice_ce_matches_monai,
     dice_focal_matches_monai,
     masked_dice_matches_reference,
+    soft_label_matches_monai,
 );

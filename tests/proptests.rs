@@ -3,7 +3,7 @@
 //! shrinks to a minimal one, which proptest prints (and stores under
 //! `proptest-regressions/`). `PROPTEST_CASES` sets how many cases run (default below).
 
-use burn_dice_tests::props::{check, Case, TargetKind};
+use burn_dice_tests::props::{check, zero_at_the_target, Case, TargetKind};
 use proptest::prelude::*;
 
 fn case() -> impl Strategy<Value = Case> {
@@ -21,7 +21,7 @@ fn case() -> impl Strategy<Value = Case> {
         Just(TargetKind::OneHot),
         Just(TargetKind::Soft)
     ];
-    let flags = proptest::collection::vec(any::<bool>(), 10);
+    let flags = proptest::collection::vec(any::<bool>(), 11);
     // One case in 32 crosses the CPU kernels' job boundary and threading threshold.
     let large = proptest::bool::weighted(1.0 / 32.0);
     (shape, target, 0u8..3, flags, large, any::<u64>()).prop_map(
@@ -42,6 +42,7 @@ fn case() -> impl Strategy<Value = Case> {
                 log_loss: f[7],
                 extreme: f[8],
                 empty_class: f[9],
+                soft_label: f[10],
                 large,
                 seed,
             }
@@ -62,6 +63,14 @@ proptest! {
             prop_assert!(false, "{}", e);
         }
     }
+
+    /// `soft_label`: `loss(t, t) = 0` for random soft targets `t`.
+    #[test]
+    fn soft_label_scores_zero_at_the_target(case in case()) {
+        if let Err(e) = zero_at_the_target(&case) {
+            prop_assert!(false, "{}", e);
+        }
+    }
 }
 
 /// The soak's one failure in its first 120,000 cases (seed 20261201): one pixel whose only
@@ -69,7 +78,11 @@ proptest! {
 /// paths. It passes as ill-conditioned (to `GRAD_TOL_SATURATED`), not under `GRAD_TOL`.
 #[test]
 fn ill_conditioned_gradient_is_told_apart() {
-    let case = burn_dice_tests::props::random_case(0x5295_1002_0d54_f08a);
+    // The case as the soak drew it before `soft_label` was a property.
+    let case = burn_dice_tests::props::Case {
+        soft_label: false,
+        ..burn_dice_tests::props::random_case(0x5295_1002_0d54_f08a)
+    };
     let outcome = check(&case).unwrap_or_else(|e| panic!("{e}"));
     let err = outcome.grad_err_ill_conditioned;
     assert!(

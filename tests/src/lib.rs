@@ -69,6 +69,32 @@ pub const FAMILY_FIXTURES: [(&str, &str); 5] = [
     ("masked_dice", include_str!("../fixtures/masked_dice.json")),
 ];
 
+/// The `soft_label` fixtures (MONAI 1.6, `tests/fixtures/gen_soft.py`), by name: the same loss
+/// kinds as [`FAMILY_FIXTURES`] plus `soft_dice` (`DiceLoss`).
+pub const SOFT_FIXTURES: [(&str, &str); 6] = [
+    ("soft_dice", include_str!("../fixtures/soft_dice.json")),
+    (
+        "soft_generalized_dice",
+        include_str!("../fixtures/soft_generalized_dice.json"),
+    ),
+    (
+        "soft_tversky",
+        include_str!("../fixtures/soft_tversky.json"),
+    ),
+    (
+        "soft_dice_ce",
+        include_str!("../fixtures/soft_dice_ce.json"),
+    ),
+    (
+        "soft_dice_focal",
+        include_str!("../fixtures/soft_dice_focal.json"),
+    ),
+    (
+        "soft_masked_dice",
+        include_str!("../fixtures/soft_masked_dice.json"),
+    ),
+];
+
 /// A fixture file.
 #[derive(Debug, Deserialize)]
 pub struct FixtureFile {
@@ -209,10 +235,12 @@ pub fn dice_loss_fixtures() -> FixtureFile {
     serde_json::from_str(DICE_LOSS_FIXTURES).expect("fixture JSON parses")
 }
 
-/// Parses one of the embedded family fixture files by name (see [`FAMILY_FIXTURES`]).
+/// Parses one of the embedded family fixture files by name (see [`FAMILY_FIXTURES`] and
+/// [`SOFT_FIXTURES`]).
 pub fn family_fixtures(name: &str) -> FixtureFile {
     let (_, json) = FAMILY_FIXTURES
         .iter()
+        .chain(&SOFT_FIXTURES)
         .find(|(n, _)| *n == name)
         .unwrap_or_else(|| panic!("no fixture file {name}"));
     serde_json::from_str(json).expect("fixture JSON parses")

@@ -81,6 +81,9 @@ pub struct Case {
     pub weights: bool,
     /// `log_loss`.
     pub log_loss: bool,
+    /// `soft_label` (on `DiceLoss`, `GeneralizedDiceLoss`, `TverskyLoss` and the Dice part of
+    /// `DiceCELoss` and `DiceFocalLoss`).
+    pub soft_label: bool,
     /// Logits scaled by 60 (saturated softmax and sigmoid).
     pub extreme: bool,
     /// Class 1 absent from the target (an empty class).
@@ -216,6 +219,16 @@ impl Case {
                 }
             }
         }
+        if self.soft_label && self.target == TargetKind::Soft {
+            // `|p − t|` has a kink at `p = t`, where a gradient in f32 and one in f64 can take
+            // different sides (both valid subgradients): soft targets within 1e-6 of the
+            // prediction are moved 1e-6 away (f32 computes `p` to about 1e-7).
+            for (t, p) in target.iter_mut().zip(probabilities(self, &input)) {
+                if (*t - p).abs() < 1e-6 {
+                    *t = if p < 0.5 { p + 1e-6 } else { p - 1e-6 };
+                }
+            }
+        }
         let mask = if self.mask {
             uniform(b * n, self.seed ^ 0x3C3C)
                 .iter()
@@ -250,29 +263,37 @@ impl Case {
                     .then(|| (0..kept).map(|k| 0.25 + 0.5 * (k % 3) as f32).collect()),
             )
             .with_log_loss(self.log_loss)
+            .with_soft_label(self.soft_label)
             .with_reduction(DiceReduction::Mean)
     }
 }
 
-/// The f64 loop of the formula (`DiceLoss::forward_no_reduction`, see its docs): one value per
-/// sample (or one row with `batch`) and kept class.
-fn reference(case: &Case, data: &Data) -> Vec<f64> {
+/// The activation of `input` (`[b, c, n]`) in f64.
+fn probabilities(case: &Case, input: &[f64]) -> Vec<f64> {
     let (b, c, n) = (case.batch, case.classes, case.pixels());
     let mut p = vec![0.0; b * c * n];
     for bi in 0..b {
         for px in 0..n {
             let at = |ci: usize| (bi * c + ci) * n + px;
             match case.activation {
-                0 => (0..c).for_each(|ci| p[at(ci)] = data.input[at(ci)]),
-                1 => (0..c).for_each(|ci| p[at(ci)] = 1.0 / (1.0 + (-data.input[at(ci)]).exp())),
+                0 => (0..c).for_each(|ci| p[at(ci)] = input[at(ci)]),
+                1 => (0..c).for_each(|ci| p[at(ci)] = 1.0 / (1.0 + (-input[at(ci)]).exp())),
                 _ => {
-                    let m = (0..c).map(|ci| data.input[at(ci)]).fold(f64::MIN, f64::max);
-                    let z: f64 = (0..c).map(|ci| (data.input[at(ci)] - m).exp()).sum();
-                    (0..c).for_each(|ci| p[at(ci)] = (data.input[at(ci)] - m).exp() / z);
+                    let m = (0..c).map(|ci| input[at(ci)]).fold(f64::MIN, f64::max);
+                    let z: f64 = (0..c).map(|ci| (input[at(ci)] - m).exp()).sum();
+                    (0..c).for_each(|ci| p[at(ci)] = (input[at(ci)] - m).exp() / z);
                 }
             }
         }
     }
+    p
+}
+
+/// The f64 loop of the formula (`DiceLoss::forward_no_reduction`, see its docs): one value per
+/// sample (or one row with `batch`) and kept class.
+fn reference(case: &Case, data: &Data) -> Vec<f64> {
+    let (b, c, n) = (case.batch, case.classes, case.pixels());
+    let p = probabilities(case, &data.input);
     let first = usize::from(!case.include_background && c > 1);
     let rows = if case.batch_sums { 1 } else { b };
     let mut out = Vec::new();
@@ -291,6 +312,18 @@ fn reference(case: &Case, data: &Data) -> Vec<f64> {
                         ));
                     let at = (bi * c + ci) * n + px;
                     let (pv, tv) = (p[at] * keep, data.target[at] * keep);
+                    if case.soft_label && !case.squared_pred {
+                        // Wang & Blaschko's L1 form (MONAI 1.6's soft_label):
+                        // `(|p| + |t| − |p − t|)/2`, which is `min(|p|, |t|)` where `p` and
+                        // `t` have the same sign and 0 elsewhere (computed so, it does not
+                        // cancel).
+                        if pv * tv > 0.0 {
+                            i += pv.abs().min(tv.abs());
+                        }
+                        ps += pv.abs();
+                        ts += tv.abs();
+                        continue;
+                    }
                     i += pv * tv;
                     if case.squared_pred {
                         ps += pv * pv;
@@ -488,6 +521,7 @@ fn family<B: AutodiffBackend, const D: usize>(
             )
             .with_include_background(case.include_background)
             .with_batch(case.batch_sums)
+            .with_soft_label(case.soft_label)
             .with_ignore_index(case.ignore_index())
             .init::<B>(device)
             .forward_no_reduction(x, target())
@@ -502,6 +536,7 @@ fn family<B: AutodiffBackend, const D: usize>(
             .with_beta(0.1 + 0.2 * (case.seed / 15 % 5) as f64)
             .with_gamma(if case.log_loss { 0.75 } else { 1.0 })
             .with_batch(case.batch_sums)
+            .with_soft_label(case.soft_label)
             .with_ignore_index(case.ignore_index())
             .init::<B>(device)
             .forward_no_reduction(x, target())
@@ -769,6 +804,52 @@ pub fn check(case: &Case) -> Result<Outcome, String> {
     }
 }
 
+/// With `soft_label`, a prediction equal to its soft target scores 0 (the smoothing terms are
+/// equal, so `dice(t, t) = 1` exactly): `DiceLoss` with the case's options (`squared_pred`,
+/// `jaccard`, `batch`, masks, weights, `log_loss`, empty classes), `GeneralizedDiceLoss` with
+/// each weight type and `TverskyLoss` with any `α`, `β` (and `γ = 1`), on the kernels and the
+/// generic path of burn-flex. The case's input is replaced by its target (no activation).
+pub fn zero_at_the_target(case: &Case) -> Result<(), String> {
+    let case = Case {
+        activation: 0,
+        target: TargetKind::Soft,
+        soft_label: true,
+        ignore: false,
+        extreme: false,
+        ..case.clone()
+    }
+    .normalized();
+    let mut data = case.data();
+    data.input = data.target.clone();
+    macro_rules! ranked {
+        ($d:literal) => {{
+            type B = Autodiff<burn_flex::Flex>;
+            let device = Default::default();
+            for generic in [false, true] {
+                let family = if generic {
+                    generic_only(|| family::<B, $d>(&case, &data, &device))
+                } else {
+                    family::<B, $d>(&case, &data, &device)
+                };
+                for (name, values, _) in family.iter().take(3) {
+                    if let Some(v) = values.iter().find(|v| v.abs() > 1e-6) {
+                        return Err(format!(
+                            "{name} (generic path: {generic}): loss(t, t) = {v}, expected 0"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }};
+    }
+    match case.spatial.len() {
+        1 => ranked!(3),
+        2 => ranked!(4),
+        3 => ranked!(5),
+        k => Err(format!("{k} spatial dims: expected 1 to 3")),
+    }
+}
+
 /// Checks `case` on burn-wgpu (the CubeCL kernels against the generic path on wgpu, both
 /// against the generic path in f64, and the f64 loop of the formula; the metric).
 #[cfg(feature = "wgpu")]
@@ -815,6 +896,7 @@ pub fn random_case(seed: u64) -> Case {
         extreme: u[16] < 0.2,
         empty_class: u[17] < 0.3,
         large: u[18] < 0.02,
+        soft_label: u[19] < 0.3,
         seed: seed ^ 0xDA7A,
     }
     .normalized()
