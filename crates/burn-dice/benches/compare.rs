@@ -6,7 +6,7 @@
 //! and generic. `scripts/bench-ratios.sh` runs it next to the MONAI script and prints ratios.
 //!
 //! `cargo bench -p burn-dice --bench compare -- [--runs N] [--warmup N] [--json FILE]
-//! [--losses all|dice] [--backends ndarray,flex] [--paths fused|generic|both] [--cases abc]`
+//! [--losses all|dice|soft] [--backends ndarray,flex] [--paths fused|generic|both] [--cases abc]`
 
 mod common;
 
@@ -74,7 +74,7 @@ struct Args {
     runs: usize,
     warmup: usize,
     json: Option<String>,
-    all_losses: bool,
+    losses: Vec<Loss>,
     backends: Vec<String>,
     paths: Vec<bool>,
     cases: String,
@@ -85,7 +85,7 @@ fn args() -> Args {
         runs: 30,
         warmup: 5,
         json: None,
-        all_losses: true,
+        losses: Loss::ALL.to_vec(),
         backends: vec!["ndarray".into(), "flex".into()],
         paths: vec![false, true],
         cases: "abc".into(),
@@ -96,7 +96,14 @@ fn args() -> Args {
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--warmup" => a.warmup = it.next().and_then(|v| v.parse().ok()).expect("--warmup N"),
             "--json" => a.json = it.next(),
-            "--losses" => a.all_losses = it.next().as_deref() != Some("dice"),
+            "--losses" => {
+                a.losses = match it.next().as_deref() {
+                    Some("all") => Loss::ALL.to_vec(),
+                    Some("dice") => vec![Loss::Dice],
+                    Some("soft") => vec![Loss::Dice, Loss::DiceSoftLabel],
+                    other => panic!("--losses: expected all, dice or soft, got {other:?}"),
+                }
+            }
             "--backends" => {
                 a.backends = it
                     .next()
@@ -170,12 +177,7 @@ fn case_on<B: AutodiffBackend, const D: usize>(
     }
     let device = Default::default();
     let data = inputs::<B, D>(case, &device);
-    let losses: &[Loss] = if args.all_losses {
-        &Loss::ALL
-    } else {
-        &[Loss::Dice]
-    };
-    for &loss in losses {
+    for &loss in &args.losses {
         let f = loss_fn::<B, D>(loss, case, &data.target, &device);
         for &generic in &args.paths {
             let mut value = 0.0;

@@ -65,6 +65,8 @@ impl Case {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loss {
     Dice,
+    /// `DiceLoss` with `soft_label` (the cost of the option; the targets stay the case's).
+    DiceSoftLabel,
     GeneralizedDice,
     Tversky,
     DiceCe,
@@ -72,8 +74,9 @@ pub enum Loss {
 }
 
 impl Loss {
-    pub const ALL: [Loss; 5] = [
+    pub const ALL: [Loss; 6] = [
         Loss::Dice,
+        Loss::DiceSoftLabel,
         Loss::GeneralizedDice,
         Loss::Tversky,
         Loss::DiceCe,
@@ -83,6 +86,7 @@ impl Loss {
     pub fn name(self) -> &'static str {
         match self {
             Loss::Dice => "DiceLoss",
+            Loss::DiceSoftLabel => "DiceLoss(soft_label)",
             Loss::GeneralizedDice => "GeneralizedDiceLoss",
             Loss::Tversky => "TverskyLoss",
             Loss::DiceCe => "DiceCELoss",
@@ -145,6 +149,10 @@ pub fn loss_fn<B: Backend, const D: usize>(
     match loss {
         Loss::Dice => {
             let l = dice.init::<B>(device);
+            Box::new(move |x| l.forward(x, target_clone(&t)))
+        }
+        Loss::DiceSoftLabel => {
+            let l = dice.with_soft_label(true).init::<B>(device);
             Box::new(move |x| l.forward(x, target_clone(&t)))
         }
         Loss::GeneralizedDice => {
