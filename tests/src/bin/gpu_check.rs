@@ -92,14 +92,29 @@ fn main() {
         (Kind::DiceCe, family_fixtures("dice_ce")),
         (Kind::DiceFocal, family_fixtures("dice_focal")),
         (Kind::MaskedDice, family_fixtures("masked_dice")),
+        // `soft_label` (MONAI 1.6.1).
+        (Kind::Dice, family_fixtures("soft_dice")),
+        (
+            Kind::GeneralizedDice,
+            family_fixtures("soft_generalized_dice"),
+        ),
+        (Kind::Tversky, family_fixtures("soft_tversky")),
+        (Kind::DiceCe, family_fixtures("soft_dice_ce")),
+        (Kind::DiceFocal, family_fixtures("soft_dice_focal")),
+        (Kind::MaskedDice, family_fixtures("soft_masked_dice")),
     ];
     let parity: Vec<_> = files
         .iter()
         .map(|(kind, file)| {
             let s = check_file::<WgpuAutodiff>(*kind, file, &device);
+            let soft = if file.monai_version.starts_with("1.6") {
+                " soft_label"
+            } else {
+                ""
+            };
             println!(
-                "parity {:<16} {:>3} cases  loss {:.2e}  grad {:.2e}  {}",
-                s.kind,
+                "parity {:<28} {:>3} cases  loss {:.2e}  grad {:.2e}  {}",
+                s.kind.clone() + soft,
                 s.cases,
                 s.worst_loss,
                 s.worst_grad,
