@@ -258,8 +258,8 @@ fn block_bad(
     }
 }
 
-/// Branch-free [`Terms::Squared`] or [`Terms::Linear`]: `x·(sq·x + lin)` is `x²` for `(1, 0)` and `x` for `(0, 1)`,
-/// both exact.
+/// Branch-free [`Terms::Squared`] or [`Terms::Linear`]: `x·(sq·x + lin)` is `x²` for `(1, 0)`
+/// and `x` for `(0, 1)`, both exact.
 #[inline(always)]
 fn squared_factors(problem: &Problem) -> (f32, f32) {
     if problem.terms == Terms::Squared {
@@ -651,8 +651,8 @@ fn forward_on(isa: Isa, problem: &Problem, probs: Option<&mut [MaybeUninit<f32>]
 ///
 /// With `pw = p·w` and `tw = t·w` (`w·[label = c]` for indices): `∂I/∂p = tw·w`, `∂P/∂p = w`
 /// or `2·p·w²` ([`Terms::Squared`]); with [`Terms::SoftL1`], `∂I/∂p = w·(sgn pw − sgn(pw −
-/// tw))/2` and `∂P/∂p = w·sgn pw` ([`Terms::d_soft`]); then through the activation: sigmoid `p(1 − p)`, softmax
-/// `p_c (dp_c − Σ_k p_k dp_k)`.
+/// tw))/2` and `∂P/∂p = w·sgn pw` ([`Terms::d_soft`]); then through the activation: sigmoid
+/// `p(1 − p)`, softmax `p_c (dp_c − Σ_k p_k dp_k)`.
 pub(crate) fn backward(problem: &Problem, grad: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0f32; problem.x.len()];
     backward_on(Isa::best(), problem, grad, &mut dx, false);

@@ -3,9 +3,7 @@
 //! Forward, for every sample `b` and class `c`, over the pixels (weight `w`, 0/1):
 //! `I = Σ (p·w)·(t·w)`, `P = Σ p·w` (`Σ (p·w)²` with `squared_pred`), `T = Σ t·w` (`Σ (t·w)²`);
 //! with `soft_label` ([`Terms::SoftL1`]) `I = Σ (|pw| + |tw| − |pw − tw|)/2` (in the exact form
-//! of [`Terms::soft_intersection`]), `P = Σ |pw|`,
-//! `T = Σ |tw|`,
-//! and, when asked, the data checks on what it reads (non-finite input and dense target values,
+//! of [`Terms::soft_intersection`]), `P = Σ |pw|`, `T = Σ |tw|`; and, when asked, the data checks on what it reads (non-finite input and dense target values,
 //! the range of the class indices).
 //!
 //! Backward, from the gradient `g = ∂L/∂[I, P, T]` (`[3, batch, class]`):
