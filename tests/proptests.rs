@@ -95,3 +95,14 @@ fn ill_conditioned_gradient_is_told_apart() {
         outcome.grad_err
     );
 }
+
+/// The soak's failure at case 200,000-odd of seed 20261201 (after soft_label): GeneralizedDice
+/// with `soft_label`, softmax over 2 classes, an empty class and `p_0 > t_0` at its one pixel.
+/// The loss is then constant along the softmax (its gradient is 0 in f64), and the fused CPU
+/// kernel's softmax backward, `p_c (dp_c − Σ_k p_k dp_k)` with `Σ_k p_k` a rounding off 1,
+/// left 2.7e-8 (the generic path: 5.5e-17). The kernels now refine `Σ_k p_k dp_k` once.
+#[test]
+fn softmax_backward_of_a_constant_loss_is_zero() {
+    let case = burn_dice_tests::props::random_case(0x5295_1002_0d5f_a35a);
+    check(&case).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -189,14 +189,23 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     let w = weight::<F>(valid, b, n, pixels, has_valid);
     let l = label::<I>(labels, b, n, pixels, is_dense);
     let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
-    // Σ_k p_k ∂L/∂p_k, for the softmax.
-    let mut dot = 0.0f32;
+    // `r = Σ_k p_k ∂L/∂p_k` for the softmax, refined once: `refine = Σ_k p_k (∂L/∂p_k − r)`
+    // (exactly 0 up to 1e-14 where every `∂L/∂p_k` is equal; see the CPU kernel's
+    // `backward_job`).
+    let mut r = 0.0f32;
+    let mut refine = 0.0f32;
     if comptime![spec.activation == ACT_SOFTMAX] {
         for c in 0..classes {
             let at = row0 + c * pixels;
             let p = activate(f32::cast_from(x[at]), norm, spec.activation);
             let t = target_at::<F>(dense, at, l, c, is_dense);
-            dot += p * d_prob::<F>(grad, p, t, w, b * classes + c, batch * classes, spec);
+            r += p * d_prob::<F>(grad, p, t, w, b * classes + c, batch * classes, spec);
+        }
+        for c in 0..classes {
+            let at = row0 + c * pixels;
+            let p = activate(f32::cast_from(x[at]), norm, spec.activation);
+            let t = target_at::<F>(dense, at, l, c, is_dense);
+            refine += p * (d_prob::<F>(grad, p, t, w, b * classes + c, batch * classes, spec) - r);
         }
     }
     for c in 0..classes {
@@ -209,7 +218,7 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
             out = dp * p * (1.0f32 - p);
         }
         if comptime![spec.activation == ACT_SOFTMAX] {
-            out = p * (dp - dot);
+            out = p * ((dp - r) - refine);
         }
         dx[at] = F::cast_from(out);
     }
