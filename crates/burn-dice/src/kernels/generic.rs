@@ -32,8 +32,9 @@ pub(crate) fn per_channel<B: Backend>(target: &PreparedTarget<B>, classes: usize
 
 /// The three `[batch, class]` sums `I`, `P` and `T` of the per-pixel [`Terms`] of `input`
 /// (`[batch, class, pixels]`, raw) after `activation`, over the pixels that count (see
-/// [`crate::stats`]). Their gradients are autodiff's: with [`Terms::SoftL1`], burn's `abs`,
-/// whose backward is `sign` (`sign 0 = 0`).
+/// [`crate::stats`]). Their gradients are autodiff's: with [`Terms::SoftL1`], `P` and `T`
+/// through burn's `abs` (whose backward is `sign`, `sign 0 = 0`) and `I` through its
+/// subgradients, held constant (below).
 pub(crate) fn class_stats<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,

@@ -61,8 +61,7 @@ impl<B: Backend> PreparedTarget<B> {
 /// MONAI computes `I = (‖p‖ + ‖t‖ − ‖p − t‖) / 2` from the norms over the whole class, which
 /// cancels: in f32, `(1e-20 + 1 − |1e-20 − 1|) / 2` is 0, not `min = 1e-20` (a saturated
 /// softmax against a hard target). Every path here sums the pixels' terms in the exact form
-/// of [`Terms::soft_intersection`]. With the squared
-/// L2 norm that `I` is `Σ p·t` exactly, so `soft_label` changes nothing under `squared_pred`;
+/// of [`Terms::soft_intersection`]. With the squared L2 norm that `I` is `Σ p·t` exactly, so `soft_label` changes nothing under `squared_pred`;
 /// with targets in `{0, 1}` and `p ∈ [0, 1]`, `(|p| + |t| − |p − t|) / 2 = min(p, t) = p·t`,
 /// so it changes nothing on hard labels either (but for the subgradient where `p = t` exactly,
 /// see [`Terms::d_soft`]).
