@@ -632,14 +632,16 @@ fn check_on<B: AutodiffBackend, const D: usize>(
     backend: &str,
     case: &Case,
     data: &Data,
-    in_f64: &Family,
+    expected: &Expected,
     device: &B::Device,
 ) -> Result<Outcome, String> {
     let fail = |what: String| Err(format!("{backend}: {what}"));
     let fused = family::<B, D>(case, data, device);
     let generic = generic_only(|| family::<B, D>(case, data, device));
     let mut outcome = Outcome::default();
-    for (((name, v, g), (_, gv, gg)), (_, v64, g64)) in fused.iter().zip(&generic).zip(in_f64) {
+    for (((name, v, g), (_, gv, gg)), (_, v64, g64)) in
+        fused.iter().zip(&generic).zip(&expected.family)
+    {
         if v.iter().chain(g).any(|x| !x.is_finite()) {
             return fail(format!(
                 "{name}: non-finite value or gradient: {v:?}, {g:?}"
@@ -682,13 +684,12 @@ fn check_on<B: AutodiffBackend, const D: usize>(
             );
         }
     }
-    let expected = reference(case, data);
-    let ve = value_err(&fused[0].1, &expected);
+    let ve = value_err(&fused[0].1, &expected.dice);
     outcome.value_err = outcome.value_err.max(ve);
     if ve > VALUE_TOL {
         return fail(format!(
-            "DiceLoss: {:?} vs f64 reference {expected:?} (rel. {ve:.2e})",
-            fused[0].1
+            "DiceLoss: {:?} vs f64 reference {:?} (rel. {ve:.2e})",
+            fused[0].1, expected.dice
         ));
     }
     if !case.log_loss && !case.weights {
@@ -764,11 +765,21 @@ fn relations<B: Backend, const D: usize>(case: &Case, device: &B::Device) -> Res
     Ok(())
 }
 
-/// The gradients' reference: every loss on the generic path in f64.
-fn family_in_f64<const D: usize>(case: &Case, data: &Data) -> Family {
-    generic_only(|| {
-        family::<Autodiff<burn_ndarray::NdArray<f64>>, D>(case, data, &Default::default())
-    })
+/// What every backend of a case is checked against, computed once per case: every loss on
+/// the generic path in f64 (values and the gradients' reference), and the independent f64
+/// loop of `DiceLoss`'s formula.
+struct Expected {
+    family: Family,
+    dice: Vec<f64>,
+}
+
+fn expected<const D: usize>(case: &Case, data: &Data) -> Expected {
+    Expected {
+        family: generic_only(|| {
+            family::<Autodiff<burn_ndarray::NdArray<f64>>, D>(case, data, &Default::default())
+        }),
+        dice: reference(case, data),
+    }
 }
 
 /// Checks every property of `case` on burn-flex and burn-ndarray.
@@ -777,19 +788,19 @@ pub fn check(case: &Case) -> Result<Outcome, String> {
     macro_rules! ranked {
         ($d:literal) => {{
             let data = case.data();
-            let in_f64 = family_in_f64::<$d>(&case, &data);
+            let expected = expected::<$d>(&case, &data);
             let flex = check_on::<Autodiff<burn_flex::Flex>, $d>(
                 "flex",
                 &case,
                 &data,
-                &in_f64,
+                &expected,
                 &Default::default(),
             )?;
             let nd = check_on::<Autodiff<burn_ndarray::NdArray<f32>>, $d>(
                 "ndarray",
                 &case,
                 &data,
-                &in_f64,
+                &expected,
                 &Default::default(),
             )?;
             relations::<burn_flex::Flex, $d>(&case, &Default::default())?;
@@ -859,8 +870,8 @@ pub fn check_wgpu(case: &Case) -> Result<Outcome, String> {
     macro_rules! ranked {
         ($d:literal) => {{
             let data = case.data();
-            let in_f64 = family_in_f64::<$d>(&case, &data);
-            check_on::<Autodiff<burn_wgpu::Wgpu>, $d>("wgpu", &case, &data, &in_f64, &device)
+            let expected = expected::<$d>(&case, &data);
+            check_on::<Autodiff<burn_wgpu::Wgpu>, $d>("wgpu", &case, &data, &expected, &device)
         }};
     }
     match case.spatial.len() {
