@@ -1,6 +1,7 @@
-//! The learning-rate schedule of a run: cosine annealing (Loshchilov & Hutter, "SGDR", ICLR
-//! 2017) from the learning rate down to a floor over a fixed number of steps, without restarts,
-//! then the floor.
+//! The learning-rate schedule of a run: an optional linear warm-up (Goyal et al., "Accurate,
+//! Large Minibatch SGD", 2017) from `max_lr / warmup` up to the learning rate, then cosine
+//! annealing (Loshchilov & Hutter, "SGDR", ICLR 2017) from the learning rate down to a floor
+//! over the rest of a fixed number of steps, without restarts, then the floor.
 //!
 //! burn's `CosineAnnealingLrScheduler` restarts at the top after its last step, and its length
 //! is fixed when it is built. A run resumed with a different `--epochs` would rebuild it with
@@ -12,12 +13,14 @@ use burn::lr_scheduler::LrScheduler;
 use burn::optim::LearningRate;
 use burn::tensor::backend::Backend;
 
-/// Cosine from `max_lr` to `min_lr` over `num_iters` steps, then `min_lr`.
+/// Linear warm-up over `warmup_iters` steps, cosine from `max_lr` to `min_lr` over the rest of
+/// `num_iters` steps, then `min_lr`.
 #[derive(Debug, Clone)]
 pub struct RunSchedule {
     max_lr: LearningRate,
     min_lr: LearningRate,
     num_iters: usize,
+    warmup_iters: usize,
     /// Steps taken so far, minus one (`usize::MAX` before the first).
     current_iter: usize,
 }
@@ -47,8 +50,16 @@ impl RunSchedule {
             max_lr,
             min_lr,
             num_iters,
+            warmup_iters: 0,
             current_iter: usize::MAX,
         })
+    }
+
+    /// The same schedule with its first `warmup_iters` steps (at most all but one) rising
+    /// linearly, `max_lr · k / warmup_iters` at step `k = 1, …`, and the cosine over the rest.
+    pub fn with_warmup(mut self, warmup_iters: usize) -> Self {
+        self.warmup_iters = warmup_iters.min(self.num_iters - 1);
+        self
     }
 }
 
@@ -57,8 +68,11 @@ impl LrScheduler for RunSchedule {
 
     fn step(&mut self) -> LearningRate {
         self.current_iter = self.current_iter.wrapping_add(1);
-        let k = self.current_iter.min(self.num_iters) as f64;
-        let progress = k / self.num_iters as f64;
+        let k = self.current_iter.min(self.num_iters);
+        if k < self.warmup_iters {
+            return self.max_lr * (k + 1) as f64 / self.warmup_iters as f64;
+        }
+        let progress = (k - self.warmup_iters) as f64 / (self.num_iters - self.warmup_iters) as f64;
         self.min_lr
             + 0.5 * (self.max_lr - self.min_lr) * (1.0 + (progress * std::f64::consts::PI).cos())
     }
@@ -100,7 +114,9 @@ mod tests {
 
     #[test]
     fn resumes_where_it_was_from_its_record() {
-        let mut whole = RunSchedule::new(3e-3, 3e-3 / 50.0, 40).unwrap();
+        let mut whole = RunSchedule::new(3e-3, 3e-3 / 50.0, 40)
+            .unwrap()
+            .with_warmup(5);
         let mut first = whole.clone();
         for _ in 0..17 {
             whole.step();
@@ -109,10 +125,32 @@ mod tests {
         let record = first.to_record::<B>();
         let mut resumed = RunSchedule::new(3e-3, 3e-3 / 50.0, 40)
             .unwrap()
+            .with_warmup(5)
             .load_record::<B>(record);
         for _ in 0..30 {
             assert_eq!(whole.step(), resumed.step());
         }
+    }
+
+    #[test]
+    fn warms_up_linearly_then_follows_the_cosine_over_the_rest() {
+        let close = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-15)
+        };
+        let mut s = RunSchedule::new(1e-2, 2e-4, 14).unwrap().with_warmup(4);
+        let warm: Vec<f64> = (0..4).map(|_| s.step()).collect();
+        assert!(close(&warm, &[2.5e-3, 5e-3, 7.5e-3, 1e-2]), "{warm:?}");
+        // Then the whole cosine of the remaining 10 steps, from the peak to the floor.
+        let mut cosine = RunSchedule::new(1e-2, 2e-4, 10).unwrap();
+        for step in 4..=14 {
+            let (a, b) = (s.step(), cosine.step());
+            assert!((a - b).abs() < 1e-15, "step {step}: {a} vs {b}");
+        }
+        assert_eq!(s.step(), 2e-4);
+        // A warm-up longer than the run leaves the cosine its last step.
+        let mut short = RunSchedule::new(1e-2, 2e-4, 3).unwrap().with_warmup(10);
+        let lrs: Vec<f64> = (0..4).map(|_| short.step()).collect();
+        assert!(close(&lrs, &[5e-3, 1e-2, 1e-2, 2e-4]), "{lrs:?}");
     }
 
     #[test]
