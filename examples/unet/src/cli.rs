@@ -174,17 +174,22 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Epochs.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 10)]
     pub epochs: usize,
-    /// Batch size.
+    /// Batch size of each replica (see --replicas).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Adam learning rate (the peak of the cosine schedule).
-    #[arg(long, default_value_t = 3e-3)]
+    /// Adam learning rate (the peak of the cosine schedule; the default is tuned for steps of
+    /// 2 replicas × 8 images).
+    #[arg(long, default_value_t = 4.5e-3)]
     pub lr: f64,
     /// Learning-rate schedule over the run.
     #[arg(long, value_enum, default_value_t = LrSchedule::Cosine)]
     pub lr_schedule: LrSchedule,
+    /// Epochs (fractions allowed) over which the learning rate first rises linearly to --lr
+    /// (0: none; on the shapes default one epoch of warm-up did not help: BENCHMARKS.md).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
     /// Loss.
     #[arg(long, value_enum, default_value_t = LossKind::DiceCe)]
     pub loss: LossKind,
@@ -208,6 +213,22 @@ pub struct TrainArgs {
     /// Data loader workers.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Data-parallel replicas of the training step, each a thread with its own --batch-size
+    /// samples per step (a step sees replicas × batch-size, and the gradients are averaged).
+    /// Default: 2 on the CPU backends (1 on a single-core machine), where burn-flex runs most
+    /// of a step on one thread; 1 on wgpu.
+    #[arg(long)]
+    pub replicas: Option<usize>,
+}
+
+/// The replicas a training run on `backend` gets when `--replicas` is not given.
+pub fn default_replicas(backend: BackendKind) -> usize {
+    match backend {
+        BackendKind::Flex | BackendKind::Ndarray => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(2),
+        BackendKind::Wgpu => 1,
+    }
 }
 
 /// Decoder upsampling.

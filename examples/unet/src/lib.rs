@@ -60,9 +60,11 @@ pub fn run<B: AutodiffBackend>(command: Command, device: B::Device) -> Result<()
                 .with_batch_size(args.batch_size)
                 .with_learning_rate(args.lr)
                 .with_lr_schedule(args.lr_schedule)
+                .with_warmup_epochs(Some(args.warmup_epochs))
                 .with_augment(args.augment.unwrap_or(data.augment_by_default()))
                 .with_seed(args.data.seed)
                 .with_workers(args.workers)
+                .with_replicas(Some(args.replicas.unwrap_or(1)))
                 .with_data(data.name())
                 .with_image_size(args.data.image_size())
             };
@@ -146,13 +148,18 @@ where
         }
         Err(e) => return Err(e.to_string()),
     };
+    let mut command = cli.command;
+    if let Command::Train(args) = &mut command {
+        args.replicas
+            .get_or_insert_with(|| cli::default_replicas(cli.backend));
+    }
     let result = match cli.backend {
-        BackendKind::Flex => run::<burn_autodiff::Autodiff<burn_flex::Flex>>(cli.command, Default::default()),
+        BackendKind::Flex => run::<burn_autodiff::Autodiff<burn_flex::Flex>>(command, Default::default()),
         BackendKind::Ndarray => {
-            run::<burn_autodiff::Autodiff<burn_ndarray::NdArray>>(cli.command, Default::default())
+            run::<burn_autodiff::Autodiff<burn_ndarray::NdArray>>(command, Default::default())
         }
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => run::<burn_autodiff::Autodiff<burn_wgpu::Wgpu>>(cli.command, Default::default()),
+        BackendKind::Wgpu => run::<burn_autodiff::Autodiff<burn_wgpu::Wgpu>>(command, Default::default()),
         #[cfg(not(feature = "wgpu"))]
         BackendKind::Wgpu => Err(
             "--backend wgpu needs the `wgpu` feature: cargo run --release -p unet --features wgpu -- ...".into(),

@@ -11,7 +11,7 @@ use std::time::Instant;
 use burn::config::Config;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::AdamConfig;
 use burn::record::CompactRecorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -19,7 +19,10 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::train::metric::LossMetric;
 use burn::train::renderer::tui::TuiMetricsRendererWrapper;
 use burn::train::renderer::MetricsRenderer;
-use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep};
+use burn::train::{
+    ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainOutput,
+    TrainStep,
+};
 use burn_dice::metric::{DiceMetric, Prediction, SegmentationOutput};
 use burn_dice::{
     Activation, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, GeneralizedDiceLossConfig,
@@ -84,6 +87,9 @@ pub struct TrainConfig {
     /// Learning-rate schedule.
     #[config(default = "LrSchedule::Cosine")]
     pub lr_schedule: LrSchedule,
+    /// Epochs (a fraction allowed) over which the learning rate rises linearly to its peak
+    /// before the schedule (`None`: none, as runs saved before this option).
+    pub warmup_epochs: Option<f64>,
     /// The epochs the learning-rate schedule spans: `epochs` of the run as first started (`None`
     /// means `epochs`). `--resume` with another `--epochs` keeps it, so that the rate goes on
     /// where it was; epochs past it run at the schedule's final rate.
@@ -97,6 +103,13 @@ pub struct TrainConfig {
     /// Data loader workers.
     #[config(default = 1)]
     pub workers: usize,
+    /// Data-parallel replicas of the training step (`None`: 1). Each replica is a thread with
+    /// its own copy of the model and its own share of the training set, and takes `batch_size`
+    /// samples a step; their gradients are averaged into one optimizer step, so a step sees
+    /// `replicas × batch_size` samples. Batch norm normalizes each replica's batch on its own
+    /// (as PyTorch's DistributedDataParallel without SyncBatchNorm). On the CPU backends this
+    /// is what puts every core to work: burn-flex runs most of a step's ops on one thread.
+    pub replicas: Option<usize>,
     /// A description of the data set.
     #[config(default = "String::new()")]
     pub data: String,
@@ -118,20 +131,47 @@ pub struct SegModel<B: Backend> {
     /// training that stops on a non-finite loss.
     #[module(skip)]
     pub steps: Arc<AtomicUsize>,
+    /// Data-parallel replicas: each replica's gradient is scaled by `1 / replicas`, so that
+    /// the optimizer gets their mean.
+    #[module(skip)]
+    pub replicas: usize,
+    /// The message of the first training step that panicked (shared by the clones). A replica
+    /// runs on a thread of burn-train's, which only sees the channel to it close: [`train`]
+    /// reports this message instead.
+    #[module(skip)]
+    pub failure: Arc<Mutex<Option<String>>>,
+}
+
+/// Initializes every float parameter it visits.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
 }
 
 /// The start of the panic message of a training step whose loss is not finite.
 pub const NON_FINITE_LOSS: &str = "the training loss is not finite";
 
 impl<B: Backend> SegModel<B> {
-    /// Builds the model of `config`.
+    /// Builds the model of `config`, its parameters initialized.
+    ///
+    /// burn initializes a parameter on first use, and a clone of a parameter not yet used
+    /// draws values of its own: the replicas of a run with `replicas > 1` (each a clone) would
+    /// take their first step from different weights, and the optimizer would apply their
+    /// gradients to a third set.
     pub fn new(config: &TrainConfig, device: &B::Device) -> Self {
-        Self {
+        let model = Self {
             unet: config.model.init(device),
             loss: config.loss,
             ignore_index: config.ignore_index,
             steps: Arc::new(AtomicUsize::new(0)),
-        }
+            replicas: config.replicas.unwrap_or(1).max(1),
+            failure: Arc::default(),
+        };
+        model.visit(&mut Materialize);
+        model
     }
 
     /// The loss of `logits` against `labels`.
@@ -189,11 +229,32 @@ impl<B: AutodiffBackend> TrainStep for SegModel<B> {
     /// error naming the epoch, the batch and the last complete checkpoint.
     fn step(&self, batch: SegBatch<B>) -> TrainOutput<SegmentationOutput<B>> {
         self.steps.fetch_add(1, Ordering::Relaxed);
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.train_step(batch))) {
+            Ok(output) => output,
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                self.failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(message);
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
+}
+
+impl<B: AutodiffBackend> SegModel<B> {
+    fn train_step(&self, batch: SegBatch<B>) -> TrainOutput<SegmentationOutput<B>> {
         let output = self.output(batch);
         // burn-train's loss metric reads the value back anyway: checking it costs no extra wait.
         let value: f64 = output.loss.clone().into_scalar().elem();
         assert!(value.is_finite(), "{NON_FINITE_LOSS}: {value}");
-        TrainOutput::new(self, output.loss.backward(), output)
+        // burn-train sums the replicas' gradients: each contributes its share of the mean.
+        let grads = match self.replicas {
+            1 => output.loss.backward(),
+            n => output.loss.clone().div_scalar(n as f64).backward(),
+        };
+        TrainOutput::new(self, grads, output)
     }
 }
 
@@ -281,6 +342,8 @@ pub fn train<B: AutodiffBackend>(
     );
     let preview: Vec<_> = splits.valid.iter().take(4).cloned().collect();
     let train_len = splits.train.len();
+    let replicas = config.replicas.unwrap_or(1);
+    let (steps_per_epoch, batches) = epoch_steps(train_len, replicas, config.batch_size)?;
     let train_loader = DataLoaderBuilder::new(SegBatcher::new(
         config.augment,
         config.ignore_index,
@@ -313,6 +376,15 @@ pub fn train<B: AutodiffBackend>(
         .with_file_checkpointer(AtomicRecorder(CompactRecorder::new()))
         .num_epochs(config.epochs)
         .summary();
+    if replicas > 1 {
+        training = training.with_training_strategy(
+            ExecutionStrategy::multi(
+                vec![device.clone(); replicas],
+                MultiDeviceOptim::OptimMainDevice,
+            )
+            .into(),
+        );
+    }
     if let Some(epoch) = resume_from {
         println!("resuming after epoch {epoch}");
         training = training.checkpoint(epoch);
@@ -331,8 +403,8 @@ pub fn train<B: AutodiffBackend>(
     ));
     let model = SegModel::<B>::new(&config, device);
     let steps = model.steps.clone();
+    let failure = model.failure.clone();
     let optimizer = AdamConfig::new().init();
-    let batches = train_len.div_ceil(config.batch_size);
     let schedule_epochs = config.schedule_epochs.unwrap_or(config.epochs);
     let min_lr = match config.lr_schedule {
         LrSchedule::Constant => config.learning_rate,
@@ -342,9 +414,10 @@ pub fn train<B: AutodiffBackend>(
     let scheduler = RunSchedule::new(
         config.learning_rate,
         min_lr,
-        (schedule_epochs * batches).max(1),
+        (schedule_epochs * steps_per_epoch).max(1),
     )
-    .map_err(|e| format!("--lr {}: {e}", config.learning_rate))?;
+    .map_err(|e| format!("--lr {}: {e}", config.learning_rate))?
+    .with_warmup(warmup_steps(config.warmup_epochs, steps_per_epoch)?);
     logs_of_resumed_runs(out, resume_from)?;
     let start = Instant::now();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -355,11 +428,10 @@ pub fn train<B: AutodiffBackend>(
     let result = match result {
         Ok(result) => result,
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic without a message".into());
+            // A step's own message first: on a replica's thread, burn-train's main thread
+            // only sees the replica's channel close.
+            let step_failure = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let message = step_failure.unwrap_or_else(|| panic_message(payload.as_ref()));
             let step = steps.load(Ordering::Relaxed).max(1) - 1;
             let epoch = resume_from.unwrap_or(0) + step / batches.max(1) + 1;
             let checkpoint = match last_checkpoint(out) {
@@ -425,6 +497,52 @@ pub fn train<B: AutodiffBackend>(
         seconds,
         rows,
     })
+}
+
+/// The message of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The optimizer steps of an epoch of `train_len` images on `replicas` replicas taking
+/// `batch_size` images each a step, and the batches of all replicas together (the training
+/// steps that `SegModel::steps` counts).
+///
+/// burn-train gives replica `i` the images `[i·⌊n/r⌋, (i+1)·⌊n/r⌋)` (the last one the rest)
+/// and steps while any replica has a batch left: the last replica's batches are the steps.
+pub fn epoch_steps(
+    train_len: usize,
+    replicas: usize,
+    batch_size: usize,
+) -> Result<(usize, usize), String> {
+    if replicas == 0 || replicas > train_len {
+        return Err(format!(
+            "--replicas must be between 1 and the number of training images ({train_len}), \
+             got {replicas}"
+        ));
+    }
+    if batch_size == 0 {
+        return Err("--batch-size must be at least 1, got 0".into());
+    }
+    let share = train_len / replicas;
+    let last = train_len - (replicas - 1) * share;
+    let batches = (replicas - 1) * share.div_ceil(batch_size) + last.div_ceil(batch_size);
+    Ok((last.div_ceil(batch_size), batches))
+}
+
+/// The optimizer steps of a warm-up of `epochs` epochs (rounded).
+fn warmup_steps(epochs: Option<f64>, steps_per_epoch: usize) -> Result<usize, String> {
+    match epochs {
+        None => Ok(0),
+        Some(e) if e.is_finite() && e >= 0.0 => Ok((e * steps_per_epoch as f64).round() as usize),
+        Some(e) => Err(format!(
+            "--warmup-epochs must be a finite number ≥ 0, got {e}"
+        )),
+    }
 }
 
 const SPLITS: [&str; 2] = ["train", "valid"];
@@ -510,6 +628,128 @@ mod tests {
             vec!["bg".into(), "fg".into()],
         )
         .with_epochs(epochs)
+    }
+
+    #[test]
+    fn epoch_steps_follow_burns_split_of_the_training_set() {
+        // One replica: the batches are the steps.
+        assert_eq!(epoch_steps(2048, 1, 8).unwrap(), (256, 256));
+        // Two replicas of 1,024 images: 128 steps of 2 batches.
+        assert_eq!(epoch_steps(2048, 2, 8).unwrap(), (128, 256));
+        // 11 images on 2 replicas take 5 and 6: batches of 4 give 2 + 2, and 2 steps.
+        assert_eq!(epoch_steps(11, 2, 4).unwrap(), (2, 4));
+        // 10 on 3 take 3, 3 and 4: with batches of 3, the last replica steps twice.
+        assert_eq!(epoch_steps(10, 3, 3).unwrap(), (2, 4));
+        let burn = |n: usize, r: usize| {
+            let loader = DataLoaderBuilder::<burn_flex::Flex, usize, usize>::new(CountBatcher)
+                .batch_size(3)
+                .build(InMemDataset::new((0..n).collect()));
+            let devices = vec![burn_flex::FlexDevice; r];
+            burn::data::dataloader::split::split_dataloader(loader, &devices)
+                .iter()
+                .map(|l| l.iter().count())
+                .collect::<Vec<_>>()
+        };
+        for (n, r) in [(10, 3), (11, 2), (7, 7), (100, 3)] {
+            let per_replica = burn(n, r);
+            let (steps, batches) = epoch_steps(n, r, 3).unwrap();
+            assert_eq!(steps, *per_replica.iter().max().unwrap(), "{n} on {r}");
+            assert_eq!(batches, per_replica.iter().sum::<usize>(), "{n} on {r}");
+        }
+    }
+
+    #[derive(Clone)]
+    struct CountBatcher;
+
+    impl burn::data::dataloader::batcher::Batcher<burn_flex::Flex, usize, usize> for CountBatcher {
+        fn batch(&self, items: Vec<usize>, _device: &burn_flex::FlexDevice) -> usize {
+            items.len()
+        }
+    }
+
+    #[test]
+    fn bad_replicas_are_named() {
+        let err = epoch_steps(8, 0, 4).unwrap_err();
+        assert!(err.contains("--replicas") && err.contains("got 0"), "{err}");
+        let err = epoch_steps(8, 9, 4).unwrap_err();
+        assert!(err.contains("(8)") && err.contains("got 9"), "{err}");
+        let err = warmup_steps(Some(f64::NAN), 10).unwrap_err();
+        assert!(
+            err.contains("--warmup-epochs") && err.contains("NaN"),
+            "{err}"
+        );
+        assert_eq!(warmup_steps(Some(0.5), 128).unwrap(), 64);
+        assert_eq!(warmup_steps(None, 128).unwrap(), 0);
+    }
+
+    #[test]
+    fn each_replica_contributes_its_share_of_the_mean_gradient() {
+        type A = burn_autodiff::Autodiff<burn_flex::Flex>;
+        let device = Default::default();
+        <A as Backend>::seed(&device, 3);
+        let mut config = config(1);
+        config.model = UNetConfig::new(2).with_depth(1).with_base_channels(4);
+        let one = SegModel::<A>::new(&config, &device);
+        // Cloned before any step: `SegModel::new` has initialized the parameters, so both
+        // hold the same weights.
+        let two = SegModel {
+            replicas: 2,
+            ..one.clone()
+        };
+        let images = Tensor::<A, 4>::random(
+            [2, 1, 8, 8],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let labels = Tensor::<A, 4, Int>::from_data(
+            burn::tensor::TensorData::new(
+                (0..128).map(|i| i64::from(i % 3 == 0)).collect(),
+                [2, 1, 8, 8],
+            ),
+            &device,
+        );
+        let grads = |model: &SegModel<A>| {
+            let batch = SegBatch {
+                images: images.clone(),
+                labels: labels.clone(),
+            };
+            TrainStep::step(model, batch).grads
+        };
+        let mut halved = Halved {
+            one: grads(&one),
+            two: grads(&two),
+            compared: 0,
+        };
+        one.visit(&mut halved);
+        // Every convolution weight, batch-norm scale and shift, and the output bias.
+        assert!(halved.compared >= 10, "{} parameters", halved.compared);
+    }
+
+    /// Checks that the gradient of every parameter in `two` is half that in `one`.
+    struct Halved {
+        one: burn::optim::GradientsParams,
+        two: burn::optim::GradientsParams,
+        compared: usize,
+    }
+
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Halved {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            type Inner = burn_flex::Flex;
+            let (Some(a), Some(b)) = (
+                self.one.get::<Inner, D>(param.id),
+                self.two.get::<Inner, D>(param.id),
+            ) else {
+                return;
+            };
+            let a = a.into_data().to_vec::<f32>().unwrap();
+            let b = b.into_data().to_vec::<f32>().unwrap();
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0, "a zero gradient proves nothing");
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x / 2.0 - y).abs() <= 1e-6 * scale, "{x} / 2 vs {y}");
+            }
+            self.compared += 1;
+        }
     }
 
     #[test]
