@@ -74,26 +74,24 @@ proptest! {
 }
 
 /// The soak's one failure in its first 120,000 cases (seed 20261201): one pixel whose only
-/// gradient, 2.57e-5, is a difference f32 resolves to 1.1e-3 of itself, the same on both f32
-/// paths. It passes as ill-conditioned (to `GRAD_TOL_SATURATED`), not under `GRAD_TOL`.
+/// gradient, 2.57e-5, is a difference f32 resolves to 1.1e-3 of itself (2.8e-8 absolute), the
+/// same on both f32 paths. Under the absolute floor of 1e-8 it needed the ill-conditioned
+/// rule (`GRAD_TOL_SATURATED` where both f32 paths agree); under today's 1e-7
+/// ([`burn_dice_tests::props::GRAD_FLOOR`]) it is within `GRAD_TOL` outright.
 #[test]
-fn ill_conditioned_gradient_is_told_apart() {
+fn ill_conditioned_gradient_is_within_f32() {
     // The case as the soak drew it before `soft_label` was a property.
     let case = burn_dice_tests::props::Case {
         soft_label: false,
         ..burn_dice_tests::props::random_case(0x5295_1002_0d54_f08a)
     };
     let outcome = check(&case).unwrap_or_else(|e| panic!("{e}"));
-    let err = outcome.grad_err_ill_conditioned;
     assert!(
-        err > burn_dice_tests::props::GRAD_TOL && err < burn_dice_tests::props::GRAD_TOL_SATURATED,
-        "ill-conditioned gradient error {err:.2e}: expected between 1e-4 and 1e-2"
-    );
-    assert!(
-        outcome.grad_err < burn_dice_tests::props::GRAD_TOL,
-        "the other losses' gradients in this case: {:.2e}, expected below 1e-4",
+        outcome.grad_err > 1e-6 && outcome.grad_err < burn_dice_tests::props::GRAD_TOL,
+        "gradient error {:.2e} (of the floor): expected f32's residue, below 1e-4",
         outcome.grad_err
     );
+    assert_eq!(outcome.grad_err_ill_conditioned, 0.0);
 }
 
 /// The soak's failure at case 200,000-odd of seed 20261201 (after soft_label): GeneralizedDice
@@ -104,5 +102,17 @@ fn ill_conditioned_gradient_is_told_apart() {
 #[test]
 fn softmax_backward_of_a_constant_loss_is_zero() {
     let case = burn_dice_tests::props::random_case(0x5295_1002_0d5f_a35a);
+    check(&case).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The soak's failure between cases 80,000 and 90,000 of seed 20261203: the same kind of case (GD with
+/// `soft_label`, softmax over 2 classes, one pixel, an empty class), whose gradient is 0 in
+/// f64. Here the fused kernels give 0 and the generic path, burn's softmax backward
+/// `p_c (g − Σ_k p_k g)`, leaves `p_c · g · (1 − Σ_k p_k)` = 1.5e-8 with `g ≈ 0.25`: f32's
+/// resolution, above the absolute 1e-8 the properties allowed then. The floor of the
+/// gradient comparison is now 1e-7 absolute ([`burn_dice_tests::props::GRAD_FLOOR`]).
+#[test]
+fn generic_softmax_backward_of_a_constant_loss_is_within_f32() {
+    let case = burn_dice_tests::props::random_case(0x5295_3002_0d54_0476);
     check(&case).unwrap_or_else(|e| panic!("{e}"));
 }
