@@ -113,6 +113,9 @@ fn softmax_backward_of_a_constant_loss_is_zero() {
 /// gradient comparison is now 1e-7 absolute ([`burn_dice_tests::props::GRAD_FLOOR`]).
 #[test]
 fn generic_softmax_backward_of_a_constant_loss_is_within_f32() {
-    let case = burn_dice_tests::props::random_case(0x5295_3002_0d54_0476);
-    check(&case).unwrap_or_else(|e| panic!("{e}"));
+    // The second: after case 360,000, with `squared_pred` and two pixels.
+    for seed in [0x5295_3002_0d54_0476, 0x5295_3002_0d50_b8f4] {
+        let case = burn_dice_tests::props::random_case(seed);
+        check(&case).unwrap_or_else(|e| panic!("{seed:#x}: {e}"));
+    }
 }
