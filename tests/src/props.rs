@@ -658,7 +658,11 @@ fn check_on<B: AutodiffBackend, const D: usize>(
         }
         let ve = value_err(v, gv).max(value_err(v, v64));
         let floor = GRAD_FLOOR;
-        let ge = grad_err_floor(g, g64, floor).max(grad_err_floor(gg, g64, floor));
+        let (fused_err, generic_err) = (
+            grad_err_floor(g, g64, floor),
+            grad_err_floor(gg, g64, floor),
+        );
+        let ge = fused_err.max(generic_err);
         // Both f32 paths off f64 in the same way: f32 cancellation, not a bug of either.
         let agree = grad_err_floor(g, gg, floor) <= GRAD_TOL;
         let ill_conditioned = !case.extreme && ge > GRAD_TOL && agree;
@@ -687,9 +691,8 @@ fn check_on<B: AutodiffBackend, const D: usize>(
                 format!(
                     "{name}: gradients off the f64 ones by {:.2e} (fused) and {:.2e} (generic) of \
                  the largest",
-                    grad_err_floor(g, g64, floor),
-                    grad_err_floor(gg, g64, floor)
-                ) + &if grad_err_floor(g, g64, floor) >= grad_err_floor(gg, g64, floor) {
+                    fused_err, generic_err
+                ) + &if fused_err >= generic_err {
                     "; fused".to_string() + &worst_entry(g, g64)
                 } else {
                     "; generic".to_string() + &worst_entry(gg, g64)
