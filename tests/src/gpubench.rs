@@ -94,6 +94,12 @@ pub struct LossTiming {
     /// (gradients alive), whichever is larger, beyond what was in use before: a lower bound of
     /// the pass's peak (`None` where the backend does not report it).
     pub extra_memory_vs_logits: Option<f64>,
+    /// The CubeCL kernels one forward call launches and one backward pass launches (`None`
+    /// without the CubeCL kernels; 0 on the generic path).
+    pub launches: Option<[u64; 2]>,
+    /// The data-check read-backs (host submissions) of `reps` checked calls after the first,
+    /// with the first call's own read-back not counted.
+    pub readbacks: u64,
 }
 
 /// The loss `name` on a case's input and target.
@@ -168,7 +174,7 @@ fn time_one<B: AutodiffBackend, const D: usize>(
     reps: usize,
     device: &B::Device,
     in_use: &dyn Fn() -> Option<u64>,
-) -> (f64, f64, Option<f64>) {
+) -> (f64, f64, Option<f64>, Option<[u64; 2]>, u64) {
     let (x, t) = case_data::<B, D>(case, device);
     let f = loss_fn::<B, D>(loss, case.sigmoid, device);
     let logits_bytes = 4.0 * x.shape().num_elements() as f64;
@@ -214,7 +220,30 @@ fn time_one<B: AutodiffBackend, const D: usize>(
         let peak = after_forward.max(after_backward).saturating_sub(before);
         Some(peak as f64 / logits_bytes)
     });
-    (forward, both, memory)
+    // Launches: the kernels run when the fusion stream executes, which the syncs make happen
+    // on this thread.
+    #[cfg(feature = "wgpu")]
+    let launches = {
+        use burn_dice::kernels::launches;
+        let xr = x.clone().require_grad();
+        let before = launches();
+        let l = f(xr.clone(), t.clone());
+        B::sync(device).expect("sync");
+        let forward = launches() - before;
+        let before = launches();
+        let grads = l.backward();
+        B::sync(device).expect("sync");
+        drop(grads);
+        Some([forward, launches() - before])
+    };
+    #[cfg(not(feature = "wgpu"))]
+    let launches = None;
+    let before = burn_dice::checks::readbacks();
+    for _ in 0..reps {
+        drop(f(x.clone(), t.clone()));
+    }
+    let readbacks = burn_dice::checks::readbacks() - before;
+    (forward, both, memory, launches, readbacks)
 }
 
 /// Every loss on `cases` (by id), with the kernels and on the generic path; `peak_gbps` the
@@ -243,7 +272,7 @@ pub fn bench_losses<B: AutodiffBackend>(
                     1 => time_one::<B, 4>(loss, case, reps, device, in_use),
                     _ => time_one::<B, 5>(loss, case, reps, device, in_use),
                 };
-                let (forward_ms, forward_backward_ms, memory) =
+                let (forward_ms, forward_backward_ms, memory, launches, readbacks) =
                     if generic { generic_only(run) } else { run() };
                 let gb_per_s = bytes as f64 / (forward_backward_ms * 1e-3) / 1e9;
                 let timing = LossTiming {
@@ -260,6 +289,8 @@ pub fn bench_losses<B: AutodiffBackend>(
                     gb_per_s,
                     peak_fraction: peak_gbps.map(|p| gb_per_s / p),
                     extra_memory_vs_logits: memory,
+                    launches,
+                    readbacks,
                 };
                 println!(
                     "{:<16} {}) {:<8} fwd {:>9.3} ms  fwd+bwd {:>9.3} ms  {:>8.1} GB/s{}{}",
@@ -274,6 +305,13 @@ pub fn bench_losses<B: AutodiffBackend>(
                         .map_or(String::new(), |f| format!(" ({:.1} % of peak)", 100.0 * f)),
                     memory.map_or(String::new(), |m| format!("  extra memory {m:.2}x logits")),
                 );
+                if let Some([fwd, bwd]) = launches {
+                    println!(
+                        "{:<16} {}) {:<8} launches fwd {fwd} bwd {bwd}; read-backs of {reps} \
+                         checked calls: {readbacks}",
+                        timing.loss, case.id, timing.path
+                    );
+                }
                 out.push(timing);
             }
         }

@@ -35,10 +35,14 @@
 //! once, and a failure panics in the call that saw the data. On a GPU, reading a verdict back
 //! at once would make every call wait for the device to finish all the work queued so far; so
 //! there (and on the generic path of any device backend) the first checked call of each thread
-//! waits for its verdict, and every later call starts the read-back of its verdict without
-//! waiting: a failure then panics at a later checked call of any loss on the same thread (the
-//! message names the call that saw the bad data), or at [`crate::wait_for_checks`]. See
-//! `crate::checks`.
+//! waits for its verdict, and later calls leave theirs on the device, to be read back
+//! [`crate::checks::CHECK_BATCH`] at a time without waiting: a failure then panics at a later
+//! checked call of any loss on the same thread (the message names the call that saw the bad
+//! data), or at [`crate::wait_for_checks`]. See `crate::checks`.
+//!
+//! # Counting
+//! With the CubeCL kernels, `launches` counts the kernels a thread has launched (a test holds
+//! each loss's launches per call), and [`crate::checks::readbacks`] the verdicts' read-backs.
 
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "cube-kernels"))]
 mod backend;
@@ -54,6 +58,11 @@ pub(crate) mod input;
     any(all(feature = "ndarray", feature = "flex"), feature = "cube-kernels")
 ))]
 pub(crate) mod tests;
+
+#[cfg(feature = "wgpu")]
+pub use cube::wgpu_plane_reductions;
+#[cfg(feature = "cube-kernels")]
+pub use cube::{launches, set_plane_reductions};
 
 use std::cell::Cell;
 
@@ -115,6 +124,21 @@ pub fn path<B: Backend>() -> KernelPath {
         return KernelPath::Cube;
     }
     KernelPath::Generic
+}
+
+/// Whether backend `B`'s read-backs are there at once: `Some(true)` for the CPU backends the
+/// kernels run on, `Some(false)` for the CubeCL backends they run on, `None` for a backend
+/// they do not know (the data checks then learn it from the first read-back).
+pub(crate) fn reads_back_at_once<B: Backend>() -> Option<bool> {
+    #[cfg(any(feature = "ndarray", feature = "flex"))]
+    if cpu::handles::<B>() {
+        return Some(true);
+    }
+    #[cfg(feature = "cube-kernels")]
+    if cube::handles::<B>() {
+        return Some(false);
+    }
+    None
 }
 
 /// Whether the statistics pass of backend `B` checks the data it reads, so that the losses

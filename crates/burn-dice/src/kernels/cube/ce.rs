@@ -12,7 +12,6 @@
 //!   `loss = −v·(π·t·ln σ(x) + (1 − t)·ln σ(−x))`, `norm = v`;
 //!   `∂loss/∂x = v·(σ(x)·(π·t + 1 − t) − π·t)`.
 
-use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
@@ -46,7 +45,8 @@ fn log_sum_exp<F: Float>(x: &Tensor<F>, row0: usize, pixels: usize, classes: usi
     norm.max - norm.inv_sum.ln()
 }
 
-/// Per cube, the partial sums `[batch, tiles, 1, 2]` (loss, norm).
+/// Per cube, the partial sums (loss, norm), laid out as [`Partials`] says (`width` = 1,
+/// `stats` = 2).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn ce_forward_kernel<F: Float, I: Numeric>(
@@ -64,6 +64,7 @@ fn ce_forward_kernel<F: Float, I: Numeric>(
     #[comptime] is_dense: bool,
     #[comptime] has_valid: bool,
     #[comptime] has_weight: bool,
+    #[comptime] planes: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let b = CUBE_POS_Y as usize;
@@ -117,13 +118,13 @@ fn ce_forward_kernel<F: Float, I: Numeric>(
             norm_sum += norm;
         }
     }
-    let mut shared = SharedMemory::<f32>::new(comptime![2 * CUBE]);
+    let mut shared = SharedMemory::<f32>::new(comptime![reduce_shared(2)]);
     let mut sums = Array::<f32>::new(2usize);
     sums[0] = loss_sum;
     sums[1] = norm_sum;
-    cube_sum(&mut shared, &sums, 2usize);
+    cube_reduce(&mut shared, &sums, 2usize, 2usize, planes);
     if tid < 2 {
-        partial[(b * tiles + tile) * 2 + tid] = shared[tid * CUBE];
+        partial[(b * 2 + tid) * tiles + tile] = shared[tid * STRIDE];
     }
 }
 
@@ -201,10 +202,18 @@ pub(crate) fn forward<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let [batch, classes, pixels] = data.dims();
     let tiling = Tiling::new(batch, pixels);
-    let partial = empty_like(&data.x, vec![batch, tiling.tiles, 1, 2], DType::F32);
+    let partials = Partials {
+        batch,
+        tiles: tiling.tiles,
+        width: 1,
+        stats: 2,
+        check: false,
+    };
+    let partial = partials.alloc(&data.x);
     let args = data.args();
     let has_weight = weights.is_some();
     let weights = weights.unwrap_or_else(|| data.x.clone());
+    counted();
     ce_forward_kernel::launch::<R>(
         &data.x.client,
         tiling.cube_count(batch),
@@ -223,14 +232,10 @@ pub(crate) fn forward<R: CubeRuntime>(
         data.dense.is_some(),
         data.valid.is_some(),
         has_weight,
+        use_planes(&data.x.client),
         args.dtypes,
     );
-    sum_tiles(
-        &data.x,
-        partial,
-        (batch, tiling.tiles, 1, 2),
-        vec![2, batch],
-    )
+    partials.finish(&data.x, partial, vec![2, batch]).0
 }
 
 /// The input's gradient for `grad` (`[2, batch]`: only the loss row depends on the input).
@@ -246,6 +251,7 @@ pub(crate) fn backward<R: CubeRuntime>(
     let args = data.args();
     let has_weight = weights.is_some();
     let weights = weights.unwrap_or_else(|| data.x.clone());
+    counted();
     ce_backward_kernel::launch::<R>(
         &data.x.client,
         count,

@@ -1,21 +1,31 @@
 //! What the CubeCL kernel families share: the layout, the activation of one value, the target
-//! of one (class, pixel), the cube-wide reduction of per-thread partial sums, the kernel that
-//! adds the partial sums of the cubes up, and the launch geometry.
+//! of one (class, pixel), the cube-wide reduction, the second stage of every reduction, the
+//! launch geometry and the launch count.
 //!
 //! Layout (as on the CPU): `x` is `[batch, class, pixels]` row-major; a dense target has the
 //! same layout; class indices and the validity weights are `[batch, pixels]`. The reductions
-//! give each cube a tile of consecutive pixels of one sample (every class): its threads walk
-//! the tile in steps of [`CUBE`] pixels (adjacent threads, adjacent addresses), accumulate in
-//! `f32` registers, then the cube adds its threads' sums in shared memory and writes one
-//! partial sum per (cube, class, statistic); a second small kernel ([`sum_tiles_kernel`]) adds
-//! the cubes' partial sums up. No atomics, so nothing is serialized, and the result does not
-//! depend on scheduling. `f16`/`bf16` inputs are read as `f32`, accumulated in `f32`, and the
-//! results written back in the input's type.
+//! run in two launches:
+//! 1. each cube takes a tile of consecutive pixels of one sample (every class): its threads
+//!    walk the tile in steps of [`CUBE`] pixels (adjacent threads, adjacent addresses),
+//!    accumulate in `f32` registers, then [`cube_reduce`] combines the threads' values (plane
+//!    operations where the device has them, else a shared-memory tree) and the cube writes one
+//!    partial result per (class, statistic), and with the data checks its partial verdict, into
+//!    one buffer ([`Partials`]);
+//! 2. [`sum_tiles_kernel`] gives each output value a cube that reads that value's partial
+//!    results (contiguous) in parallel and reduces them the same way; the verdict's four slots
+//!    are four more cubes of the same launch.
+//!
+//! No atomics, so nothing is serialized, and the result does not depend on scheduling (the
+//! order of the additions is fixed for a device and plane size). `f16`/`bf16` inputs are read
+//! as `f32`, accumulated in `f32`, and the results written back in the input's type.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
+use cubecl::features::Plane;
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
@@ -111,101 +121,195 @@ pub(super) fn one_hot(label: f32, c: usize) -> f32 {
     t
 }
 
-/// Adds up, over the threads of the cube, the `count` values each thread holds in `values`;
-/// the sum of value `v` ends in `shared[v * CUBE]` (`shared` holds `count · CUBE` values).
+/// The distance between two values' rows in the shared memory of [`cube_reduce`]: a cube's
+/// worth of values plus a pad of half a bank row, so that the radix-[`RADIX`] tree's threads for
+/// two neighbouring values land in different banks.
+pub(super) const STRIDE: usize = CUBE + 16;
+/// The fan-in of each level of [`cube_reduce`]'s tree: `RADIX² = CUBE`, two levels.
+const RADIX: usize = 16;
+/// The shared memory a [`cube_reduce`] of `count` values takes.
+pub(super) const fn reduce_shared(count: usize) -> usize {
+    count * STRIDE
+}
+
+/// Reduces, over the threads of the cube, the `count` values each thread holds in `values`:
+/// values `0..sums` are added, values `sums..count` are taken the largest of. The result for
+/// value `v` ends in `shared[v * STRIDE]` (`shared` holds [`reduce_shared`]`(count)` values).
 /// Every thread of the cube must call it.
 ///
-/// After one barrier, thread `v` adds the values of every thread serially. A tree would need
-/// `log2(CUBE)` barriers; the serial sum costs under a microsecond per cube on a GPU, and
-/// barriers cost far more than additions on devices that emulate them (Mesa's lavapipe: 18×
-/// faster than the tree there). Plane (warp) operations are not used: cubecl-wgpu offers them
-/// only on some adapters, and a path that the CI's lavapipe cannot run would go untested.
+/// - `planes` (the client offers plane operations, see [`use_planes`]): each plane (warp)
+///   reduces its threads' values with `plane_sum` / `plane_max`, its first thread writes them,
+///   and after one barrier thread `v` reduces the `CUBE / PLANE_DIM` results of value `v`
+///   (8 on a 32-wide NVIDIA warp).
+/// - otherwise a two-level tree in shared memory: every thread writes its values, then
+///   `RADIX · count` threads each reduce `RADIX` values `RADIX` apart (adjacent threads,
+///   adjacent addresses; the pad of [`STRIDE`] keeps two values' threads off one bank), then
+///   thread `v` reduces the `RADIX` results of value `v`. Three barriers in all: the tree of
+///   `log2(CUBE)` levels that a GPU would run fastest costs 8, which Mesa's lavapipe (the CI's
+///   device, which emulates barriers and offers no plane operations) pays for dearly.
 #[cube]
-pub(super) fn cube_sum(
+pub(super) fn cube_reduce(
     shared: &mut SharedMemory<f32>,
     values: &Array<f32>,
     #[comptime] count: usize,
+    #[comptime] sums: usize,
+    #[comptime] planes: bool,
 ) {
     let tid = UNIT_POS_X as usize;
-    #[unroll]
-    for v in 0..count {
-        shared[v * CUBE + tid] = values[v];
-    }
-    sync_cube();
-    if tid < count {
-        let mut acc = 0.0f32;
-        for i in 0..CUBE {
-            acc += shared[tid * CUBE + i];
+    if planes {
+        let plane = tid / PLANE_DIM as usize;
+        #[unroll]
+        for v in 0..count {
+            let r = if comptime![v < sums] {
+                plane_sum(values[v])
+            } else {
+                plane_max(values[v])
+            };
+            if UNIT_POS_PLANE == 0 {
+                shared[v * STRIDE + plane] = r;
+            }
         }
-        shared[tid * CUBE] = acc;
+        sync_cube();
+        let per_plane = CUBE / PLANE_DIM as usize;
+        if tid < count {
+            let base = tid * STRIDE;
+            let mut acc = shared[base];
+            for i in 1..per_plane {
+                acc = combine(acc, shared[base + i], tid < sums);
+            }
+            shared[base] = acc;
+        }
+        sync_cube();
+    } else {
+        #[unroll]
+        for v in 0..count {
+            shared[v * STRIDE + tid] = values[v];
+        }
+        sync_cube();
+        // Level 1: task `(v, g)` reduces `shared[v·STRIDE + g + RADIX·i]` into its first slot
+        // (only it reads those slots, so in place without a barrier).
+        let mut task = tid;
+        while task < comptime![count * RADIX] {
+            let v = task / RADIX;
+            let base = v * STRIDE + task % RADIX;
+            let mut acc = shared[base];
+            #[unroll]
+            for i in 1..RADIX {
+                acc = combine(acc, shared[base + i * RADIX], v < sums);
+            }
+            shared[base] = acc;
+            task += CUBE;
+        }
+        sync_cube();
+        if tid < count {
+            let base = tid * STRIDE;
+            let mut acc = shared[base];
+            #[unroll]
+            for i in 1..RADIX {
+                acc = combine(acc, shared[base + i], tid < sums);
+            }
+            shared[base] = acc;
+        }
+        sync_cube();
     }
-    sync_cube();
 }
 
-/// `out[s, b, m] = Σ_tiles partial[b, tile, m, s]`: the sums of the cubes of each sample, for
-/// `partial` of shape `[batch, tiles, width, stats]`, written in the input's type.
+/// `a + b` (`sum`), else the larger of the two.
+#[cube]
+fn combine(a: f32, b: f32, sum: bool) -> f32 {
+    let mut out = a + b;
+    if !sum {
+        out = a;
+        if b > a {
+            out = b;
+        }
+    }
+    out
+}
+
+/// The second stage of every reduction: `out[s, b, m] = Σ_tiles partial[b, m, s, tile]`, the
+/// sums of the cubes of each sample written in the input's type, for `partial` laid out as
+/// `[batch, width, stats, tiles]` (each output's tiles contiguous); with `check`, also the
+/// `[4]` verdict from the `[4, batch · tiles]` partial verdicts that follow them in `partial`
+/// (see [`VERDICT`]). One cube per output value: its threads read the tiles `CUBE` apart
+/// (adjacent threads, adjacent addresses) and [`cube_reduce`] adds them up.
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn sum_tiles_kernel<F: Float>(
     partial: &Tensor<f32>,
     out: &mut Tensor<F>,
+    verdict: &mut Tensor<F>,
     batch: usize,
     tiles: usize,
     width: usize,
     stats: usize,
+    #[comptime] check: bool,
+    #[comptime] planes: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let pos = ABSOLUTE_POS;
-    if pos >= stats * batch * width {
+    let o = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let outputs = stats * batch * width;
+    let mut total = outputs;
+    if check {
+        total += 4;
+    }
+    // Uniform over the cube: a cube past the end leaves as a whole, before any barrier.
+    if o >= total {
         terminate!();
     }
-    let s = pos / (batch * width);
-    let rest = pos % (batch * width);
-    let b = rest / width;
-    let m = rest % width;
-    let mut acc = 0.0f32;
-    for t in 0..tiles {
-        acc += partial[((b * tiles + t) * width + m) * stats + s];
-    }
-    out[pos] = F::cast_from(acc);
-}
-
-/// The verdict of the data checks from the cubes' `[count, 4]` partial verdicts: non-finite
-/// input values (sum), non-finite target values (sum), the largest and the smallest class
-/// index (max, min).
-#[cube(launch)]
-pub(super) fn verdict_kernel<F: Float>(
-    partial: &Tensor<f32>,
-    out: &mut Tensor<F>,
-    count: usize,
-    #[define(F)] _dtype: StorageType,
-) {
-    let k = UNIT_POS_X as usize;
-    if k >= 4 {
-        terminate!();
-    }
-    let mut acc = partial[k];
-    for i in 1..count {
-        acc = merge_verdict(k, acc, partial[i * 4 + k]);
-    }
-    out[k] = F::cast_from(acc);
-}
-
-/// Slot `k` of two partial verdicts merged: the two counts (`k` 0, 1) add, then the largest
-/// (`k` 2) and the smallest (`k` 3) class index.
-#[cube]
-pub(super) fn merge_verdict(k: usize, acc: f32, v: f32) -> f32 {
-    let mut out = acc;
-    if k < 2 {
-        out += v;
-    } else if k == 2 {
-        if v > acc {
-            out = v;
+    let tid = UNIT_POS_X as usize;
+    let mut shared = SharedMemory::<f32>::new(comptime![reduce_shared(1)]);
+    let mut acc = Array::<f32>::new(1usize);
+    if o < outputs {
+        let s = o / (batch * width);
+        let b = (o / width) % batch;
+        let m = o % width;
+        let base = ((b * width + m) * stats + s) * tiles;
+        acc[0] = 0.0f32;
+        let mut t = tid;
+        while t < tiles {
+            acc[0] += partial[base + t];
+            t += CUBE;
         }
-    } else if v < acc {
-        out = v;
+        cube_reduce(&mut shared, &acc, 1usize, 1usize, planes);
+        if tid == 0 {
+            out[o] = F::cast_from(shared[0]);
+        }
+    } else {
+        if check {
+            let k = o - outputs;
+            let n = batch * tiles;
+            let base = outputs * tiles + k * n;
+            acc[0] = 0.0f32;
+            let mut i = tid;
+            while i < n {
+                acc[0] = combine(acc[0], partial[base + i], k < 2);
+                i += CUBE;
+            }
+            // The two counts add up; the largest class index and the negated smallest one are
+            // taken the largest of.
+            if k < 2 {
+                cube_reduce(&mut shared, &acc, 1usize, 1usize, planes);
+            } else {
+                cube_reduce(&mut shared, &acc, 1usize, 0usize, planes);
+            }
+            if tid == 0 {
+                let mut r = shared[0];
+                if k == 3 {
+                    r = -r;
+                }
+                verdict[k] = F::cast_from(r);
+            }
+        }
     }
-    out
 }
+
+/// The slots of a cube's partial verdict, each reduced over the cube by [`cube_reduce`] with
+/// `sums = 2`: non-finite input values and bad dense target values (counts, added), the
+/// largest class index and the negated smallest one (taken the largest of). The second stage
+/// ([`sum_tiles_kernel`]) turns them into the `[4]` verdict `[count, count, largest,
+/// smallest]` that `crate::checks::report_verdict` reads.
+pub(super) const VERDICT: usize = 4;
 
 /// The classes a thread keeps in registers at once (`size`), and the number of such groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -274,49 +378,126 @@ pub(super) fn empty_like<R: CubeRuntime>(
     )
 }
 
-/// The sums `[stats, batch, width]` (laid out so, of shape `shape`) in the type of `like` from
-/// `partial` (`[batch, tiles, width, stats]`).
-pub(super) fn sum_tiles<R: CubeRuntime>(
-    like: &CubeTensor<R>,
-    partial: CubeTensor<R>,
-    (batch, tiles, width, stats): (usize, usize, usize, usize),
-    shape: Vec<usize>,
-) -> CubeTensor<R> {
-    debug_assert_eq!(shape.iter().product::<usize>(), stats * batch * width);
-    let out = empty_like(like, shape, like.dtype);
-    let (count, dim) = elementwise(&like.client, stats * batch * width);
-    sum_tiles_kernel::launch::<R>(
-        &like.client,
-        count,
-        dim,
-        partial.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        batch,
-        tiles,
-        width,
-        stats,
-        like.dtype.into(),
-    );
-    out
+/// How a reduction's first stage lays out its per-cube partial results in one `f32` buffer:
+/// `[batch, width, stats, tiles]` partial sums (each output's tiles contiguous, for the
+/// second stage to read in order), then, with `check`, [`VERDICT`] rows of `batch · tiles`
+/// partial verdicts.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Partials {
+    pub batch: usize,
+    pub tiles: usize,
+    pub width: usize,
+    pub stats: usize,
+    pub check: bool,
 }
 
-/// The `[4]` verdict in the type of `like` from the `[count, 4]` partial verdicts.
-pub(super) fn verdict<R: CubeRuntime>(
-    like: &CubeTensor<R>,
-    partial: CubeTensor<R>,
-    count: usize,
-) -> CubeTensor<R> {
-    let out = empty_like(like, vec![4], like.dtype);
-    verdict_kernel::launch::<R>(
-        &like.client,
-        CubeCount::Static(1, 1, 1),
-        CubeDim::new_1d(4),
-        partial.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        count,
-        like.dtype.into(),
+impl Partials {
+    /// The number of `f32` values of the buffer.
+    pub fn len(&self) -> usize {
+        let verdicts = if self.check { VERDICT } else { 0 };
+        self.batch * self.tiles * (self.width * self.stats + verdicts)
+    }
+
+    /// The buffer, uninitialized (every value is written by the first stage).
+    pub fn alloc<R: CubeRuntime>(&self, like: &CubeTensor<R>) -> CubeTensor<R> {
+        empty_like(like, vec![self.len()], DType::F32)
+    }
+
+    /// The second stage: the sums `[stats, batch, width]` (laid out so, of shape `shape`) and,
+    /// with `check`, the `[4]` verdict, in the type of `like`, from the first stage's
+    /// `partial`. One launch.
+    pub fn finish<R: CubeRuntime>(
+        &self,
+        like: &CubeTensor<R>,
+        partial: CubeTensor<R>,
+        shape: Vec<usize>,
+    ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+        let outputs = self.stats * self.batch * self.width;
+        debug_assert_eq!(shape.iter().product::<usize>(), outputs);
+        let out = empty_like(like, shape, like.dtype);
+        let verdict = self
+            .check
+            .then(|| empty_like(like, vec![VERDICT], like.dtype));
+        // Without the checks the kernel never touches its verdict argument (comptime `check`):
+        // it is bound to the output, which the kernel writes anyway.
+        let verdict_arg = verdict.as_ref().unwrap_or(&out).clone();
+        let cubes = outputs + if self.check { VERDICT } else { 0 };
+        let max = u16::MAX as usize;
+        let count = CubeCount::Static(cubes.min(max) as u32, cubes.div_ceil(max) as u32, 1);
+        counted();
+        sum_tiles_kernel::launch::<R>(
+            &like.client,
+            count,
+            CubeDim::new_1d(CUBE as u32),
+            partial.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            verdict_arg.into_tensor_arg(),
+            self.batch,
+            self.tiles,
+            self.width,
+            self.stats,
+            self.check,
+            use_planes(&like.client),
+            like.dtype.into(),
+        );
+        (out, verdict)
+    }
+}
+
+static PLANES: AtomicBool = AtomicBool::new(true);
+
+/// Lets the CubeCL kernels reduce with plane (warp, subgroup) operations where the device
+/// offers them (`true`, the default), or makes them use their shared-memory tree everywhere
+/// (`false`): to compare the two, or to rule the plane path out. Process-wide; kernels already
+/// compiled for a setting are kept, so switching back and forth costs nothing after the first
+/// time.
+///
+/// Which devices offer them is the CubeCL runtime's answer (its client's `Plane::Ops`
+/// feature): CUDA and HIP, and wgpu on a GPU adapter with subgroups. cubecl-wgpu 0.10 never
+/// offers them on a CPU adapter, so Mesa's lavapipe (the CI's device) always takes the tree,
+/// though it reports subgroup arithmetic itself.
+pub fn set_plane_reductions(enabled: bool) {
+    PLANES.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the kernels launched now on `client` reduce with plane operations (see
+/// [`set_plane_reductions`]): the client offers them, and [`CUBE`] is a whole number of the
+/// device's planes of any size it may choose.
+pub(super) fn use_planes<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+    let hardware = &client.properties().hardware;
+    let (min, max) = (
+        hardware.plane_size_min as usize,
+        hardware.plane_size_max as usize,
     );
-    out
+    PLANES.load(Ordering::Relaxed)
+        && client.features().plane.contains(Plane::Ops)
+        && min > 0
+        && max <= CUBE
+        && CUBE.is_multiple_of(max)
+        && max.is_multiple_of(min)
+}
+
+/// Whether the kernels launched now on burn-wgpu's `device` reduce with plane operations (see
+/// [`set_plane_reductions`]).
+#[cfg(feature = "wgpu")]
+pub fn wgpu_plane_reductions(device: &burn_wgpu::WgpuDevice) -> bool {
+    use_planes(&<burn_wgpu::WgpuRuntime as cubecl::Runtime>::client(device))
+}
+
+/// The kernels launched so far (see [`launches`]).
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one kernel launch: every launch of the CubeCL kernels goes through it.
+pub(super) fn counted() {
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The CubeCL kernels this process has launched so far, on every thread (under burn-fusion a
+/// kernel is launched when the fusion stream executes, which may be on another thread than
+/// the call's). For tests and benchmarks that hold the number of launches per call: run the
+/// call alone, sync the device, and take the difference.
+pub fn launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
 }
 
 /// One problem's tensors on the device, contiguous: the input `[batch, class, pixels]`, a

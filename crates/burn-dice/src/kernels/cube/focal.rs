@@ -7,7 +7,6 @@
 //! `bce = x − x·t − ls(x)`, `m = e^(γ·ls(z))` (`(1 − p_t)^γ`), `a = α·t + (1 − α)(1 − t)` (or 1),
 //! `loss = a·m·bce`, and `∂loss/∂x = a·m·(σ(x) − t − γ·s·σ(−z)·bce)`.
 
-use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
@@ -42,7 +41,8 @@ fn terms(x: f32, t: f32, gamma: f32, alpha: f32, #[comptime] has_alpha: bool) ->
     Terms { am: a * m, bce }
 }
 
-/// Per cube, the partial sums `[batch, tiles, class, 1]`.
+/// Per cube, the partial sums of each class, laid out as [`Partials`] says (`width` = classes,
+/// `stats` = 1).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn focal_forward_kernel<F: Float, I: Numeric>(
@@ -60,6 +60,7 @@ fn focal_forward_kernel<F: Float, I: Numeric>(
     #[comptime] has_valid: bool,
     #[comptime] has_alpha: bool,
     #[comptime] classes_at_once: Groups,
+    #[comptime] planes: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let group = classes_at_once.size;
@@ -69,7 +70,7 @@ fn focal_forward_kernel<F: Float, I: Numeric>(
     let tiles = CUBE_COUNT_X as usize;
     let tid = UNIT_POS_X as usize;
     let start = tile * per_thread * CUBE;
-    let mut shared = SharedMemory::<f32>::new(comptime![group * CUBE]);
+    let mut shared = SharedMemory::<f32>::new(comptime![reduce_shared(group)]);
     #[unroll]
     for gi in 0..groups {
         let g0 = comptime![gi * group];
@@ -96,11 +97,11 @@ fn focal_forward_kernel<F: Float, I: Numeric>(
                 }
             }
         }
-        cube_sum(&mut shared, &acc, group);
+        cube_reduce(&mut shared, &acc, group, group, planes);
         if tid < group {
             let c = g0 + tid;
             if c < classes {
-                partial[(b * tiles + tile) * classes + c] = shared[tid * CUBE];
+                partial[(b * classes + c) * tiles + tile] = shared[tid * STRIDE];
             }
         }
         sync_cube();
@@ -151,8 +152,16 @@ fn focal_backward_kernel<F: Float, I: Numeric>(
 pub(crate) fn forward<R: CubeRuntime>(data: &Data<R>, spec: FocalSpec) -> CubeTensor<R> {
     let [batch, classes, pixels] = data.dims();
     let tiling = Tiling::new(batch, pixels);
-    let partial = empty_like(&data.x, vec![batch, tiling.tiles, classes, 1], DType::F32);
+    let partials = Partials {
+        batch,
+        tiles: tiling.tiles,
+        width: classes,
+        stats: 1,
+        check: false,
+    };
+    let partial = partials.alloc(&data.x);
     let args = data.args();
+    counted();
     focal_forward_kernel::launch::<R>(
         &data.x.client,
         tiling.cube_count(batch),
@@ -171,14 +180,10 @@ pub(crate) fn forward<R: CubeRuntime>(data: &Data<R>, spec: FocalSpec) -> CubeTe
         data.valid.is_some(),
         spec.alpha.is_some(),
         class_groups(classes),
+        use_planes(&data.x.client),
         args.dtypes,
     );
-    sum_tiles(
-        &data.x,
-        partial,
-        (batch, tiling.tiles, classes, 1),
-        vec![batch, classes],
-    )
+    partials.finish(&data.x, partial, vec![batch, classes]).0
 }
 
 /// The input's gradient for `grad` (`[batch, class]`, contiguous).
@@ -191,6 +196,7 @@ pub(crate) fn backward<R: CubeRuntime>(
     let dx = empty_like(&data.x, vec![batch, classes, pixels], data.x.dtype);
     let (count, dim) = elementwise(&data.x.client, batch * classes * pixels);
     let args = data.args();
+    counted();
     focal_backward_kernel::launch::<R>(
         &data.x.client,
         count,

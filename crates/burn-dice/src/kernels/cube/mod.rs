@@ -37,6 +37,9 @@ use super::backend::{cast, inner_float, primitives, split, TargetPrim};
 use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
 use ce::CeSpec;
+#[cfg(feature = "wgpu")]
+pub use common::wgpu_plane_reductions;
+pub use common::{launches, set_plane_reductions};
 use common::{Data, ACT_NONE, ACT_SIGMOID, ACT_SOFTMAX};
 use focal::FocalSpec;
 use stats::StatsSpec;
@@ -521,6 +524,95 @@ mod tests {
         deferred_checks_on::<Wgpu>(&WgpuDevice::default());
         deferred_checks_on::<Ad<Wgpu>>(&WgpuDevice::default());
         deferred_checks_on::<Ad<WgpuCube>>(&WgpuDevice::default());
+    }
+
+    /// After a thread's first checked call, the calls read nothing back until
+    /// `CHECK_BATCH` verdicts wait on the device; then one read-back takes them all.
+    #[test]
+    fn checked_calls_read_back_once_per_batch() {
+        use crate::checks::{readbacks, CHECK_BATCH};
+        use crate::DiceLossConfig;
+        use burn::tensor::{Distribution, Int};
+        let device = WgpuDevice::default();
+        let loss = DiceLossConfig::new()
+            .with_activation(Activation::Softmax)
+            .init::<Wgpu>(&device);
+        let call = || {
+            let x =
+                Tensor::<Wgpu, 4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+            let t = Tensor::<Wgpu, 4, Int>::random(
+                [2, 1, 8, 8],
+                Distribution::Uniform(0.0, 3.0),
+                &device,
+            );
+            loss.forward(x, t)
+        };
+        let start = readbacks();
+        drop(call());
+        assert_eq!(
+            readbacks() - start,
+            1,
+            "the first checked call waits for its verdict"
+        );
+        for i in 1..=3 * CHECK_BATCH {
+            drop(call());
+            let expected = 1 + i / CHECK_BATCH;
+            assert_eq!(
+                (readbacks() - start) as usize,
+                expected,
+                "read-backs after {} checked calls",
+                i + 1
+            );
+        }
+        crate::wait_for_checks();
+        assert_eq!(readbacks() - start, 1 + 3, "nothing left to read back");
+        crate::wait_for_checks();
+        assert_eq!(readbacks() - start, 1 + 3, "nothing left to read back");
+    }
+
+    /// A failure in the middle of a batch is reported with the call that saw it, once the
+    /// batch is read back.
+    #[test]
+    fn a_held_verdict_names_its_call() {
+        use crate::checks::CHECK_BATCH;
+        use crate::kernels::tests::panic_message;
+        use crate::DiceLossConfig;
+        use burn::tensor::{Distribution, Int};
+        let device = WgpuDevice::default();
+        let loss = DiceLossConfig::new()
+            .with_activation(Activation::Softmax)
+            .init::<Wgpu>(&device);
+        let call = |bad: bool| {
+            let x =
+                Tensor::<Wgpu, 4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+            let t = Tensor::<Wgpu, 4, Int>::random(
+                [2, 1, 8, 8],
+                Distribution::Uniform(0.0, 3.0),
+                &device,
+            );
+            let t = if bad {
+                t.slice_fill([1..2, 0..1, 2..3, 4..5], 9)
+            } else {
+                t
+            };
+            drop(loss.forward(x, t));
+        };
+        call(false);
+        // Call 3 of this thread holds a class index of 9; it is read back with its batch.
+        let message = panic_message(|| {
+            for i in 2..=CHECK_BATCH + 2 {
+                call(i == 3);
+            }
+            crate::wait_for_checks();
+        })
+        .expect("the bad call is reported");
+        assert!(
+            message.starts_with(
+                "DiceLoss: `target` holds class index 9, expected 0..3 (input has 3 channel(s)) \
+                 (found in the data of checked call 3 on this thread"
+            ),
+            "{message}"
+        );
     }
 
     #[test]

@@ -17,7 +17,6 @@
 // at compile time and the second into a branch.
 #![allow(clippy::collapsible_if)]
 
-use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
@@ -35,8 +34,9 @@ pub(crate) struct StatsSpec {
     pub terms: Terms,
 }
 
-/// Per cube: the partial sums `[batch, tiles, class, 3]` and, with `check`, the partial verdict
-/// `[batch · tiles, 4]`. The classes are taken `group` at a time (`groups` groups).
+/// Per cube: its partial sums of each class and, with `check`, its partial verdict, laid out
+/// as [`Partials`] says (`width` = classes, `stats` = 3). The classes are taken `group` at a
+/// time (`groups` groups).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 // `(0.0..=1.0).contains` is not a CubeCL expression: the comparisons stay written out.
@@ -47,7 +47,6 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     labels: &Tensor<I>,
     valid: &Tensor<F>,
     partial: &mut Tensor<f32>,
-    checks: &mut Tensor<f32>,
     classes: usize,
     pixels: usize,
     per_thread: usize,
@@ -56,21 +55,24 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     #[comptime] has_valid: bool,
     #[comptime] check: bool,
     #[comptime] classes_at_once: Groups,
+    #[comptime] planes: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let group = classes_at_once.size;
     let groups = classes_at_once.count;
+    let batch = CUBE_COUNT_Y as usize;
     let b = CUBE_POS_Y as usize;
     let tile = CUBE_POS_X as usize;
     let tiles = CUBE_COUNT_X as usize;
     let tid = UNIT_POS_X as usize;
     let start = tile * per_thread * CUBE;
-    let mut shared = SharedMemory::<f32>::new(comptime![3 * group.max(2) * CUBE]);
-    // The data checks: non-finite input values, dense target values that are not in [0, 1]
-    // (NaN and infinities included), the class index range.
-    let mut verdict = Array::<f32>::new(4usize);
+    let mut shared = SharedMemory::<f32>::new(comptime![reduce_shared(3 * group.max(2))]);
+    // The data checks (the slots of `VERDICT`): non-finite input values, dense target values
+    // that are not in [0, 1] (NaN and infinities included), the largest class index and the
+    // negated smallest one.
+    let mut verdict = Array::<f32>::new(VERDICT);
     #[unroll]
-    for k in 0..4usize {
+    for k in 0..VERDICT {
         verdict[k] = 0.0f32;
     }
     #[unroll]
@@ -91,8 +93,8 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
                     if l > verdict[2] {
                         verdict[2] = l;
                     }
-                    if l < verdict[3] {
-                        verdict[3] = l;
+                    if -l > verdict[3] {
+                        verdict[3] = -l;
                     }
                 }
                 let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
@@ -133,29 +135,26 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
                 }
             }
         }
-        cube_sum(&mut shared, &acc, comptime![3 * group]);
+        cube_reduce(
+            &mut shared,
+            &acc,
+            comptime![3 * group],
+            comptime![3 * group],
+            planes,
+        );
         if tid < comptime![3 * group] {
             let c = g0 + tid / 3;
             if c < classes {
-                partial[((b * tiles + tile) * classes + c) * 3 + tid % 3] = shared[tid * CUBE];
+                partial[((b * classes + c) * 3 + tid % 3) * tiles + tile] = shared[tid * STRIDE];
             }
         }
         sync_cube();
     }
     if check {
-        // As in `cube_sum`, thread `k` reduces value `k` serially: the two counts are added,
-        // the class index range is the largest and the smallest index.
-        shared[tid] = verdict[0];
-        shared[CUBE + tid] = verdict[1];
-        shared[2 * CUBE + tid] = verdict[2];
-        shared[3 * CUBE + tid] = verdict[3];
-        sync_cube();
-        if tid < 4 {
-            let mut acc = shared[tid * CUBE];
-            for i in 1..CUBE {
-                acc = merge_verdict(tid, acc, shared[tid * CUBE + i]);
-            }
-            checks[(b * tiles + tile) * 4 + tid] = acc;
+        cube_reduce(&mut shared, &verdict, VERDICT, 2usize, planes);
+        if tid < VERDICT {
+            let verdicts = batch * classes * 3 * tiles;
+            partial[verdicts + tid * batch * tiles + b * tiles + tile] = shared[tid * STRIDE];
         }
     }
 }
@@ -283,9 +282,16 @@ pub(crate) fn forward<R: CubeRuntime>(
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let [batch, classes, pixels] = data.dims();
     let tiling = Tiling::new(batch, pixels);
-    let partial = empty_like(&data.x, vec![batch, tiling.tiles, classes, 3], DType::F32);
-    let checks = empty_like(&data.x, vec![batch * tiling.tiles, 4], DType::F32);
+    let partials = Partials {
+        batch,
+        tiles: tiling.tiles,
+        width: classes,
+        stats: 3,
+        check,
+    };
+    let partial = partials.alloc(&data.x);
     let args = data.args();
+    counted();
     stats_forward_kernel::launch::<R>(
         &data.x.client,
         tiling.cube_count(batch),
@@ -295,7 +301,6 @@ pub(crate) fn forward<R: CubeRuntime>(
         args.labels,
         args.valid,
         partial.clone().into_tensor_arg(),
-        checks.clone().into_tensor_arg(),
         classes,
         pixels,
         tiling.per_thread,
@@ -304,16 +309,10 @@ pub(crate) fn forward<R: CubeRuntime>(
         data.valid.is_some(),
         check,
         class_groups(classes),
+        use_planes(&data.x.client),
         args.dtypes,
     );
-    let sums = sum_tiles(
-        &data.x,
-        partial,
-        (batch, tiling.tiles, classes, 3),
-        vec![3, batch, classes],
-    );
-    let verdict = check.then(|| verdict(&data.x, checks, batch * tiling.tiles));
-    (sums, verdict)
+    partials.finish(&data.x, partial, vec![3, batch, classes])
 }
 
 /// The input's gradient for `grad` (`[3, batch, class]`, contiguous).
@@ -326,6 +325,7 @@ pub(crate) fn backward<R: CubeRuntime>(
     let dx = empty_like(&data.x, vec![batch, classes, pixels], data.x.dtype);
     let (count, dim) = elementwise(&data.x.client, batch * pixels);
     let args = data.args();
+    counted();
     stats_backward_kernel::launch::<R>(
         &data.x.client,
         count,
