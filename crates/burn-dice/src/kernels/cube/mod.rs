@@ -526,27 +526,35 @@ mod tests {
         deferred_checks_on::<Ad<WgpuCube>>(&WgpuDevice::default());
     }
 
+    /// One checked `DiceLoss` call on random `[2, 3, 8, 8]` logits and class indices; with
+    /// `bad`, one index of sample 1 set to it.
+    fn checked_call(
+        loss: &crate::DiceLoss<Wgpu>,
+        device: &WgpuDevice,
+        bad: Option<i64>,
+    ) -> Tensor<Wgpu, 1> {
+        use burn::tensor::{Distribution, Int};
+        let x = Tensor::<Wgpu, 4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), device);
+        let t =
+            Tensor::<Wgpu, 4, Int>::random([2, 1, 8, 8], Distribution::Uniform(0.0, 3.0), device);
+        let t = match bad {
+            Some(v) => t.slice_fill([1..2, 0..1, 2..3, 4..5], v),
+            None => t,
+        };
+        loss.forward(x, t)
+    }
+
     /// After a thread's first checked call, the calls read nothing back until
     /// `CHECK_BATCH` verdicts wait on the device; then one read-back takes them all.
     #[test]
     fn checked_calls_read_back_once_per_batch() {
         use crate::checks::{readbacks, CHECK_BATCH};
         use crate::DiceLossConfig;
-        use burn::tensor::{Distribution, Int};
         let device = WgpuDevice::default();
         let loss = DiceLossConfig::new()
             .with_activation(Activation::Softmax)
             .init::<Wgpu>(&device);
-        let call = || {
-            let x =
-                Tensor::<Wgpu, 4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
-            let t = Tensor::<Wgpu, 4, Int>::random(
-                [2, 1, 8, 8],
-                Distribution::Uniform(0.0, 3.0),
-                &device,
-            );
-            loss.forward(x, t)
-        };
+        let call = || checked_call(&loss, &device, None);
         let start = readbacks();
         drop(call());
         assert_eq!(
@@ -577,26 +585,11 @@ mod tests {
         use crate::checks::CHECK_BATCH;
         use crate::kernels::tests::panic_message;
         use crate::DiceLossConfig;
-        use burn::tensor::{Distribution, Int};
         let device = WgpuDevice::default();
         let loss = DiceLossConfig::new()
             .with_activation(Activation::Softmax)
             .init::<Wgpu>(&device);
-        let call = |bad: bool| {
-            let x =
-                Tensor::<Wgpu, 4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
-            let t = Tensor::<Wgpu, 4, Int>::random(
-                [2, 1, 8, 8],
-                Distribution::Uniform(0.0, 3.0),
-                &device,
-            );
-            let t = if bad {
-                t.slice_fill([1..2, 0..1, 2..3, 4..5], 9)
-            } else {
-                t
-            };
-            drop(loss.forward(x, t));
-        };
+        let call = |bad: bool| drop(checked_call(&loss, &device, bad.then_some(9)));
         call(false);
         // Call 3 of this thread holds a class index of 9; it is read back with its batch.
         let message = panic_message(|| {
