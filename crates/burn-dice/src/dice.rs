@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::{check_smoothing, check_weights, or_panic, ConfigError};
-use crate::kernels::input::Terms;
+use crate::kernels::input::{Extra, ExtraSums, Terms};
 use crate::numerics::{ln, one_minus_ratio};
 use crate::reduction::{apply_class_weight, DiceReduction};
 use crate::stats::ClassStats;
@@ -317,23 +317,35 @@ impl<B: Backend> DiceLoss<B> {
 
     /// The per-(sample, class) loss of checked, flattened inputs.
     pub(crate) fn loss_prepared(&self, prepared: Prepared<B>) -> Tensor<B, 2> {
+        self.loss_prepared_with(prepared, &Extra::None).0
+    }
+
+    /// [`DiceLoss::loss_prepared`], with the sums of an `extra` per-pixel term (computed in
+    /// the statistics' pass where a kernel can: see [`ClassStats::of_prepared_with`]).
+    pub(crate) fn loss_prepared_with(
+        &self,
+        prepared: Prepared<B>,
+        extra: &Extra<B>,
+    ) -> (Tensor<B, 2>, ExtraSums<B>) {
         let channels = prepared.channels();
-        let stats = ClassStats::of_prepared(
+        let (stats, extra) = ClassStats::of_prepared_with(
             NAME,
             prepared,
             self.activation,
             Terms::new(self.squared_pred, self.soft_label),
             self.batch,
             self.include_background,
+            extra,
         );
         let loss = self.ratio_loss(stats);
-        apply_class_weight(
+        let loss = apply_class_weight(
             loss,
             self.weight.as_ref(),
             channels,
             self.include_background,
             NAME,
-        )
+        );
+        (loss, extra)
     }
 
     fn ratio_loss(&self, stats: ClassStats<B>) -> Tensor<B, 2> {

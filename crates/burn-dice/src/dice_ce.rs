@@ -6,10 +6,10 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::checks::{check_non_negative, check_unit, check_weights, or_panic, ConfigError};
 use crate::dice::{DiceLoss, DiceLossConfig};
-use crate::kernels::{self, input::CeOptions};
+use crate::kernels::input::{CeOptions, Extra, ExtraSums};
 use crate::numerics::reciprocal;
 use crate::reduction::DiceReduction;
-use crate::target::{prepare, DiceTarget, Prepared};
+use crate::target::{prepare, DiceTarget};
 
 const NAME: &str = "DiceCELoss";
 
@@ -165,12 +165,8 @@ impl<B: Backend> DiceCELoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 1> {
-        let prepared = self.prepare(input, target.into());
-        let ce = self.sample_ce(&prepared);
-        let dice = self
-            .dice
-            .reduction
-            .reduce(self.dice.loss_prepared(prepared));
+        let (dice, ce) = self.dice_and_ce(input, target.into());
+        let dice = self.dice.reduction.reduce(dice);
         let ce = match self.dice.reduction {
             DiceReduction::Mean => ce.loss.sum() * reciprocal(nonzero(ce.norm.sum())),
             DiceReduction::Sum => ce.loss.sum(),
@@ -184,33 +180,39 @@ impl<B: Backend> DiceCELoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 2> {
-        let prepared = self.prepare(input, target.into());
-        let ce = self.sample_ce(&prepared);
+        let (dice, ce) = self.dice_and_ce(input, target.into());
         let b = ce.loss.dims()[0];
         let per_sample = (ce.loss * reciprocal(nonzero(ce.norm))).reshape([b, 1]);
-        let dice = self.dice.loss_prepared(prepared);
         dice.mul_scalar(self.lambda_dice) + per_sample.mul_scalar(self.lambda_ce)
     }
 
-    fn prepare<const D: usize>(
+    /// The Dice loss `[batch, class']` and the cross-entropy sums of every sample, from one
+    /// pass over the data where the kernels allow (the CubeCL kernels; on the CPU kernels and
+    /// burn ops the cross-entropy takes a second pass): see [`crate::kernels`].
+    fn dice_and_ce<const D: usize>(
         &self,
         input: Tensor<B, D>,
         target: DiceTarget<B, D>,
-    ) -> Prepared<B> {
-        prepare(
+    ) -> (Tensor<B, 2>, SampleCe<B>) {
+        let prepared = prepare(
             NAME,
             input,
             target,
             self.dice.ignore_index,
             self.dice.check_inputs,
-            // The cross-entropy/focal term reads the data before the statistics do.
-            false,
-        )
+            // The statistics' pass checks the data before the cross-entropy is read.
+            true,
+        );
+        let options = self.ce_options(prepared.channels());
+        let (dice, extra) = self.dice.loss_prepared_with(prepared, &Extra::Ce(options));
+        let ExtraSums::Ce([loss, norm]) = extra else {
+            unreachable!("the cross-entropy was asked for")
+        };
+        (dice, SampleCe { loss, norm })
     }
 
-    /// The cross-entropy sums of every sample (from a kernel or burn ops: [`crate::kernels`]).
-    fn sample_ce(&self, prepared: &Prepared<B>) -> SampleCe<B> {
-        let c = prepared.channels();
+    /// The options of the cross-entropy for an input of `c` channels, checked against it.
+    fn ce_options(&self, c: usize) -> CeOptions<B> {
         if c == 1 {
             assert!(
                 self.ce_weight.is_none(),
@@ -230,13 +232,11 @@ impl<B: Backend> DiceCELoss<B> {
                 );
             }
         }
-        let options = CeOptions {
+        CeOptions {
             class_weight: self.ce_weight.clone(),
             pos_weight: self.pos_weight.unwrap_or(1.0),
             label_smoothing: self.label_smoothing,
-        };
-        let [loss, norm] = kernels::ce_sums(prepared.input.clone(), &prepared.target, &options);
-        SampleCe { loss, norm }
+        }
     }
 }
 

@@ -6,10 +6,10 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::checks::{check_non_negative, check_unit, or_panic, ConfigError};
 use crate::dice::{DiceLoss, DiceLossConfig};
-use crate::kernels::{self, input::FocalOptions};
+use crate::kernels::input::{Extra, ExtraSums, FocalOptions};
 use crate::numerics::reciprocal;
 use crate::reduction::apply_class_weight;
-use crate::target::{prepare, DiceTarget, Prepared};
+use crate::target::{prepare, DiceTarget};
 
 const NAME: &str = "DiceFocalLoss";
 
@@ -131,11 +131,10 @@ impl<B: Backend> DiceFocalLoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 1> {
-        let prepared = self.prepare(input, target.into());
-        let focal = self.focal(&prepared);
+        let (dice, focal) = self.dice_and_focal(input, target.into());
         let reduction = self.dice.reduction;
-        let dice = reduction.reduce(self.dice.loss_prepared(prepared));
-        dice.mul_scalar(self.lambda_dice) + reduction.reduce(focal).mul_scalar(self.lambda_focal)
+        reduction.reduce(dice).mul_scalar(self.lambda_dice)
+            + reduction.reduce(focal).mul_scalar(self.lambda_focal)
     }
 
     /// Computes `[batch, class']`: `lambda_dice·dice[b, c] + lambda_focal·focal[b, c]`.
@@ -144,41 +143,44 @@ impl<B: Backend> DiceFocalLoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 2> {
-        let prepared = self.prepare(input, target.into());
-        let focal = self.focal(&prepared);
-        let dice = self.dice.loss_prepared(prepared);
+        let (dice, focal) = self.dice_and_focal(input, target.into());
         dice.mul_scalar(self.lambda_dice) + focal.mul_scalar(self.lambda_focal)
     }
 
-    fn prepare<const D: usize>(
+    /// The Dice loss and the focal term per (sample, kept class), `[batch, class']` each, the
+    /// focal term weighted; from one pass over the data where the kernels allow (the CubeCL
+    /// kernels; on the CPU kernels and burn ops the focal term takes a second pass): see
+    /// [`crate::kernels`].
+    fn dice_and_focal<const D: usize>(
         &self,
         input: Tensor<B, D>,
         target: DiceTarget<B, D>,
-    ) -> Prepared<B> {
-        prepare(
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let prepared = prepare(
             NAME,
             input,
             target,
             self.dice.ignore_index,
             self.dice.check_inputs,
-            // The cross-entropy/focal term reads the data before the statistics do.
-            false,
-        )
-    }
-
-    /// The focal term per (sample, kept class), `[batch, class']`, weighted.
-    fn focal(&self, prepared: &Prepared<B>) -> Tensor<B, 2> {
-        let x = prepared.input.clone();
-        let [b, c, s] = x.dims();
-        // Σ over the pixels that count, [b, c].
+            // The statistics' pass checks the data before the focal term is read.
+            true,
+        );
+        let [b, c, s] = prepared.input.dims();
+        let valid = prepared.target.valid.clone();
         let options = FocalOptions {
             gamma: self.gamma,
             alpha: self.alpha,
         };
-        let sums = kernels::focal_sums(x, &prepared.target, options);
-        let per_class = match &prepared.target.valid {
+        let (dice, extra) = self
+            .dice
+            .loss_prepared_with(prepared, &Extra::Focal(options));
+        let ExtraSums::Focal(sums) = extra else {
+            unreachable!("the focal term was asked for")
+        };
+        // Σ over the pixels that count, [b, c], over their number.
+        let per_class = match valid {
             Some(valid) => {
-                let counted = valid.clone().sum_dim(2).clamp_min(1.0).reshape([b, 1]);
+                let counted = valid.sum_dim(2).clamp_min(1.0).reshape([b, 1]);
                 sums * reciprocal(counted)
             }
             None => sums.div_scalar(s as f64),
@@ -188,13 +190,14 @@ impl<B: Backend> DiceFocalLoss<B> {
         } else {
             per_class.narrow(1, 1, c - 1)
         };
-        apply_class_weight(
+        let focal = apply_class_weight(
             kept,
             self.dice.weight.as_ref(),
             c,
             self.dice.include_background,
             NAME,
-        )
+        );
+        (dice, focal)
     }
 }
 

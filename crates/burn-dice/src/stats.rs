@@ -17,7 +17,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use crate::checks::{report_verdict, warn_single_channel_background};
-use crate::kernels::input::{Terms, Verdict};
+use crate::kernels::input::{Extra, ExtraSums, Terms, Verdict};
 use crate::kernels::{self};
 use crate::target::Prepared;
 
@@ -55,14 +55,48 @@ impl<B: Backend> ClassStats<B> {
         batch: bool,
         include_background: bool,
     ) -> Self {
+        let extra = Extra::None;
+        Self::of_prepared_with(
+            loss,
+            prepared,
+            activation,
+            terms,
+            batch,
+            include_background,
+            &extra,
+        )
+        .0
+    }
+
+    /// [`ClassStats::of_prepared`], with the sums of the `extra` term of every sample and
+    /// class (all of them: `include_background` and `batch` apply to the statistics only).
+    /// The CubeCL kernels compute them in the statistics' pass; elsewhere a pass of their own
+    /// follows once the data checks are settled, so that no pass reads data that failed them.
+    pub fn of_prepared_with(
+        loss: &'static str,
+        prepared: Prepared<B>,
+        activation: Activation,
+        terms: Terms,
+        batch: bool,
+        include_background: bool,
+        extra: &Extra<B>,
+    ) -> (Self, ExtraSums<B>) {
         activation.check(prepared.channels(), loss);
         let Prepared {
             input,
             target,
             deferred,
         } = prepared;
-        let stats =
-            kernels::class_stats(input, &target, activation, terms, deferred.is_some(), loss);
+        let check = deferred.is_some();
+        let stats = kernels::class_stats(
+            input.clone(),
+            &target,
+            activation,
+            terms,
+            check,
+            extra,
+            loss,
+        );
         if let Some(checks) = deferred {
             match stats.verdict {
                 Verdict::Host(true) => {}
@@ -72,14 +106,19 @@ impl<B: Backend> ClassStats<B> {
                 Verdict::Device(flags) => report_verdict(loss, flags, checks.describe()),
             }
         }
+        let extra = match stats.extra {
+            Some(sums) => sums,
+            None => kernels::extra_sums(input, &target, extra),
+        };
         let [intersection, pred, target] = stats.sums;
-        Self {
+        let stats = Self {
             intersection,
             pred,
             target,
         }
         .over_batch(batch)
-        .keep_classes(include_background, loss)
+        .keep_classes(include_background, loss);
+        (stats, extra)
     }
 
     /// Applies `f` to each of the three sums.

@@ -1,6 +1,7 @@
 //! The whole GPU check in one binary, for a GPU machine without a Rust toolchain (see
 //! `scripts/gpu-check.sh`): MONAI parity of every loss on wgpu (through the CubeCL kernels),
-//! wgpu against ndarray for every loss and the metric, the loss benchmark (every loss on the
+//! wgpu against ndarray for every loss and the metric (with the kernels' plane reductions, and
+//! again with their shared-memory tree where the device offers both), the loss benchmark (every loss on the
 //! benchmark cases, kernels and generic path, with bandwidth and memory), the reference
 //! U-Net's training step with the data checks on and off, and a short U-Net training on the
 //! shapes data set. Writes a JSON report and exits non-zero if any check fails.
@@ -133,6 +134,34 @@ fn main() {
         if cross_ok { "ok" } else { "FAIL" }
     );
 
+    // Where the device reduces with plane (warp) operations, the shared-memory tree that
+    // lavapipe (the CI) runs is compared too, on the same device.
+    let planes = burn_dice::kernels::wgpu_plane_reductions(&device);
+    let tree = planes.then(|| {
+        burn_dice::kernels::set_plane_reductions(false);
+        let tree = compare_backends::<NdArrayAutodiff, WgpuAutodiff>(&Default::default(), &device);
+        burn_dice::kernels::set_plane_reductions(true);
+        println!(
+            "wgpu vs ndarray, plane reductions off: {} comparisons, {}",
+            tree.len(),
+            if tree.iter().all(|c| c.ok) {
+                "ok"
+            } else {
+                "FAIL"
+            }
+        );
+        tree
+    });
+    println!(
+        "cube reductions: {}",
+        if planes {
+            "plane operations (the tree checked above too)"
+        } else {
+            "shared-memory tree (the device offers no plane operations)"
+        }
+    );
+    let cross_ok = cross_ok && tree.iter().flatten().all(|c| c.ok);
+
     let in_use = || wgpu_bytes_in_use(&device);
     let timings = bench_losses::<WgpuAutodiff>(&args.cases, args.reps, peak_gbps, &device, &in_use);
 
@@ -199,6 +228,8 @@ fn main() {
         "peak_gbps": peak_gbps,
         "parity": parity,
         "wgpu_vs_ndarray": cross,
+        "plane_reductions": planes,
+        "wgpu_vs_ndarray_plane_reductions_off": tree,
         "loss_timings": timings,
         "unet_step": steps,
         "unet_training": train_json,

@@ -138,12 +138,38 @@ pub(crate) struct FocalOptions {
     pub alpha: Option<f64>,
 }
 
+/// A per-pixel term that a loss sums beside the statistics: `DiceCELoss`'s cross-entropy,
+/// `DiceFocalLoss`'s focal term. A kernel family may compute it in the statistics' pass.
+#[derive(Debug, Clone)]
+pub(crate) enum Extra<B: Backend> {
+    /// The statistics alone.
+    None,
+    /// The cross-entropy.
+    Ce(CeOptions<B>),
+    /// The focal term.
+    Focal(FocalOptions),
+}
+
+/// The sums of an [`Extra`] term.
+#[derive(Debug, Clone)]
+pub(crate) enum ExtraSums<B: Backend> {
+    /// No extra term.
+    None,
+    /// Per sample, the summed pixel cross-entropies and the summed weights: `[batch]` each.
+    Ce([Tensor<B, 1>; 2]),
+    /// Per (sample, class), the focal term summed over the pixels: `[batch, class]`.
+    Focal(Tensor<B, 2>),
+}
+
 /// The per-(sample, class) statistics and what the pass that computed them found in the data.
 pub(crate) struct Stats<B: Backend> {
     /// The three `[batch, class]` sums: intersection `I`, prediction `P`, target `T`.
     pub sums: [Tensor<B, 2>; 3],
     /// The data checks of `check_inputs` made by the same pass, if it made them.
     pub verdict: Verdict<B>,
+    /// The sums of the [`Extra`] term, if the same pass computed them (else `None`: they are
+    /// computed after the verdict is settled, so that no pass reads data that failed a check).
+    pub extra: Option<ExtraSums<B>>,
 }
 
 /// What a kernel found when it checked the data it read (finite input and dense target, class

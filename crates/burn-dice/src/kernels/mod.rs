@@ -25,9 +25,13 @@
 //! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)` (see `cpu/kernel.rs` for the derivation).
 //! The CPU kernels store the probabilities for the backward pass (they become the gradient's
 //! buffer); the CubeCL kernels recompute them, which costs arithmetic a GPU has to spare and
-//! saves a write of the input's size. The cross-entropy and focal terms have kernels of their
-//! own in the same mould. The generic path is the readable reference every kernel is tested
-//! against.
+//! saves a write of the input's size. The cross-entropy and focal terms of `DiceCELoss` and
+//! `DiceFocalLoss`: the CubeCL kernels sum them in the statistics' pass (more rows of its
+//! output) and write the gradient of both terms in one backward pass, so those losses read the
+//! data once forward and once backward (2 launches forward, 1 backward, as every loss). The CPU
+//! kernels give them kernels of their own in the same mould, run after the statistics' pass
+//! (whose data checks they rely on). The generic path is the readable reference every kernel is
+//! tested against.
 //!
 //! # Data checks
 //! With `check_inputs` the input and a dense target must be finite and class indices in range.
@@ -69,7 +73,7 @@ use std::cell::Cell;
 use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::activation::Activation;
-use input::{CeOptions, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
+use input::{CeOptions, Extra, ExtraSums, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
 
 thread_local! {
     static GENERIC_ONLY: Cell<bool> = const { Cell::new(false) };
@@ -148,33 +152,51 @@ pub(crate) fn checks_in_pass<B: Backend>() -> bool {
 }
 
 /// The three `[batch, class]` sums of `input` (`[batch, class, pixels]`, raw) after
-/// `activation` against `target`, of the per-pixel `terms`; with `check`, the kernels also check the data they read
-/// (the generic path never does: its verdict is [`Verdict::Unchecked`]).
+/// `activation` against `target`, of the per-pixel `terms`; with `check`, the kernels also
+/// check the data they read (the generic path never does: its verdict is
+/// [`Verdict::Unchecked`]). The CubeCL kernels compute the `extra` term in the same pass
+/// ([`Stats::extra`]); elsewhere [`extra_sums`] computes it once the verdict is settled.
 pub(crate) fn class_stats<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,
     activation: Activation,
     terms: Terms,
     check: bool,
+    extra: &Extra<B>,
     loss: &str,
 ) -> Stats<B> {
-    let _ = check;
+    let _ = (check, extra);
     let kernel = match path::<B>() {
         #[cfg(any(feature = "ndarray", feature = "flex"))]
         KernelPath::Cpu => cpu::class_stats(&input, target, activation, terms),
         #[cfg(feature = "cube-kernels")]
-        KernelPath::Cube => cube::class_stats(&input, target, activation, terms, check),
+        KernelPath::Cube => cube::class_stats(&input, target, activation, terms, check, extra),
         _ => None,
     };
     kernel.unwrap_or_else(|| Stats {
         sums: generic::class_stats(input, target, activation, terms, loss),
         verdict: Verdict::Unchecked,
+        extra: None,
     })
 }
 
+/// The sums of the `extra` term, in a pass of their own.
+pub(crate) fn extra_sums<B: Backend>(
+    input: Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    extra: &Extra<B>,
+) -> ExtraSums<B> {
+    match extra {
+        Extra::None => ExtraSums::None,
+        Extra::Ce(options) => ExtraSums::Ce(ce_sums(input, target, options)),
+        Extra::Focal(options) => ExtraSums::Focal(focal_sums(input, target, *options)),
+    }
+}
+
 /// Per sample, the sum of the pixel cross-entropies of the logits `input` and the sum of their
-/// weights (`[batch]` each).
-pub(crate) fn ce_sums<B: Backend>(
+/// weights (`[batch]` each). (The CubeCL kernels compute it in the statistics' pass only: a
+/// call here on their backends is one they declined, for the generic path.)
+fn ce_sums<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,
     options: &CeOptions<B>,
@@ -182,16 +204,14 @@ pub(crate) fn ce_sums<B: Backend>(
     let kernel = match path::<B>() {
         #[cfg(any(feature = "ndarray", feature = "flex"))]
         KernelPath::Cpu => cpu::ce_sums(&input, target, options),
-        #[cfg(feature = "cube-kernels")]
-        KernelPath::Cube => cube::ce_sums(&input, target, options),
         _ => None,
     };
     kernel.unwrap_or_else(|| generic::ce_sums(input, target, options))
 }
 
 /// Per (sample, class), the focal term of the logits `input` summed over the pixels that count
-/// (`[batch, class]`).
-pub(crate) fn focal_sums<B: Backend>(
+/// (`[batch, class]`), as [`ce_sums`].
+fn focal_sums<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,
     options: FocalOptions,
@@ -199,8 +219,6 @@ pub(crate) fn focal_sums<B: Backend>(
     let kernel = match path::<B>() {
         #[cfg(any(feature = "ndarray", feature = "flex"))]
         KernelPath::Cpu => cpu::focal_sums(&input, target, options),
-        #[cfg(feature = "cube-kernels")]
-        KernelPath::Cube => cube::focal_sums(&input, target, options),
         _ => None,
     };
     kernel.unwrap_or_else(|| generic::focal_sums(input, target, options))

@@ -293,6 +293,21 @@ fn cases<B: AutodiffBackend>(data: &HostData, device: &B::Device) -> Vec<(String
             c.init(&x.device()).forward(x, d.clone().narrow(1, 0, 1))
         }),
     ));
+    // The cross-entropy's softmax beside a sigmoid Dice: its own normalizer in the same pass.
+    let l = labels.clone();
+    let c = DiceCELossConfig::new()
+        .with_dice(
+            DiceLossConfig::new()
+                .with_activation(Activation::Sigmoid)
+                .with_squared_pred(true)
+                .with_ignore_index(ignore),
+        )
+        .with_ce_weight(Some(weights(0.4)))
+        .with_lambda_ce(2.0);
+    cases.push((
+        "dice-ce sigmoid dice indices weights".into(),
+        Box::new(move |x| c.init(&x.device()).forward(x, l.clone())),
+    ));
     // DiceFocal: the focal term has its own fused pass too.
     let l = labels.clone();
     let c = DiceFocalLossConfig::new()

@@ -269,6 +269,7 @@ fn plain<B: Backend, T: CpuBackend>(
     Some(Stats {
         sums: split(out),
         verdict: Verdict::Host(valid_data),
+        extra: None,
     })
 }
 
@@ -318,6 +319,7 @@ fn autodiff<B: Backend, T: CpuBackend>(
     Some(Stats {
         sums: split(out),
         verdict: Verdict::Host(valid_data),
+        extra: None,
     })
 }
 
@@ -783,6 +785,7 @@ mod tests {
         if let Some(Stats {
             sums: [i, p, t],
             verdict,
+            ..
         }) = &fused
         {
             assert!(matches!(verdict, Verdict::Host(true)));

@@ -318,9 +318,25 @@ pub(super) struct Groups {
     pub count: usize,
 }
 
-/// The [`Groups`] of `classes` classes.
-pub(super) fn class_groups(classes: usize) -> Groups {
-    let size = classes.clamp(1, CLASS_GROUP);
+/// The [`Groups`] of `classes` classes whose sums take `rows` values each: at most
+/// [`CLASS_GROUP`] classes at once, and as many as the shared memory of [`cube_reduce`] holds
+/// (`max_shared` bytes, the device's limit: 32 KiB on lavapipe, 48 KiB on NVIDIA; a kernel
+/// that asks for more is not refused everywhere, its results are wrong). On 32 KiB the
+/// statistics (`rows` = 3) take 8 classes at once, with the focal term's row 7, with the
+/// cross-entropy's two rows 5.
+pub(super) fn class_groups(classes: usize, rows: usize, max_shared: usize) -> Groups {
+    // The verdict's 4 values share the buffer: at least 2 classes' worth of 3 rows.
+    // 1 KiB left to what the compiler may add.
+    let fits = |size: usize| reduce_shared((rows * size).max(VERDICT)) * 4 + 1024 <= max_shared;
+    let mut size = classes.clamp(1, CLASS_GROUP);
+    while size > 1 && !fits(size) {
+        size -= 1;
+    }
+    assert!(
+        fits(size),
+        "burn-dice GPU kernels: the device's {max_shared} bytes of shared memory per cube hold \
+         less than one class's sums"
+    );
     Groups {
         size,
         count: classes.div_ceil(size),
@@ -588,5 +604,30 @@ pub(super) fn target_at<F: Float>(
         f32::cast_from(dense[at])
     } else {
         one_hot(label, c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_groups_fit_the_shared_memory() {
+        let kib = 1024;
+        // lavapipe's 32 KiB: the statistics, the focal term's row, the cross-entropy's two.
+        assert_eq!(class_groups(11, 3, 32 * kib), Groups { size: 8, count: 2 });
+        assert_eq!(class_groups(11, 4, 32 * kib), Groups { size: 7, count: 2 });
+        assert_eq!(class_groups(11, 5, 32 * kib), Groups { size: 5, count: 3 });
+        assert_eq!(class_groups(3, 5, 32 * kib), Groups { size: 3, count: 1 });
+        assert_eq!(class_groups(1, 5, 32 * kib), Groups { size: 1, count: 1 });
+        // NVIDIA's 48 KiB: every loss takes 8 classes at once.
+        assert_eq!(class_groups(20, 5, 48 * kib), Groups { size: 8, count: 3 });
+        for rows in [3, 4, 5] {
+            for classes in 1..40 {
+                let g = class_groups(classes, rows, 32 * kib);
+                assert!(reduce_shared((rows * g.size).max(VERDICT)) * 4 <= 32 * kib);
+                assert!(g.size * g.count >= classes && g.size * (g.count - 1) < classes);
+            }
+        }
     }
 }

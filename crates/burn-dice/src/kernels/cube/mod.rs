@@ -3,8 +3,9 @@
 //! autodiff backward, and the run-time choice of backend.
 //!
 //! The kernels themselves are written once, generic over the CubeCL runtime and the element
-//! type (`stats.rs`, `ce.rs`, `focal.rs`, on the helpers of `common.rs`). Each operation is
-//! an [`Op`] run by [`CubeKernels::run`]: on `CubeBackend<R, ..>` it launches the kernels; on
+//! type (`stats.rs`, with the terms of `ce.rs` and `focal.rs`, on the helpers of
+//! `common.rs`). Each operation is an [`Op`] run by [`CubeKernels::run`]: on
+//! `CubeBackend<R, ..>` it launches the kernels; on
 //! `Fusion<CubeBackend<R, ..>>` (burn-wgpu's default) it is registered in the fusion stream as
 //! a custom operation (burn-ir's `CustomOpIr`), which runs the `CubeBackend` version when the
 //! stream executes; under `Autodiff` a custom backward (burn-autodiff's `Backward`) runs the
@@ -34,7 +35,7 @@ use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use super::backend::{cast, inner_float, primitives, split, TargetPrim};
-use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
+use super::input::{Extra, ExtraSums, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
 use ce::CeSpec;
 #[cfg(feature = "wgpu")]
@@ -42,23 +43,20 @@ pub use common::wgpu_plane_reductions;
 pub use common::{launches, set_plane_reductions};
 use common::{Data, ACT_NONE, ACT_SIGMOID, ACT_SOFTMAX};
 use focal::FocalSpec;
-use stats::StatsSpec;
+use stats::{ExtraTerm, StatsSpec, TermValues};
 
-/// One launch of a kernel family: what it computes, with its options.
+/// One operation of the kernels: what it computes, with its options.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
-    /// The `[3, batch, class]` statistics and, with `check`, the `[4]` verdict.
-    StatsForward { spec: StatsSpec, check: bool },
-    /// Their input gradient from the gradient of the statistics.
-    StatsBackward(StatsSpec),
-    /// The per-sample cross-entropy sums `[2, batch]`.
-    CeForward(CeSpec),
-    /// Their input gradient.
-    CeBackward(CeSpec),
-    /// The per-(sample, class) focal sums `[batch, class]`.
-    FocalForward(FocalSpec),
-    /// Their input gradient.
-    FocalBackward(FocalSpec),
+    /// The `[rows, batch, class]` statistics and extra term (see [`stats::ExtraTerm`]) and,
+    /// with `check`, the `[4]` verdict.
+    StatsForward {
+        spec: StatsSpec,
+        values: TermValues,
+        check: bool,
+    },
+    /// Their input gradient from the gradient of the first output.
+    StatsBackward { spec: StatsSpec, values: TermValues },
 }
 
 impl Op {
@@ -66,27 +64,21 @@ impl Op {
     fn name(&self) -> &'static str {
         match self {
             Op::StatsForward { .. } => "burn-dice stats forward",
-            Op::StatsBackward(_) => "burn-dice stats backward",
-            Op::CeForward(_) => "burn-dice cross-entropy forward",
-            Op::CeBackward(_) => "burn-dice cross-entropy backward",
-            Op::FocalForward(_) => "burn-dice focal forward",
-            Op::FocalBackward(_) => "burn-dice focal backward",
+            Op::StatsBackward { .. } => "burn-dice stats backward",
         }
     }
 
     /// The shapes of the outputs for an input of shape `[batch, class, pixels]`.
     fn outputs(&self, [b, c, n]: [usize; 3]) -> Vec<Vec<usize>> {
         match self {
-            Op::StatsForward { check, .. } => {
-                let mut out = vec![vec![3, b, c]];
+            Op::StatsForward { spec, check, .. } => {
+                let mut out = vec![vec![spec.extra.rows(), b, c]];
                 if *check {
                     out.push(vec![4]);
                 }
                 out
             }
-            Op::CeForward(_) => vec![vec![2, b]],
-            Op::FocalForward(_) => vec![vec![b, c]],
-            Op::StatsBackward(_) | Op::CeBackward(_) | Op::FocalBackward(_) => vec![vec![b, c, n]],
+            Op::StatsBackward { .. } => vec![vec![b, c, n]],
         }
     }
 }
@@ -202,17 +194,25 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernel
             valid: inputs.valid.map(into_contiguous),
         };
         let weight = inputs.weight.map(into_contiguous);
-        let grad = || into_contiguous(inputs.grad.clone().expect("a backward op has a gradient"));
         match *op {
-            Op::StatsForward { spec, check } => {
-                let (sums, verdict) = stats::forward(&data, spec, check);
+            Op::StatsForward {
+                spec,
+                values,
+                check,
+            } => {
+                let (sums, verdict) = stats::forward(&data, weight, spec, values, check);
                 std::iter::once(sums).chain(verdict).collect()
             }
-            Op::StatsBackward(spec) => vec![stats::backward(&data, grad(), spec)],
-            Op::CeForward(spec) => vec![ce::forward(&data, weight, spec)],
-            Op::CeBackward(spec) => vec![ce::backward(&data, weight, grad(), spec)],
-            Op::FocalForward(spec) => vec![focal::forward(&data, spec)],
-            Op::FocalBackward(spec) => vec![focal::backward(&data, grad(), spec)],
+            Op::StatsBackward { spec, values } => {
+                let grad = inputs.grad.expect("a backward op has a gradient");
+                vec![stats::backward(
+                    &data,
+                    weight,
+                    into_contiguous(grad),
+                    spec,
+                    values,
+                )]
+            }
         }
     }
 }
@@ -430,66 +430,70 @@ fn activation_code(activation: Activation) -> u32 {
     }
 }
 
-/// See [`super::class_stats`].
+/// See [`super::class_stats`]: the statistics and, in the same pass, the `extra` term.
 pub(super) fn class_stats<B: Backend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     activation: Activation,
     terms: Terms,
     check: bool,
+    extra: &Extra<B>,
 ) -> Option<Stats<B>> {
+    let (term, values, weight) = match extra {
+        Extra::None => (ExtraTerm::None, TermValues::default(), None),
+        Extra::Ce(options) => {
+            let spec = CeSpec {
+                pos_weight: options.pos_weight,
+                label_smoothing: options.label_smoothing as f32,
+            };
+            let weight = options.class_weight.as_ref();
+            let term = ExtraTerm::Ce {
+                class_weight: weight.is_some(),
+            };
+            (term, spec.into(), weight)
+        }
+        Extra::Focal(options) => {
+            let spec = FocalSpec {
+                gamma: options.gamma as f32,
+                alpha: options.alpha.map(|a| a as f32),
+            };
+            let term = ExtraTerm::Focal {
+                alpha: options.alpha.is_some(),
+            };
+            (term, spec.into(), None)
+        }
+    };
     let spec = StatsSpec {
         activation: activation_code(activation),
         terms,
+        extra: term,
     };
-    let forward = Op::StatsForward { spec, check };
-    let backward = Op::StatsBackward(spec);
-    let outputs = on_cube_backends!(K => launch::<B, K>(input, target, None, forward, backward))?;
+    let forward = Op::StatsForward {
+        spec,
+        values,
+        check,
+    };
+    let backward = Op::StatsBackward { spec, values };
+    let outputs = on_cube_backends!(K => launch::<B, K>(input, target, weight, forward, backward))?;
     let mut outputs = outputs.into_iter();
     let sums = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(outputs.next()?));
     let verdict = match outputs.next() {
         Some(v) => Verdict::Device(Tensor::from_primitive(TensorPrimitive::Float(v))),
         None => Verdict::Unchecked,
     };
+    let [_, b, c] = sums.dims();
+    let row = |r: usize| sums.clone().narrow(0, r, 1).reshape([b, c]);
+    let extra = match term {
+        ExtraTerm::None => ExtraSums::None,
+        // Summed over the classes: the sample's loss and normalizer.
+        ExtraTerm::Ce { .. } => ExtraSums::Ce([3, 4].map(|r| row(r).sum_dim(1).reshape([b]))),
+        ExtraTerm::Focal { .. } => ExtraSums::Focal(row(3)),
+    };
     Some(Stats {
-        sums: split(sums),
+        sums: split(sums.narrow(0, 0, 3)),
         verdict,
+        extra: Some(extra),
     })
-}
-
-/// See [`super::ce_sums`].
-pub(super) fn ce_sums<B: Backend>(
-    input: &Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    options: &CeOptions<B>,
-) -> Option<[Tensor<B, 1>; 2]> {
-    let spec = CeSpec {
-        pos_weight: options.pos_weight,
-        label_smoothing: options.label_smoothing as f32,
-    };
-    let weight = options.class_weight.as_ref();
-    let (forward, backward) = (Op::CeForward(spec), Op::CeBackward(spec));
-    let outputs = on_cube_backends!(K => launch::<B, K>(input, target, weight, forward, backward))?;
-    let out = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(outputs.into_iter().next()?));
-    let b = input.dims()[0];
-    Some([0, 1].map(|s| out.clone().narrow(0, s, 1).reshape([b])))
-}
-
-/// See [`super::focal_sums`].
-pub(super) fn focal_sums<B: Backend>(
-    input: &Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    options: FocalOptions,
-) -> Option<Tensor<B, 2>> {
-    let spec = FocalSpec {
-        gamma: options.gamma as f32,
-        alpha: options.alpha.map(|a| a as f32),
-    };
-    let (forward, backward) = (Op::FocalForward(spec), Op::FocalBackward(spec));
-    let outputs = on_cube_backends!(K => launch::<B, K>(input, target, None, forward, backward))?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(
-        outputs.into_iter().next()?,
-    )))
 }
 
 #[cfg(all(test, feature = "wgpu"))]

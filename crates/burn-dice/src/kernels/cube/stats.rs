@@ -1,17 +1,22 @@
-//! The per-(sample, class) statistics on the GPU: one pass forward, one pass backward.
+//! The per-(sample, class) statistics on the GPU, and the per-pixel term summed beside them
+//! (`DiceCELoss`'s cross-entropy, `ce.rs`; `DiceFocalLoss`'s focal term, `focal.rs`): one pass
+//! forward, one pass backward, whatever the loss.
 //!
 //! Forward, for every sample `b` and class `c`, over the pixels (weight `w`, 0/1):
 //! `I = Σ (p·w)·(t·w)`, `P = Σ p·w` (`Σ (p·w)²` with `squared_pred`), `T = Σ t·w` (`Σ (t·w)²`);
 //! with `soft_label` ([`Terms::SoftL1`]) `I = Σ (|pw| + |tw| − |pw − tw|)/2` (in the exact form
-//! of [`Terms::soft_intersection`]), `P = Σ |pw|`, `T = Σ |tw|`; and, when asked, the data checks on what it reads (non-finite input and dense target values,
-//! the range of the class indices).
+//! of [`Terms::soft_intersection`]), `P = Σ |pw|`, `T = Σ |tw|`; the [`ExtraTerm`]'s sums
+//! (cross-entropy: `Σ w·ℓ_c` and `Σ w·norm_c`; focal: `Σ w·loss`) as more rows of the same
+//! output; and, when asked, the data checks on what it reads (non-finite input and dense target
+//! values, the range of the class indices).
 //!
-//! Backward, from the gradient `g = ∂L/∂[I, P, T]` (`[3, batch, class]`):
+//! Backward, from the gradient `g` of that output (`[rows, batch, class]`):
 //! `∂L/∂p_c = g_I·t·w² + g_P·w·(2·p·w if squared_pred, else 1)` (`T` does not depend on `x`);
 //! with `soft_label`, `g_I·w·(sgn pw − sgn(pw − tw))/2 + g_P·w·sgn pw` ([`Terms::d_soft`]),
-//! then through the activation: sigmoid `p(1 − p)·∂L/∂p`, softmax `p_c (∂L/∂p_c − Σ_k p_k ∂L/∂p_k)`.
-//! The probabilities are recomputed from `x`: a GPU has the arithmetic to spare, and it saves
-//! writing and reading a buffer of the input's size.
+//! then through the activation: sigmoid `p(1 − p)·∂L/∂p`, softmax `p_c (∂L/∂p_c − Σ_k p_k ∂L/∂p_k)`;
+//! plus the extra term's own `∂/∂x` (its formulas in `ce.rs`, `focal.rs`). So the input's
+//! gradient is written once, by one launch. The probabilities are recomputed from `x`: a GPU
+//! has the arithmetic to spare, and it saves writing and reading a buffer of the input's size.
 
 // Comptime and run-time conditions stay in separate `if`s: the CubeCL macro expands the first
 // at compile time and the second into a branch.
@@ -23,7 +28,47 @@ use cubecl::prelude::*;
 use cubecl::CubeDim;
 
 use super::common::*;
+use super::{ce, focal};
 use crate::kernels::input::Terms;
+
+/// The per-pixel term summed beside the statistics (comptime in the kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ExtraTerm {
+    /// None: the output holds `I`, `P`, `T`.
+    None,
+    /// The cross-entropy (`ce.rs`): two more rows, `Σ w·ℓ_c` and `Σ w·norm_c`, whose sums over
+    /// the classes are the sample's loss and normalizer. `class_weight`: `ce_weight` is set.
+    Ce { class_weight: bool },
+    /// The focal term (`focal.rs`): one more row. `alpha`: `α` is set.
+    Focal { alpha: bool },
+}
+
+impl ExtraTerm {
+    /// The rows of the output: `I`, `P`, `T` and the term's.
+    pub fn rows(self) -> usize {
+        match self {
+            ExtraTerm::None => 3,
+            ExtraTerm::Ce { .. } => 5,
+            ExtraTerm::Focal { .. } => 4,
+        }
+    }
+
+    fn is_ce(self) -> bool {
+        matches!(self, ExtraTerm::Ce { .. })
+    }
+
+    fn is_focal(self) -> bool {
+        matches!(self, ExtraTerm::Focal { .. })
+    }
+
+    fn has_class_weight(self) -> bool {
+        matches!(self, ExtraTerm::Ce { class_weight: true })
+    }
+
+    fn has_alpha(self) -> bool {
+        matches!(self, ExtraTerm::Focal { alpha: true })
+    }
+}
 
 /// The options of one statistics problem (comptime in the kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,11 +77,72 @@ pub(crate) struct StatsSpec {
     pub activation: u32,
     /// The per-pixel terms of the sums.
     pub terms: Terms,
+    /// The term summed beside them.
+    pub extra: ExtraTerm,
+}
+
+/// The run-time values of the [`ExtraTerm`]: those of [`ce::CeSpec`] or of
+/// [`focal::FocalSpec`] (the others 0).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TermValues {
+    /// `π`.
+    pub pos_weight: f32,
+    /// `ε`.
+    pub label_smoothing: f32,
+    /// `γ`.
+    pub gamma: f32,
+    /// `α`.
+    pub alpha: f32,
+}
+
+impl From<ce::CeSpec> for TermValues {
+    fn from(spec: ce::CeSpec) -> Self {
+        Self {
+            pos_weight: spec.pos_weight,
+            label_smoothing: spec.label_smoothing,
+            ..Self::default()
+        }
+    }
+}
+
+impl From<focal::FocalSpec> for TermValues {
+    fn from(spec: focal::FocalSpec) -> Self {
+        Self {
+            gamma: spec.gamma,
+            alpha: spec.alpha.unwrap_or(0.0),
+            ..Self::default()
+        }
+    }
+}
+
+/// The cross-entropy's `lse` of the pixel whose class-0 logit is at `row0` (0 unless the extra
+/// term is the multi-class cross-entropy): from the activation's normalizer `norm` when the
+/// activation is the softmax, else computed here.
+#[cube]
+fn ce_log_sum_exp<F: Float>(
+    x: &Tensor<F>,
+    row0: usize,
+    pixels: usize,
+    classes: usize,
+    norm: Norm,
+    #[comptime] spec: StatsSpec,
+    #[comptime] single: bool,
+) -> f32 {
+    let mut lse = 0.0f32;
+    if comptime![spec.extra.is_ce() && !single] {
+        if comptime![spec.activation == ACT_SOFTMAX] {
+            lse = ce::log_sum_exp(norm);
+        } else {
+            lse = ce::log_sum_exp(softmax_norm::<F>(x, row0, pixels, classes, ACT_SOFTMAX));
+        }
+    }
+    lse
 }
 
 /// Per cube: its partial sums of each class and, with `check`, its partial verdict, laid out
-/// as [`Partials`] says (`width` = classes, `stats` = 3). The classes are taken `group` at a
-/// time (`groups` groups).
+/// as [`Partials`] says (`width` = classes, `stats` = the rows of `spec.extra`). The classes
+/// are taken `classes_at_once.size` at a time (one class alone only for a single-channel
+/// input).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 // `(0.0..=1.0).contains` is not a CubeCL expression: the comparisons stay written out.
@@ -46,10 +152,15 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     dense: &Tensor<F>,
     labels: &Tensor<I>,
     valid: &Tensor<F>,
+    weights: &Tensor<F>,
     partial: &mut Tensor<f32>,
     classes: usize,
     pixels: usize,
     per_thread: usize,
+    pos_weight: f32,
+    label_smoothing: f32,
+    gamma: f32,
+    alpha: f32,
     #[comptime] spec: StatsSpec,
     #[comptime] is_dense: bool,
     #[comptime] has_valid: bool,
@@ -60,13 +171,18 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
 ) {
     let group = classes_at_once.size;
     let groups = classes_at_once.count;
+    let single = comptime![classes_at_once.size == 1];
+    let rows = comptime![spec.extra.rows()];
     let batch = CUBE_COUNT_Y as usize;
     let b = CUBE_POS_Y as usize;
     let tile = CUBE_POS_X as usize;
     let tiles = CUBE_COUNT_X as usize;
     let tid = UNIT_POS_X as usize;
     let start = tile * per_thread * CUBE;
-    let mut shared = SharedMemory::<f32>::new(comptime![reduce_shared(3 * group.max(2))]);
+    let eps = label_smoothing;
+    let smooth = eps / f32::cast_from(classes as u32);
+    let mut shared =
+        SharedMemory::<f32>::new(comptime![reduce_shared((rows * group).max(VERDICT))]);
     // The data checks (the slots of `VERDICT`): non-finite input values, dense target values
     // that are not in [0, 1] (NaN and infinities included), the largest class index and the
     // negated smallest one.
@@ -78,9 +194,9 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     #[unroll]
     for gi in 0..groups {
         let g0 = comptime![gi * group];
-        let mut acc = Array::<f32>::new(comptime![3 * group]);
+        let mut acc = Array::<f32>::new(comptime![rows * group]);
         #[unroll]
-        for v in 0..comptime![3 * group] {
+        for v in 0..comptime![rows * group] {
             acc[v] = 0.0f32;
         }
         for j in 0..per_thread {
@@ -98,9 +214,11 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
                     }
                 }
                 let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
+                let lse = ce_log_sum_exp::<F>(x, row0, pixels, classes, norm, spec, single);
                 #[unroll]
                 for g in 0..group {
                     let c = comptime![g0 + g];
+                    let k = comptime![rows * g];
                     if c < classes {
                         let at = row0 + c * pixels;
                         let v = f32::cast_from(x[at]);
@@ -119,17 +237,40 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
                         let pw = activate(v, norm, spec.activation) * w;
                         let tw = t * w;
                         if comptime![spec.terms == Terms::SoftL1] {
-                            acc[3 * g] += soft_intersection(pw, tw);
-                            acc[3 * g + 1] += pw.abs();
-                            acc[3 * g + 2] += tw.abs();
+                            acc[k] += soft_intersection(pw, tw);
+                            acc[k + 1] += pw.abs();
+                            acc[k + 2] += tw.abs();
                         } else if comptime![spec.terms == Terms::Squared] {
-                            acc[3 * g] += pw * tw;
-                            acc[3 * g + 1] += pw * pw;
-                            acc[3 * g + 2] += tw * tw;
+                            acc[k] += pw * tw;
+                            acc[k + 1] += pw * pw;
+                            acc[k + 2] += tw * tw;
                         } else {
-                            acc[3 * g] += pw * tw;
-                            acc[3 * g + 1] += pw;
-                            acc[3 * g + 2] += tw;
+                            acc[k] += pw * tw;
+                            acc[k + 1] += pw;
+                            acc[k + 2] += tw;
+                        }
+                        if comptime![spec.extra.is_ce() && single] {
+                            acc[k + 3] += ce::binary(v, t, pos_weight) * w;
+                            acc[k + 4] += w;
+                        }
+                        if comptime![spec.extra.is_ce() && !single] {
+                            let w_c = ce::class_weight::<F>(
+                                weights,
+                                c,
+                                comptime![spec.extra.has_class_weight()],
+                            );
+                            let ts = ce::smoothed(t, eps, smooth);
+                            acc[k + 3] += ce::term(v, lse, ts, w_c) * w;
+                            // norm = v·w_y (class indices), v (dense: counted once, at class 0).
+                            if comptime![!is_dense] {
+                                acc[k + 4] += w_c * t * w;
+                            } else if comptime![c == 0] {
+                                acc[k + 4] += w;
+                            }
+                        }
+                        if comptime![spec.extra.is_focal()] {
+                            let has_alpha = comptime![spec.extra.has_alpha()];
+                            acc[k + 3] += focal::loss(v, t, gamma, alpha, has_alpha) * w;
                         }
                     }
                 }
@@ -138,14 +279,15 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
         cube_reduce(
             &mut shared,
             &acc,
-            comptime![3 * group],
-            comptime![3 * group],
+            comptime![rows * group],
+            comptime![rows * group],
             planes,
         );
-        if tid < comptime![3 * group] {
-            let c = g0 + tid / 3;
+        if tid < comptime![rows * group] {
+            let c = g0 + tid / rows;
             if c < classes {
-                partial[((b * classes + c) * 3 + tid % 3) * tiles + tile] = shared[tid * STRIDE];
+                partial[((b * classes + c) * rows + tid % rows) * tiles + tile] =
+                    shared[tid * STRIDE];
             }
         }
         sync_cube();
@@ -153,13 +295,13 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     if check {
         cube_reduce(&mut shared, &verdict, VERDICT, 2usize, planes);
         if tid < VERDICT {
-            let verdicts = batch * classes * 3 * tiles;
+            let verdicts = batch * classes * rows * tiles;
             partial[verdicts + tid * batch * tiles + b * tiles + tile] = shared[tid * STRIDE];
         }
     }
 }
 
-/// `∂L/∂x` of `L(I, P, T)` from `grad` = `∂L/∂[I, P, T]` (`[3, batch, class]`): one thread per
+/// `∂L/∂x` from `grad` = `∂L/∂` the forward's output (`[rows, batch, class]`): one thread per
 /// pixel, every class.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -168,14 +310,20 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     dense: &Tensor<F>,
     labels: &Tensor<I>,
     valid: &Tensor<F>,
+    weights: &Tensor<F>,
     grad: &Tensor<F>,
     dx: &mut Tensor<F>,
     batch: usize,
     classes: usize,
     pixels: usize,
+    pos_weight: f32,
+    label_smoothing: f32,
+    gamma: f32,
+    alpha: f32,
     #[comptime] spec: StatsSpec,
     #[comptime] is_dense: bool,
     #[comptime] has_valid: bool,
+    #[comptime] single: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let pos = ABSOLUTE_POS;
@@ -185,9 +333,15 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     let b = pos / pixels;
     let n = pos % pixels;
     let row0 = b * classes * pixels + n;
+    // The distance between two rows of `grad`; row 3 is the extra term's loss.
+    let stride = batch * classes;
     let w = weight::<F>(valid, b, n, pixels, has_valid);
     let l = label::<I>(labels, b, n, pixels, is_dense);
     let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
+    let lse = ce_log_sum_exp::<F>(x, row0, pixels, classes, norm, spec, single);
+    let eps = label_smoothing;
+    let smooth = eps / f32::cast_from(classes as u32);
+    let has_weight = comptime![spec.extra.has_class_weight()];
     // `r = Σ_k p_k ∂L/∂p_k` for the softmax, refined once: `refine = Σ_k p_k (∂L/∂p_k − r)`
     // (exactly 0 up to 1e-14 where every `∂L/∂p_k` is equal; see the CPU kernel's
     // `backward_job`).
@@ -198,26 +352,54 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
             let at = row0 + c * pixels;
             let p = activate(f32::cast_from(x[at]), norm, spec.activation);
             let t = target_at::<F>(dense, at, l, c, is_dense);
-            r += p * d_prob::<F>(grad, p, t, w, b * classes + c, batch * classes, spec);
+            r += p * d_prob::<F>(grad, p, t, w, b * classes + c, stride, spec);
         }
         for c in 0..classes {
             let at = row0 + c * pixels;
             let p = activate(f32::cast_from(x[at]), norm, spec.activation);
             let t = target_at::<F>(dense, at, l, c, is_dense);
-            refine += p * (d_prob::<F>(grad, p, t, w, b * classes + c, batch * classes, spec) - r);
+            refine += p * (d_prob::<F>(grad, p, t, w, b * classes + c, stride, spec) - r);
+        }
+    }
+    // The cross-entropy's softmax couples the classes: `total = Σ_c g_c w_c t'_c`.
+    let mut total = 0.0f32;
+    if comptime![spec.extra.is_ce() && !single] {
+        for c in 0..classes {
+            let t = target_at::<F>(dense, row0 + c * pixels, l, c, is_dense);
+            let g = f32::cast_from(grad[3 * stride + b * classes + c]);
+            total +=
+                g * ce::class_weight::<F>(weights, c, has_weight) * ce::smoothed(t, eps, smooth);
         }
     }
     for c in 0..classes {
         let at = row0 + c * pixels;
-        let p = activate(f32::cast_from(x[at]), norm, spec.activation);
+        let v = f32::cast_from(x[at]);
+        let p = activate(v, norm, spec.activation);
         let t = target_at::<F>(dense, at, l, c, is_dense);
-        let dp = d_prob::<F>(grad, p, t, w, b * classes + c, batch * classes, spec);
+        let dp = d_prob::<F>(grad, p, t, w, b * classes + c, stride, spec);
         let mut out = dp;
         if comptime![spec.activation == ACT_SIGMOID] {
             out = dp * p * (1.0f32 - p);
         }
         if comptime![spec.activation == ACT_SOFTMAX] {
             out = p * ((dp - r) - refine);
+        }
+        if comptime![spec.extra.rows() > 3] {
+            // The term's loss is summed with the pixel's weight `w`.
+            let g = f32::cast_from(grad[3 * stride + b * classes + c]);
+            if comptime![spec.extra.is_ce() && single] {
+                out += w * g * ce::d_binary(v, t, pos_weight);
+            }
+            if comptime![spec.extra.is_ce() && !single] {
+                let q = (v - lse).exp();
+                let w_c = ce::class_weight::<F>(weights, c, has_weight);
+                let ts = ce::smoothed(t, eps, smooth);
+                out += w * ce::d_term(q, g, w_c, ts, total);
+            }
+            if comptime![spec.extra.is_focal()] {
+                let has_alpha = comptime![spec.extra.has_alpha()];
+                out += w * g * focal::d_loss(v, t, gamma, alpha, has_alpha);
+            }
         }
         dx[at] = F::cast_from(out);
     }
@@ -273,24 +455,30 @@ fn sgn(v: f32) -> f32 {
     s
 }
 
-/// The `[3, batch, class]` sums of `data` and, with `check`, the `[4]` verdict (see
-/// [`crate::kernels::input::Verdict::Device`]), both in the input's element type.
+/// The `[rows, batch, class]` sums of `data` (`rows` = `spec.extra.rows()`: `I`, `P`, `T`,
+/// then the extra term's) and, with `check`, the `[4]` verdict (see
+/// [`crate::kernels::input::Verdict::Device`]), both in the input's element type; `weights`:
+/// the cross-entropy's class weights. Two launches.
 pub(crate) fn forward<R: CubeRuntime>(
     data: &Data<R>,
+    weights: Option<CubeTensor<R>>,
     spec: StatsSpec,
+    values: TermValues,
     check: bool,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let [batch, classes, pixels] = data.dims();
+    let rows = spec.extra.rows();
     let tiling = Tiling::new(batch, pixels);
     let partials = Partials {
         batch,
         tiles: tiling.tiles,
         width: classes,
-        stats: 3,
+        stats: rows,
         check,
     };
     let partial = partials.alloc(&data.x);
     let args = data.args();
+    let weights = weights.unwrap_or_else(|| data.x.clone());
     counted();
     stats_forward_kernel::launch::<R>(
         &data.x.client,
@@ -300,31 +488,43 @@ pub(crate) fn forward<R: CubeRuntime>(
         args.dense,
         args.labels,
         args.valid,
+        weights.into_tensor_arg(),
         partial.clone().into_tensor_arg(),
         classes,
         pixels,
         tiling.per_thread,
+        values.pos_weight,
+        values.label_smoothing,
+        values.gamma,
+        values.alpha,
         spec,
         data.dense.is_some(),
         data.valid.is_some(),
         check,
-        class_groups(classes),
+        class_groups(
+            classes,
+            rows,
+            data.x.client.properties().hardware.max_shared_memory_size,
+        ),
         use_planes(&data.x.client),
         args.dtypes,
     );
-    partials.finish(&data.x, partial, vec![3, batch, classes])
+    partials.finish(&data.x, partial, vec![rows, batch, classes])
 }
 
-/// The input's gradient for `grad` (`[3, batch, class]`, contiguous).
+/// The input's gradient for `grad` (`[rows, batch, class]`, contiguous): one launch.
 pub(crate) fn backward<R: CubeRuntime>(
     data: &Data<R>,
+    weights: Option<CubeTensor<R>>,
     grad: CubeTensor<R>,
     spec: StatsSpec,
+    values: TermValues,
 ) -> CubeTensor<R> {
     let [batch, classes, pixels] = data.dims();
     let dx = empty_like(&data.x, vec![batch, classes, pixels], data.x.dtype);
     let (count, dim) = elementwise(&data.x.client, batch * pixels);
     let args = data.args();
+    let weights = weights.unwrap_or_else(|| data.x.clone());
     counted();
     stats_backward_kernel::launch::<R>(
         &data.x.client,
@@ -334,14 +534,20 @@ pub(crate) fn backward<R: CubeRuntime>(
         args.dense,
         args.labels,
         args.valid,
+        weights.into_tensor_arg(),
         grad.into_tensor_arg(),
         dx.clone().into_tensor_arg(),
         batch,
         classes,
         pixels,
+        values.pos_weight,
+        values.label_smoothing,
+        values.gamma,
+        values.alpha,
         spec,
         data.dense.is_some(),
         data.valid.is_some(),
+        classes == 1,
         args.dtypes,
     );
     dx
