@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A user's view of the crate as published: `cargo package -p burn-dice` packs it and builds the
-# packed crate (as `cargo publish` would), then tests/consumer, a crate outside the workspace,
+# A user's view of the crate as published: `cargo package -p burn-dice` packs it, then
+# tests/consumer, a crate outside the workspace,
 # compiles the README's snippets against the packed crate (unpacked into
 # tests/consumer/burn-dice/) twice:
 #   cpu  burn-dice with its default features (the usage snippet on burn-ndarray);
@@ -10,7 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 target_dir="${CARGO_TARGET_DIR:-target}"
-cargo package -p burn-dice --allow-dirty
+# --no-verify: cargo's verification would build the packed crate with its dependencies a second
+# time (unoptimized, outside the workspace's profiles); the consumer's `cpu` check below compiles
+# the same packed crate with the same (default) features.
+cargo package -p burn-dice --allow-dirty --no-verify
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 packed="$target_dir/package/burn-dice-$version.crate"
 rm -rf tests/consumer/burn-dice

@@ -289,10 +289,27 @@ pub fn grad_err(got: &[f64], expected: &[f64]) -> f64 {
 #[cfg(feature = "wgpu")]
 pub type WgpuAutodiff = burn_autodiff::Autodiff<burn_wgpu::Wgpu>;
 
-/// The default wgpu device, after checking that an adapter exists: without one the tests fail
-/// with what to install rather than with wgpu's own panic deep in the runtime.
+/// Whether `BURN_DICE_REQUIRE` (a comma-separated list; `.ci/run` sets `wgpu,mri-data`) names
+/// `what`: a test that needs it then fails when the machine lacks it, instead of skipping.
+pub fn required(what: &str) -> bool {
+    std::env::var("BURN_DICE_REQUIRE").is_ok_and(|v| v.split(',').any(|w| w.trim() == what))
+}
+
+/// A test needs `what`, which this machine lacks (`why`, with what to install): it fails when
+/// [`required`] asks for `what`, and otherwise says on stderr that it did not run (shown with
+/// `cargo test -- --nocapture`) so that the caller can return.
+pub fn missing(what: &str, why: &str) {
+    if required(what) {
+        panic!("{why} (BURN_DICE_REQUIRE asks for `{what}`)");
+    }
+    eprintln!("skipped, needs `{what}`: {why}");
+}
+
+/// The default wgpu device, after checking once that an adapter works. Without one: `None`
+/// (with [`missing`]'s message, which names what to install), or a failure where
+/// `BURN_DICE_REQUIRE` asks for `wgpu`; never wgpu's own panic deep in the runtime.
 #[cfg(feature = "wgpu")]
-pub fn wgpu_device() -> burn_wgpu::WgpuDevice {
+pub fn wgpu_device() -> Option<burn_wgpu::WgpuDevice> {
     use std::sync::OnceLock;
     static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
     let device = burn_wgpu::WgpuDevice::default();
@@ -309,14 +326,20 @@ pub fn wgpu_device() -> burn_wgpu::WgpuDevice {
                 .unwrap_or_default()
         })
     });
-    if let Err(e) = status {
-        panic!(
-            "the `wgpu` feature is on but no GPU adapter works ({e}). On a machine without a GPU \
-             install Mesa's software Vulkan driver: `apt-get install -y libvulkan1 \
-             mesa-vulkan-drivers` (lavapipe)"
-        );
+    match status {
+        Ok(()) => Some(device),
+        Err(e) => {
+            missing(
+                "wgpu",
+                &format!(
+                    "no GPU adapter works ({e}). On a machine without a GPU install Mesa's \
+                     software Vulkan driver: `apt-get install -y libvulkan1 mesa-vulkan-drivers` \
+                     (lavapipe)"
+                ),
+            );
+            None
+        }
     }
-    device
 }
 
 /// The device memory in use now on a wgpu device (allocated tensors, not the pools' spare
@@ -335,7 +358,8 @@ pub fn wgpu_bytes_in_use(device: &burn_wgpu::WgpuDevice) -> Option<u64> {
 /// ```text
 /// backend_tests!(my_check, other_check);
 /// // expands to `mod ndarray { #[test] fn my_check() { super::my_check::<NdArrayAutodiff>(&Default::default()) } ... }`
-/// // and, with the `wgpu` feature, the same in `mod wgpu` on `WgpuAutodiff`.
+/// // and, with the `wgpu` feature, the same in `mod wgpu` on `WgpuAutodiff` (skipped where no
+/// // adapter works, see `wgpu_device`).
 /// ```
 #[macro_export]
 macro_rules! backend_tests {
@@ -353,7 +377,9 @@ macro_rules! backend_tests {
             $(
                 #[test]
                 fn $name() {
-                    super::$name::<$crate::WgpuAutodiff>(&$crate::wgpu_device());
+                    if let Some(device) = $crate::wgpu_device() {
+                        super::$name::<$crate::WgpuAutodiff>(&device);
+                    }
                 }
             )*
         }

@@ -882,7 +882,7 @@ pub fn zero_at_the_target(case: &Case) -> Result<(), String> {
 #[cfg(feature = "wgpu")]
 pub fn check_wgpu(case: &Case) -> Result<Outcome, String> {
     let case = case.clone().normalized();
-    let device = crate::wgpu_device();
+    let device = crate::wgpu_device().ok_or("no wgpu adapter (see above)")?;
     macro_rules! ranked {
         ($d:literal) => {{
             let data = case.data();

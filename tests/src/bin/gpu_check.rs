@@ -80,7 +80,8 @@ impl Args {
 fn main() {
     let args = Args::parse();
     let started = Instant::now();
-    let device = wgpu_device();
+    // A missing adapter fails here, naming what to install.
+    let device = wgpu_device().expect("gpu-check needs a wgpu adapter");
     println!("wgpu device: {device:?}");
     let peak_gbps: Option<f64> = std::env::var("BURN_DICE_PEAK_GBPS")
         .ok()
