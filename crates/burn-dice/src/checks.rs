@@ -324,6 +324,10 @@ fn settle<B: Backend>(
     verdict: Tensor<B, 1>,
     judge: impl FnOnce(&[f64]) -> Option<String> + 'static,
 ) {
+    // One type for every held verdict (they are concatenated for their read-back): the
+    // kernels' are `f32`, burn-ops flags the backend's default float type (`f16` on `Wgpu<f16>`;
+    // exact for 0/1 flags and counts below 2,048).
+    let verdict = crate::numerics::in_dtype(verdict, burn::tensor::DType::F32);
     let call = CALLS.with(|c| {
         c.set(c.get() + 1);
         c.get()

@@ -7,7 +7,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::activation::Activation;
 use crate::checks::{check_smoothing, check_weights, or_panic, ConfigError};
 use crate::kernels::input::{Extra, ExtraSums, Terms};
-use crate::numerics::{ln, one_minus_ratio};
+use crate::numerics::{in_dtype, ln, one_minus_ratio};
 use crate::reduction::{apply_class_weight, DiceReduction};
 use crate::stats::ClassStats;
 use crate::target::{prepare, prepare_mask, prepare_with, DiceTarget, Prepared};
@@ -247,6 +247,7 @@ impl<B: Backend> DiceLoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 2> {
+        let dtype = input.dtype();
         let prepared = prepare(
             NAME,
             input,
@@ -255,7 +256,7 @@ impl<B: Backend> DiceLoss<B> {
             self.check_inputs,
             true,
         );
-        self.loss_prepared(prepared)
+        in_dtype(self.loss_prepared(prepared), dtype)
     }
 
     /// The reduced loss over the pixels where `mask` is 1 (MONAI's `MaskedDiceLoss`).
@@ -298,6 +299,7 @@ impl<B: Backend> DiceLoss<B> {
         mask: Tensor<B, D>,
     ) -> Tensor<B, 2> {
         let dims = input.dims();
+        let dtype = input.dtype();
         let mut flat_mask = None;
         let prepared = prepare_with(
             NAME,
@@ -309,10 +311,11 @@ impl<B: Backend> DiceLoss<B> {
             |checks| flat_mask = Some(prepare_mask(NAME, &dims, mask, checks)),
         );
         let mask = flat_mask.expect("the mask was prepared");
-        self.loss_prepared(Prepared {
+        let loss = self.loss_prepared(Prepared {
             target: prepared.target.masked(mask),
             ..prepared
-        })
+        });
+        in_dtype(loss, dtype)
     }
 
     /// The per-(sample, class) loss of checked, flattened inputs.

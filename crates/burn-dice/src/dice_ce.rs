@@ -7,7 +7,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::checks::{check_non_negative, check_unit, check_weights, or_panic, ConfigError};
 use crate::dice::{DiceLoss, DiceLossConfig};
 use crate::kernels::input::{CeOptions, Extra, ExtraSums};
-use crate::numerics::reciprocal;
+use crate::numerics::{in_dtype, reciprocal};
 use crate::reduction::DiceReduction;
 use crate::target::{prepare, DiceTarget};
 
@@ -139,6 +139,7 @@ fn nonzero<B: Backend>(norm: Tensor<B, 1>) -> Tensor<B, 1> {
     // 0 becomes 1, not a tiny number: the backward multiplies by 1/norm before the pixels'
     // zero weights, and 1/1e-38 overflows there (inf · 0 = NaN).
     let zero = norm.clone().equal_elem(0.0).float();
+    let zero = crate::numerics::in_dtype(zero, norm.dtype());
     norm + zero
 }
 
@@ -165,13 +166,17 @@ impl<B: Backend> DiceCELoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 1> {
+        let dtype = input.dtype();
         let (dice, ce) = self.dice_and_ce(input, target.into());
         let dice = self.dice.reduction.reduce(dice);
         let ce = match self.dice.reduction {
             DiceReduction::Mean => ce.loss.sum() * reciprocal(nonzero(ce.norm.sum())),
             DiceReduction::Sum => ce.loss.sum(),
         };
-        dice.mul_scalar(self.lambda_dice) + ce.mul_scalar(self.lambda_ce)
+        in_dtype(
+            dice.mul_scalar(self.lambda_dice) + ce.mul_scalar(self.lambda_ce),
+            dtype,
+        )
     }
 
     /// Computes `[batch, class']`: `lambda_dice·dice[b, c] + lambda_ce·ce[b]`.
@@ -180,10 +185,14 @@ impl<B: Backend> DiceCELoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 2> {
+        let dtype = input.dtype();
         let (dice, ce) = self.dice_and_ce(input, target.into());
         let b = ce.loss.dims()[0];
         let per_sample = (ce.loss * reciprocal(nonzero(ce.norm))).reshape([b, 1]);
-        dice.mul_scalar(self.lambda_dice) + per_sample.mul_scalar(self.lambda_ce)
+        in_dtype(
+            dice.mul_scalar(self.lambda_dice) + per_sample.mul_scalar(self.lambda_ce),
+            dtype,
+        )
     }
 
     /// The Dice loss `[batch, class']` and the cross-entropy sums of every sample, from one

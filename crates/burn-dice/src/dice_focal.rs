@@ -7,7 +7,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::checks::{check_non_negative, check_unit, or_panic, ConfigError};
 use crate::dice::{DiceLoss, DiceLossConfig};
 use crate::kernels::input::{Extra, ExtraSums, FocalOptions};
-use crate::numerics::reciprocal;
+use crate::numerics::{in_dtype, reciprocal};
 use crate::reduction::apply_class_weight;
 use crate::target::{prepare, DiceTarget};
 
@@ -131,10 +131,12 @@ impl<B: Backend> DiceFocalLoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 1> {
+        let dtype = input.dtype();
         let (dice, focal) = self.dice_and_focal(input, target.into());
         let reduction = self.dice.reduction;
-        reduction.reduce(dice).mul_scalar(self.lambda_dice)
-            + reduction.reduce(focal).mul_scalar(self.lambda_focal)
+        let loss = reduction.reduce(dice).mul_scalar(self.lambda_dice)
+            + reduction.reduce(focal).mul_scalar(self.lambda_focal);
+        in_dtype(loss, dtype)
     }
 
     /// Computes `[batch, class']`: `lambda_dice·dice[b, c] + lambda_focal·focal[b, c]`.
@@ -143,8 +145,12 @@ impl<B: Backend> DiceFocalLoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 2> {
+        let dtype = input.dtype();
         let (dice, focal) = self.dice_and_focal(input, target.into());
-        dice.mul_scalar(self.lambda_dice) + focal.mul_scalar(self.lambda_focal)
+        in_dtype(
+            dice.mul_scalar(self.lambda_dice) + focal.mul_scalar(self.lambda_focal),
+            dtype,
+        )
     }
 
     /// The Dice loss and the focal term per (sample, kept class), `[batch, class']` each, the
@@ -180,6 +186,7 @@ impl<B: Backend> DiceFocalLoss<B> {
         // Σ over the pixels that count, [b, c], over their number.
         let per_class = match valid {
             Some(valid) => {
+                let valid = crate::numerics::in_dtype(valid, sums.dtype());
                 let counted = valid.sum_dim(2).clamp_min(1.0).reshape([b, 1]);
                 sums * reciprocal(counted)
             }

@@ -7,7 +7,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::activation::Activation;
 use crate::checks::{check_smoothing, or_panic, ConfigError};
 use crate::kernels::input::Terms;
-use crate::numerics::one_minus_ratio;
+use crate::numerics::{in_dtype, one_minus_ratio};
 use crate::reduction::DiceReduction;
 use crate::stats::ClassStats;
 use crate::target::{prepare, DiceTarget, Prepared};
@@ -171,6 +171,7 @@ impl<B: Backend> GeneralizedDiceLoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 2> {
+        let dtype = input.dtype();
         let prepared = prepare(
             NAME,
             input,
@@ -179,7 +180,7 @@ impl<B: Backend> GeneralizedDiceLoss<B> {
             self.check_inputs,
             true,
         );
-        self.loss_prepared(prepared)
+        in_dtype(self.loss_prepared(prepared), dtype)
     }
 
     fn loss_prepared(&self, prepared: Prepared<B>) -> Tensor<B, 2> {
@@ -215,7 +216,8 @@ impl<B: Backend> GeneralizedDiceLoss<B> {
         let finite = raw.mask_fill(infinite.clone(), 0.0);
         // With `batch` there is a single row, so this is the batch-wide maximum.
         let largest = finite.clone().max_dim(1);
-        finite + infinite.float() * largest
+        let infinite = crate::numerics::in_dtype(infinite.float(), finite.dtype());
+        finite + infinite * largest
     }
 }
 

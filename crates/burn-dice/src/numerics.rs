@@ -9,6 +9,27 @@
 use burn::tensor::activation::relu;
 use burn::tensor::{backend::Backend, DType, Tensor};
 
+/// The element type the family computes its sums and ratios in, for an input of `dtype`: `f32`
+/// for the half types, the input's own otherwise. A sum of `f16` values passes 65,504, the
+/// largest `f16`, on one 256 × 256 class of ones (and stops counting whole pixels at 2,048);
+/// `bf16` keeps 8 bits of precision. So half-precision inputs are read as they are and every
+/// sum, ratio and gradient inside the loss is `f32`; the loss is returned in the input's type.
+pub(crate) fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
+}
+
+/// `t` in `dtype`: itself when it already is, else a cast (autodiff casts the gradient back).
+pub(crate) fn in_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
 /// The logistic sigmoid in the input's own precision.
 ///
 /// burn's `sigmoid` is one fused op (fast, and exact to f32 precision) but computes in f32 for

@@ -52,7 +52,8 @@ pub(crate) fn apply_class_weight<B: Backend>(
         // MONAI applies no class weight to a single kept class.
         return loss;
     }
-    loss * weight.clone().unsqueeze_dim(0)
+    let weight = crate::numerics::in_dtype(weight.clone(), loss.dtype());
+    loss * weight.unsqueeze_dim(0)
 }
 
 #[cfg(test)]

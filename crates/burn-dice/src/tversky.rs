@@ -7,7 +7,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::activation::Activation;
 use crate::checks::{check_non_negative, check_positive, check_smoothing, or_panic, ConfigError};
 use crate::kernels::input::Terms;
-use crate::numerics::one_minus_ratio;
+use crate::numerics::{in_dtype, one_minus_ratio};
 use crate::reduction::DiceReduction;
 use crate::stats::ClassStats;
 use crate::target::{prepare, DiceTarget};
@@ -187,6 +187,7 @@ impl<B: Backend> TverskyLoss<B> {
         input: Tensor<B, D>,
         target: impl Into<DiceTarget<B, D>>,
     ) -> Tensor<B, 2> {
+        let dtype = input.dtype();
         let prepared = prepare(
             NAME,
             input,
@@ -214,11 +215,12 @@ impl<B: Backend> TverskyLoss<B> {
             (intersection + false_pos.mul_scalar(self.alpha) + false_neg.mul_scalar(self.beta))
                 .add_scalar(self.smooth_dr);
         let loss = one_minus_ratio(numerator, denominator);
-        if self.gamma == 1.0 {
+        let loss = if self.gamma == 1.0 {
             loss
         } else {
             loss.clamp_min(FOCAL_FLOOR).powf_scalar(1.0 / self.gamma)
-        }
+        };
+        in_dtype(loss, dtype)
     }
 }
 

@@ -9,17 +9,21 @@
 //! element-wise map and a reduction, which every backend runs in parallel and a fusing backend
 //! (burn-wgpu's default) runs without materializing the one-hot tensor.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
 use super::input::{CeOptions, FlatTarget, FocalOptions, PreparedTarget, Terms};
 use crate::activation::Activation;
-use crate::numerics::{log_sigmoid, log_softmax};
+use crate::numerics::{compute_dtype, in_dtype, log_sigmoid, log_softmax};
 
-/// The target per channel, `[batch, class, pixels]` with `class` channels: dense targets as
-/// they are, class indices one-hot encoded (a comparison with each class index). Pixels that do
-/// not count are not zeroed here.
-pub(crate) fn per_channel<B: Backend>(target: &PreparedTarget<B>, classes: usize) -> Tensor<B, 3> {
-    match &target.target {
+/// The target per channel, `[batch, class, pixels]` with `class` channels, in `dtype`: dense
+/// targets as they are, class indices one-hot encoded (a comparison with each class index).
+/// Pixels that do not count are not zeroed here.
+pub(crate) fn per_channel<B: Backend>(
+    target: &PreparedTarget<B>,
+    classes: usize,
+    dtype: DType,
+) -> Tensor<B, 3> {
+    let t = match &target.target {
         FlatTarget::Dense(t) => t.clone(),
         FlatTarget::Indices(labels) => {
             let device = labels.device();
@@ -27,7 +31,19 @@ pub(crate) fn per_channel<B: Backend>(target: &PreparedTarget<B>, classes: usize
                 Tensor::<B, 1, Int>::arange(0..classes as i64, &device).reshape([1, classes, 1]);
             labels.clone().equal(ids).float()
         }
-    }
+    };
+    in_dtype(t, dtype)
+}
+
+/// The input in the type the sums are computed in ([`compute_dtype`]: `f32` for half-precision
+/// inputs), with the pixels' weights in the same type.
+fn widened<B: Backend>(
+    input: Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
+    let dtype = compute_dtype(input.dtype());
+    let valid = target.valid.clone().map(|v| in_dtype(v, dtype));
+    (in_dtype(input, dtype), valid)
 }
 
 /// The three `[batch, class]` sums `I`, `P` and `T` of the per-pixel [`Terms`] of `input`
@@ -43,10 +59,11 @@ pub(crate) fn class_stats<B: Backend>(
     loss: &str,
 ) -> [Tensor<B, 2>; 3] {
     let [b, c, _] = input.dims();
+    let (input, valid) = widened(input, target);
+    let t = per_channel(target, c, input.dtype());
     let probs = activation.apply(input, loss);
-    let t = per_channel(target, c);
-    let (p, t) = match &target.valid {
-        Some(valid) => (probs * valid.clone(), t * valid.clone()),
+    let (p, t) = match valid {
+        Some(valid) => (probs * valid.clone(), t * valid),
         None => (probs, t),
     };
     let [intersection, p, t] = match terms {
@@ -78,8 +95,11 @@ pub(crate) fn ce_sums<B: Backend>(
     options: &CeOptions<B>,
 ) -> [Tensor<B, 1>; 2] {
     let [b, c, s] = input.dims();
+    let (input, valid) = widened(input, target);
+    let dtype = input.dtype();
+    let class_weight = options.class_weight.clone().map(|w| in_dtype(w, dtype));
     let (loss, norm) = if c == 1 {
-        let t = per_channel(target, 1);
+        let t = per_channel(target, 1, dtype);
         let positive = log_sigmoid(input.clone()) * t.clone();
         let positive = positive.mul_scalar(options.pos_weight);
         let negative = log_sigmoid(input.neg()) * t.clone().neg().add_scalar(1.0);
@@ -87,14 +107,14 @@ pub(crate) fn ce_sums<B: Backend>(
     } else {
         let logp = log_softmax(input, 1);
         let eps = options.label_smoothing;
-        let weighted = match &options.class_weight {
+        let weighted = match &class_weight {
             Some(w) => logp.clone() * w.clone().reshape([1, c, 1]),
             None => logp.clone(),
         };
         match &target.target {
             FlatTarget::Indices(labels) => {
                 let picked = logp.gather(1, labels.clone());
-                let w_y = match &options.class_weight {
+                let w_y = match &class_weight {
                     Some(w) => w
                         .clone()
                         .select(0, labels.clone().reshape([b * s]))
@@ -108,10 +128,11 @@ pub(crate) fn ce_sums<B: Backend>(
                 (loss.neg(), w_y)
             }
             FlatTarget::Dense(t) => {
+                let t = in_dtype(t.clone(), dtype);
                 let t = if eps > 0.0 {
-                    t.clone().mul_scalar(1.0 - eps).add_scalar(eps / c as f64)
+                    t.mul_scalar(1.0 - eps).add_scalar(eps / c as f64)
                 } else {
-                    t.clone()
+                    t
                 };
                 let loss = (weighted * t).sum_dim(1).neg();
                 let norm = loss.ones_like();
@@ -119,8 +140,8 @@ pub(crate) fn ce_sums<B: Backend>(
             }
         }
     };
-    let (loss, norm) = match &target.valid {
-        Some(valid) => (loss * valid.clone(), norm * valid.clone()),
+    let (loss, norm) = match valid {
+        Some(valid) => (loss * valid.clone(), norm * valid),
         None => (loss, norm),
     };
     [loss, norm].map(|t| t.sum_dim(2).reshape([b]))
@@ -134,8 +155,8 @@ pub(crate) fn focal_sums<B: Backend>(
     options: FocalOptions,
 ) -> Tensor<B, 2> {
     let [b, c, _] = input.dims();
-    let x = input;
-    let t = per_channel(target, c);
+    let (x, valid) = widened(input, target);
+    let t = per_channel(target, c, x.dtype());
     let bce = x.clone() - x.clone() * t.clone() - log_sigmoid(x.clone());
     let sign = t.clone().mul_scalar(2.0).sub_scalar(1.0);
     let modulation = log_sigmoid(x.neg() * sign).mul_scalar(options.gamma).exp();
@@ -143,8 +164,8 @@ pub(crate) fn focal_sums<B: Backend>(
     if let Some(alpha) = options.alpha {
         loss = loss * t.mul_scalar(2.0 * alpha - 1.0).add_scalar(1.0 - alpha);
     }
-    match &target.valid {
-        Some(valid) => loss * valid.clone(),
+    match valid {
+        Some(valid) => loss * valid,
         None => loss,
     }
     .sum_dim(2)

@@ -12,6 +12,14 @@
 //! | burn-wgpu's `Wgpu<f32>` (`Fusion<CubeBackend<WgpuRuntime, f32, i32, u32>>`) and `CubeBackend<WgpuRuntime, f32, i32, u32>` (feature `wgpu`); the same on CUDA (feature `cuda`) | [`KernelPath::Cube`]: fused CubeCL kernels (`cube/`) | in the kernel pass, on the device: read back without waiting (see below) |
 //! | every other backend or element type, checkpointing other than burn's default, a target or mask that requires a gradient | [`KernelPath::Generic`]: burn ops (`generic.rs`) | burn ops, read back as on the device |
 //!
+//! Half precision (`f16`, `bf16`): the CubeCL rows also cover `Wgpu<f16>`, `Cuda<f16>` and
+//! `Cuda<bf16>`, and every CubeCL backend reads `f16`/`bf16` tensors as they are (with a target
+//! and mask of the input's type; otherwise the generic path). The CPU kernels read `f32` only, so
+//! half-precision tensors on burn-flex take the generic path. Whatever the path, the sums and
+//! everything computed from them are `f32` (`numerics::compute_dtype`; the kernels' outputs are
+//! `f32`, the generic path widens its input), the gradient and the loss come back in the input's
+//! type. `Wgpu<bf16>` is left to burn ops: WGSL has no `bf16` arithmetic.
+//!
 //! [`path`] tells which one runs for a backend; [`generic_only`] switches the kernels off on a
 //! thread (to compare, or to rule them out). Everything after the statistics (smoothing,
 //! weights, each loss's formula, the reduction) is burn ops on `[batch, class]` tensors on

@@ -18,15 +18,6 @@ use cubecl::prelude::*;
 
 use super::common::*;
 
-/// The options of the cross-entropy term (run-time values in the kernels).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CeSpec {
-    /// `π`, the weight of the positive term of the single-channel case.
-    pub pos_weight: f32,
-    /// `ε`.
-    pub label_smoothing: f32,
-}
-
 /// The weight `w_c` of class `c` (1 without class weights).
 #[cube]
 pub(super) fn class_weight<F: Float>(

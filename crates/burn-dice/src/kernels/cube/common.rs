@@ -228,24 +228,23 @@ fn combine(a: f32, b: f32, sum: bool) -> f32 {
 }
 
 /// The second stage of every reduction: `out[s, b, m] = Σ_tiles partial[b, m, s, tile]`, the
-/// sums of the cubes of each sample written in the input's type, for `partial` laid out as
+/// sums of the cubes of each sample in `f32`, for `partial` laid out as
 /// `[batch, width, stats, tiles]` (each output's tiles contiguous); with `check`, also the
 /// `[4]` verdict from the `[4, batch · tiles]` partial verdicts that follow them in `partial`
 /// (see [`VERDICT`]). One cube per output value: its threads read the tiles `CUBE` apart
 /// (adjacent threads, adjacent addresses) and [`cube_reduce`] adds them up.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn sum_tiles_kernel<F: Float>(
+pub(super) fn sum_tiles_kernel(
     partial: &Tensor<f32>,
-    out: &mut Tensor<F>,
-    verdict: &mut Tensor<F>,
+    out: &mut Tensor<f32>,
+    verdict: &mut Tensor<f32>,
     batch: usize,
     tiles: usize,
     width: usize,
     stats: usize,
     #[comptime] check: bool,
     #[comptime] planes: bool,
-    #[define(F)] _dtype: StorageType,
 ) {
     let o = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
     let outputs = stats * batch * width;
@@ -273,7 +272,7 @@ pub(super) fn sum_tiles_kernel<F: Float>(
         }
         cube_reduce(&mut shared, &acc, 1usize, 1usize, planes);
         if tid == 0 {
-            out[o] = F::cast_from(shared[0]);
+            out[o] = shared[0];
         }
     } else {
         if check {
@@ -298,7 +297,7 @@ pub(super) fn sum_tiles_kernel<F: Float>(
                 if k == 3 {
                     r = -r;
                 }
-                verdict[k] = F::cast_from(r);
+                verdict[k] = r;
             }
         }
     }
@@ -420,8 +419,10 @@ impl Partials {
     }
 
     /// The second stage: the sums `[stats, batch, width]` (laid out so, of shape `shape`) and,
-    /// with `check`, the `[4]` verdict, in the type of `like`, from the first stage's
-    /// `partial`. One launch.
+    /// with `check`, the `[4]` verdict, in `f32` whatever the input's type (a sum of `f16`
+    /// values passes 65,504, their largest, at a 256² image), on the device of `like`, from the
+    /// first stage's `partial`. One launch.
+    #[allow(unsafe_code)]
     pub fn finish<R: CubeRuntime>(
         &self,
         like: &CubeTensor<R>,
@@ -430,10 +431,10 @@ impl Partials {
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
         let outputs = self.stats * self.batch * self.width;
         debug_assert_eq!(shape.iter().product::<usize>(), outputs);
-        let out = empty_like(like, shape, like.dtype);
+        let out = empty_like(like, shape, DType::F32);
         let verdict = self
             .check
-            .then(|| empty_like(like, vec![VERDICT], like.dtype));
+            .then(|| empty_like(like, vec![VERDICT], DType::F32));
         // Without the checks the kernel never touches its verdict argument (comptime `check`):
         // it is bound to the output, which the kernel writes anyway.
         let verdict_arg = verdict.as_ref().unwrap_or(&out).clone();
@@ -441,21 +442,29 @@ impl Partials {
         let max = u16::MAX as usize;
         let count = CubeCount::Static(cubes.min(max) as u32, cubes.div_ceil(max) as u32, 1);
         counted();
-        sum_tiles_kernel::launch::<R>(
-            &like.client,
-            count,
-            CubeDim::new_1d(CUBE as u32),
-            partial.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            verdict_arg.into_tensor_arg(),
-            self.batch,
-            self.tiles,
-            self.width,
-            self.stats,
-            self.check,
-            use_planes(&like.client),
-            like.dtype.into(),
-        );
+        // SAFETY: a cube past the `cubes` outputs leaves first, as a whole. The others read
+        // `partial` (`Partials::len` values) at `((b · width + m) · stats + s) · tiles + t` with
+        // `b < batch`, `m < width`, `s < stats`, `t < tiles`, or, with `check`, at
+        // `outputs · tiles + k · batch · tiles + i` with `k < 4`, `i < batch · tiles`; they
+        // write `out` (`outputs` values) at their output and `verdict` (4 values, only with
+        // `check`) at `k`; `shared` (`reduce_shared(1)`) as in the statistics' kernel. The loops
+        // step by `CUBE` up to `tiles` or `batch · tiles`.
+        unsafe {
+            sum_tiles_kernel::launch_unchecked::<R>(
+                &like.client,
+                count,
+                CubeDim::new_1d(CUBE as u32),
+                partial.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                verdict_arg.into_tensor_arg(),
+                self.batch,
+                self.tiles,
+                self.width,
+                self.stats,
+                self.check,
+                use_planes(&like.client),
+            );
+        }
         (out, verdict)
     }
 }
@@ -543,6 +552,11 @@ impl<R: CubeRuntime> Data<R> {
     pub fn dims(&self) -> [usize; 3] {
         let s = self.x.meta.shape();
         [s[0], s[1], s[2]]
+    }
+
+    /// One channel (comptime `single` in the kernels): the cross-entropy is the binary one.
+    pub fn single_channel(&self) -> bool {
+        self.dims()[1] == 1
     }
 
     pub fn args(&self) -> DataArgs<R> {

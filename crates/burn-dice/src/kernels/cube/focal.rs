@@ -12,15 +12,6 @@ use cubecl::prelude::*;
 
 use super::common::*;
 
-/// The options of the focal term (run-time values in the kernels).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FocalSpec {
-    /// `γ`.
-    pub gamma: f32,
-    /// `α`, or no weighting.
-    pub alpha: Option<f32>,
-}
-
 /// The factors `(a·m, bce)` of one element: `loss = a·m·bce`.
 #[derive(CubeType, Clone, Copy)]
 struct Factors {

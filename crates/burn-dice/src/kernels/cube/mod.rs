@@ -37,12 +37,10 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use super::backend::{cast, inner_float, primitives, split, TargetPrim};
 use super::input::{Extra, ExtraSums, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
-use ce::CeSpec;
 #[cfg(feature = "wgpu")]
 pub use common::wgpu_plane_reductions;
 pub use common::{launches, set_plane_reductions};
 use common::{Data, ACT_NONE, ACT_SIGMOID, ACT_SOFTMAX};
-use focal::FocalSpec;
 use stats::{ExtraTerm, StatsSpec, TermValues};
 
 /// One operation of the kernels: what it computes, with its options.
@@ -68,17 +66,19 @@ impl Op {
         }
     }
 
-    /// The shapes of the outputs for an input of shape `[batch, class, pixels]`.
-    fn outputs(&self, [b, c, n]: [usize; 3]) -> Vec<Vec<usize>> {
+    /// The shapes and element types of the outputs for an input of shape `[batch, class,
+    /// pixels]` and type `dtype`: the sums and the verdict in `f32` whatever the input's type,
+    /// the gradient in the input's.
+    fn outputs(&self, [b, c, n]: [usize; 3], dtype: DType) -> Vec<(Vec<usize>, DType)> {
         match self {
             Op::StatsForward { spec, check, .. } => {
-                let mut out = vec![vec![spec.extra.rows(), b, c]];
+                let mut out = vec![(vec![spec.extra.rows(), b, c], DType::F32)];
                 if *check {
-                    out.push(vec![4]);
+                    out.push((vec![4], DType::F32));
                 }
                 out
             }
-            Op::StatsBackward { .. } => vec![vec![b, c, n]],
+            Op::StatsBackward { .. } => vec![(vec![b, c, n], dtype)],
         }
     }
 }
@@ -205,13 +205,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernel
             }
             Op::StatsBackward { spec, values } => {
                 let grad = inputs.grad.expect("a backward op has a gradient");
-                vec![stats::backward(
-                    &data,
-                    weight,
-                    into_contiguous(grad),
-                    spec,
-                    values,
-                )]
+                // The gradient of the forward's `f32` output (a no-op cast unless something
+                // downstream changed its type).
+                let grad = burn_cubecl::kernel::cast(into_contiguous(grad), DType::F32);
+                vec![stats::backward(&data, weight, grad, spec, values)]
             }
         }
     }
@@ -255,9 +252,11 @@ impl<B: FusionBackend + CubeKernels> CubeKernels for Fusion<B> {
         let (floats, labels, layout) = inputs.into_parts();
         let streams = OperationStreams::with_inputs(floats.iter().chain(labels.iter()));
         let outputs: Vec<TensorIr> = op
-            .outputs(dims)
+            .outputs(dims, dtype)
             .into_iter()
-            .map(|shape| TensorIr::uninit(client.create_empty_handle(), Shape::from(shape), dtype))
+            .map(|(shape, dtype)| {
+                TensorIr::uninit(client.create_empty_handle(), Shape::from(shape), dtype)
+            })
             .collect();
         let mut irs: Vec<TensorIr> = floats.into_iter().map(|t| t.into_ir()).collect();
         irs.extend(labels.map(|t| t.into_ir()));
@@ -376,37 +375,66 @@ fn is_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// burn-wgpu's backend without its fusion layer (its default `Wgpu` is `Fusion` of it).
+/// burn-wgpu's backend without its fusion layer (its default `Wgpu` is `Fusion` of it), of
+/// float element `F`.
 #[cfg(feature = "wgpu")]
-type WgpuCube = CubeBackend<burn_wgpu::WgpuRuntime, f32, i32, u32>;
+type WgpuCube<F = f32> = CubeBackend<burn_wgpu::WgpuRuntime, F, i32, u32>;
 /// burn-cuda's backend without its fusion layer (its default `Cuda` is `Fusion` of it).
 #[cfg(feature = "cuda")]
-type CudaCube = CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+type CudaCube<F = f32> = CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
 
-/// Runs `$body` with `$k` each backend the kernels are built for, until one gives `Some`.
+/// Runs `$body` with `$k` each backend the kernels are built for, until one gives `Some`:
+/// burn-wgpu's `Wgpu<f32>` and `Wgpu<f16>` (WGSL and SPIR-V have no `bf16` arithmetic;
+/// `Wgpu<bf16>` is left to the generic path), burn-cuda's `Cuda<f32>`, `Cuda<f16>` and
+/// `Cuda<bf16>`, each with and without fusion. The element type is the backend's default;
+/// the kernels read whatever `f32`/`f16`/`bf16` tensor they are given ([`is_float`]).
 macro_rules! on_cube_backends {
     ($k:ident => $body:expr) => {{
         let out = None;
         #[cfg(feature = "wgpu")]
-        let out = out.or_else(|| {
-            type $k = Fusion<WgpuCube>;
-            $body
-        });
-        #[cfg(feature = "wgpu")]
-        let out = out.or_else(|| {
-            type $k = WgpuCube;
-            $body
-        });
+        let out = out
+            .or_else(|| {
+                type $k = Fusion<WgpuCube>;
+                $body
+            })
+            .or_else(|| {
+                type $k = WgpuCube;
+                $body
+            })
+            .or_else(|| {
+                type $k = Fusion<WgpuCube<burn::tensor::f16>>;
+                $body
+            })
+            .or_else(|| {
+                type $k = WgpuCube<burn::tensor::f16>;
+                $body
+            });
         #[cfg(feature = "cuda")]
-        let out = out.or_else(|| {
-            type $k = Fusion<CudaCube>;
-            $body
-        });
-        #[cfg(feature = "cuda")]
-        let out = out.or_else(|| {
-            type $k = CudaCube;
-            $body
-        });
+        let out = out
+            .or_else(|| {
+                type $k = Fusion<CudaCube>;
+                $body
+            })
+            .or_else(|| {
+                type $k = CudaCube;
+                $body
+            })
+            .or_else(|| {
+                type $k = Fusion<CudaCube<burn::tensor::f16>>;
+                $body
+            })
+            .or_else(|| {
+                type $k = CudaCube<burn::tensor::f16>;
+                $body
+            })
+            .or_else(|| {
+                type $k = Fusion<CudaCube<burn::tensor::bf16>>;
+                $body
+            })
+            .or_else(|| {
+                type $k = CudaCube<burn::tensor::bf16>;
+                $body
+            });
         out
     }};
 }
@@ -442,25 +470,27 @@ pub(super) fn class_stats<B: Backend>(
     let (term, values, weight) = match extra {
         Extra::None => (ExtraTerm::None, TermValues::default(), None),
         Extra::Ce(options) => {
-            let spec = CeSpec {
+            let values = TermValues {
                 pos_weight: options.pos_weight,
                 label_smoothing: options.label_smoothing as f32,
+                ..TermValues::default()
             };
             let weight = options.class_weight.as_ref();
             let term = ExtraTerm::Ce {
                 class_weight: weight.is_some(),
             };
-            (term, spec.into(), weight)
+            (term, values, weight)
         }
         Extra::Focal(options) => {
-            let spec = FocalSpec {
+            let values = TermValues {
                 gamma: options.gamma as f32,
-                alpha: options.alpha.map(|a| a as f32),
+                alpha: options.alpha.unwrap_or(0.0) as f32,
+                ..TermValues::default()
             };
             let term = ExtraTerm::Focal {
                 alpha: options.alpha.is_some(),
             };
-            (term, spec.into(), None)
+            (term, values, None)
         }
     };
     let spec = StatsSpec {
@@ -644,6 +674,11 @@ mod tests {
         assert_eq!(path::<Ad<Wgpu>>(), KernelPath::Cube);
         assert_eq!(path::<WgpuCube>(), KernelPath::Cube);
         assert_eq!(path::<Ad<WgpuCube>>(), KernelPath::Cube);
+        // Half precision: `Wgpu<f16>`, with and without fusion.
+        type WgpuF16 = Wgpu<burn::tensor::f16>;
+        assert_eq!(path::<WgpuF16>(), KernelPath::Cube);
+        assert_eq!(path::<Ad<WgpuF16>>(), KernelPath::Cube);
+        assert_eq!(path::<WgpuCube<burn::tensor::f16>>(), KernelPath::Cube);
         assert_eq!(generic_only(path::<Ad<Wgpu>>), KernelPath::Generic);
         // Other element types and checkpointing strategies are left to burn ops.
         assert_eq!(path::<Wgpu<f64>>(), KernelPath::Generic);
@@ -663,5 +698,13 @@ mod cuda_tests {
         assert_eq!(path::<Cuda>(), KernelPath::Cube);
         assert_eq!(path::<burn_autodiff::Autodiff<Cuda>>(), KernelPath::Cube);
         assert_eq!(path::<super::CudaCube>(), KernelPath::Cube);
+        assert_eq!(
+            path::<burn_cuda::Cuda<burn::tensor::f16>>(),
+            KernelPath::Cube
+        );
+        assert_eq!(
+            path::<burn_cuda::Cuda<burn::tensor::bf16>>(),
+            KernelPath::Cube
+        );
     }
 }

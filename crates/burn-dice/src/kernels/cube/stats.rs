@@ -81,8 +81,9 @@ pub(crate) struct StatsSpec {
     pub extra: ExtraTerm,
 }
 
-/// The run-time values of the [`ExtraTerm`]: those of [`ce::CeSpec`] or of
-/// [`focal::FocalSpec`] (the others 0).
+/// The run-time values of the [`ExtraTerm`] (those of the other term 0): the cross-entropy's
+/// `π` (single channel) and `ε`, or the focal term's `γ` and `α` (0 when `α` is unset; the
+/// comptime [`ExtraTerm::Focal`] says whether it is).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TermValues {
     /// `π`.
@@ -93,26 +94,6 @@ pub(crate) struct TermValues {
     pub gamma: f32,
     /// `α`.
     pub alpha: f32,
-}
-
-impl From<ce::CeSpec> for TermValues {
-    fn from(spec: ce::CeSpec) -> Self {
-        Self {
-            pos_weight: spec.pos_weight,
-            label_smoothing: spec.label_smoothing,
-            ..Self::default()
-        }
-    }
-}
-
-impl From<focal::FocalSpec> for TermValues {
-    fn from(spec: focal::FocalSpec) -> Self {
-        Self {
-            gamma: spec.gamma,
-            alpha: spec.alpha.unwrap_or(0.0),
-            ..Self::default()
-        }
-    }
 }
 
 /// The cross-entropy's `lse` of the pixel whose class-0 logit is at `row0` (0 unless the extra
@@ -141,9 +122,8 @@ fn ce_log_sum_exp<F: Float>(
 
 /// Per cube: its partial sums of each class and, with `check`, its partial verdict, laid out
 /// as [`Partials`] says (`width` = classes, `stats` = the rows of `spec.extra`). The classes
-/// are taken `classes_at_once.size` at a time (one class alone only for a single-channel
-/// input).
-#[cube(launch)]
+/// are taken `classes_at_once.size` at a time; `single`: the input has one channel.
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 // `(0.0..=1.0).contains` is not a CubeCL expression: the comparisons stay written out.
 #[allow(clippy::manual_range_contains)]
@@ -165,13 +145,13 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     #[comptime] is_dense: bool,
     #[comptime] has_valid: bool,
     #[comptime] check: bool,
+    #[comptime] single: bool,
     #[comptime] classes_at_once: Groups,
     #[comptime] planes: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let group = classes_at_once.size;
     let groups = classes_at_once.count;
-    let single = comptime![classes_at_once.size == 1];
     let rows = comptime![spec.extra.rows()];
     let batch = CUBE_COUNT_Y as usize;
     let b = CUBE_POS_Y as usize;
@@ -303,7 +283,7 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
 
 /// `∂L/∂x` from `grad` = `∂L/∂` the forward's output (`[rows, batch, class]`): one thread per
 /// pixel, every class.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn stats_backward_kernel<F: Float, I: Numeric>(
     x: &Tensor<F>,
@@ -311,7 +291,7 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     labels: &Tensor<I>,
     valid: &Tensor<F>,
     weights: &Tensor<F>,
-    grad: &Tensor<F>,
+    grad: &Tensor<f32>,
     dx: &mut Tensor<F>,
     batch: usize,
     classes: usize,
@@ -352,13 +332,13 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
             let at = row0 + c * pixels;
             let p = activate(f32::cast_from(x[at]), norm, spec.activation);
             let t = target_at::<F>(dense, at, l, c, is_dense);
-            r += p * d_prob::<F>(grad, p, t, w, b * classes + c, stride, spec);
+            r += p * d_prob(grad, p, t, w, b * classes + c, stride, spec);
         }
         for c in 0..classes {
             let at = row0 + c * pixels;
             let p = activate(f32::cast_from(x[at]), norm, spec.activation);
             let t = target_at::<F>(dense, at, l, c, is_dense);
-            refine += p * (d_prob::<F>(grad, p, t, w, b * classes + c, stride, spec) - r);
+            refine += p * (d_prob(grad, p, t, w, b * classes + c, stride, spec) - r);
         }
     }
     // The cross-entropy's softmax couples the classes: `total = Σ_c g_c w_c t'_c`.
@@ -366,7 +346,7 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     if comptime![spec.extra.is_ce() && !single] {
         for c in 0..classes {
             let t = target_at::<F>(dense, row0 + c * pixels, l, c, is_dense);
-            let g = f32::cast_from(grad[3 * stride + b * classes + c]);
+            let g = grad[3 * stride + b * classes + c];
             total +=
                 g * ce::class_weight::<F>(weights, c, has_weight) * ce::smoothed(t, eps, smooth);
         }
@@ -376,7 +356,7 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
         let v = f32::cast_from(x[at]);
         let p = activate(v, norm, spec.activation);
         let t = target_at::<F>(dense, at, l, c, is_dense);
-        let dp = d_prob::<F>(grad, p, t, w, b * classes + c, stride, spec);
+        let dp = d_prob(grad, p, t, w, b * classes + c, stride, spec);
         let mut out = dp;
         if comptime![spec.activation == ACT_SIGMOID] {
             out = dp * p * (1.0f32 - p);
@@ -386,12 +366,16 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
         }
         if comptime![spec.extra.rows() > 3] {
             // The term's loss is summed with the pixel's weight `w`.
-            let g = f32::cast_from(grad[3 * stride + b * classes + c]);
+            let g = grad[3 * stride + b * classes + c];
             if comptime![spec.extra.is_ce() && single] {
                 out += w * g * ce::d_binary(v, t, pos_weight);
             }
             if comptime![spec.extra.is_ce() && !single] {
-                let q = (v - lse).exp();
+                // The cross-entropy's softmax: the activation's when it is the softmax.
+                let mut q = p;
+                if comptime![spec.activation != ACT_SOFTMAX] {
+                    q = (v - lse).exp();
+                }
                 let w_c = ce::class_weight::<F>(weights, c, has_weight);
                 let ts = ce::smoothed(t, eps, smooth);
                 out += w * ce::d_term(q, g, w_c, ts, total);
@@ -409,8 +393,8 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
 /// `g_I·w·(sgn pw − sgn(pw − tw))/2 + g_P·w·sgn pw`), with `bc` = `b·classes + c` and
 /// `stride` = `batch·classes` (the distance between the rows of `grad`).
 #[cube]
-fn d_prob<F: Float>(
-    grad: &Tensor<F>,
+fn d_prob(
+    grad: &Tensor<f32>,
     p: f32,
     t: f32,
     w: f32,
@@ -418,8 +402,8 @@ fn d_prob<F: Float>(
     stride: usize,
     #[comptime] spec: StatsSpec,
 ) -> f32 {
-    let g_i = f32::cast_from(grad[bc]);
-    let g_p = f32::cast_from(grad[stride + bc]);
+    let g_i = grad[bc];
+    let g_p = grad[stride + bc];
     // (∂I/∂p, ∂P/∂p), as `Terms::d_soft` and the CPU kernel's `pixel_grads`.
     let mut d_i = t * w * w;
     let mut d_p = w;
@@ -457,8 +441,9 @@ fn sgn(v: f32) -> f32 {
 
 /// The `[rows, batch, class]` sums of `data` (`rows` = `spec.extra.rows()`: `I`, `P`, `T`,
 /// then the extra term's) and, with `check`, the `[4]` verdict (see
-/// [`crate::kernels::input::Verdict::Device`]), both in the input's element type; `weights`:
+/// [`crate::kernels::input::Verdict::Device`]), both in `f32` (see `Partials::finish`); `weights`:
 /// the cross-entropy's class weights. Two launches.
+#[allow(unsafe_code)]
 pub(crate) fn forward<R: CubeRuntime>(
     data: &Data<R>,
     weights: Option<CubeTensor<R>>,
@@ -480,39 +465,56 @@ pub(crate) fn forward<R: CubeRuntime>(
     let args = data.args();
     let weights = weights.unwrap_or_else(|| data.x.clone());
     counted();
-    stats_forward_kernel::launch::<R>(
-        &data.x.client,
-        tiling.cube_count(batch),
-        CubeDim::new_1d(CUBE as u32),
-        args.x,
-        args.dense,
-        args.labels,
-        args.valid,
-        weights.into_tensor_arg(),
-        partial.clone().into_tensor_arg(),
-        classes,
-        pixels,
-        tiling.per_thread,
-        values.pos_weight,
-        values.label_smoothing,
-        values.gamma,
-        values.alpha,
-        spec,
-        data.dense.is_some(),
-        data.valid.is_some(),
-        check,
-        class_groups(
+    // SAFETY: no access is out of bounds, and every loop ends (`per_thread` iterations):
+    // - `x`, `dense` (`[batch, class, pixels]`, contiguous, `Data`), `labels`, `valid`
+    //   (`[batch, pixels]`) are read at pixel `n < pixels` of sample `b < batch` (the cube
+    //   count's y is `batch`) and class `c < classes`, each under its own `if`; `dense`,
+    //   `labels`, `valid`, `weights` (bound to `x` when absent) only where the comptime flags
+    //   say the tensor was given; `weights` (`[class]`) at `c < classes`;
+    // - `partial` is `Partials::len` = `batch · tiles · (classes · rows + 4 if check)` values,
+    //   the cube count's x is `tiling.tiles`, and each cube writes its tile's slot of
+    //   `(b, c < classes, row < rows)` and, with `check`, of `(slot < 4, b)`;
+    // - `shared` holds `reduce_shared(max(rows · group, 4))` values, and `cube_reduce` touches
+    //   `v · STRIDE + i` with `v < count ≤ max(rows · group, 4)` and `i < CUBE`: the cube has
+    //   `CUBE` threads (`CubeDim` below), and a plane's slot `tid / PLANE_DIM < CUBE`.
+    unsafe {
+        stats_forward_kernel::launch_unchecked::<R>(
+            &data.x.client,
+            tiling.cube_count(batch),
+            CubeDim::new_1d(CUBE as u32),
+            args.x,
+            args.dense,
+            args.labels,
+            args.valid,
+            weights.into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
             classes,
-            rows,
-            data.x.client.properties().hardware.max_shared_memory_size,
-        ),
-        use_planes(&data.x.client),
-        args.dtypes,
-    );
+            pixels,
+            tiling.per_thread,
+            values.pos_weight,
+            values.label_smoothing,
+            values.gamma,
+            values.alpha,
+            spec,
+            data.dense.is_some(),
+            data.valid.is_some(),
+            check,
+            data.single_channel(),
+            class_groups(
+                classes,
+                rows,
+                data.x.client.properties().hardware.max_shared_memory_size,
+            ),
+            use_planes(&data.x.client),
+            args.dtypes,
+        );
+    }
     partials.finish(&data.x, partial, vec![rows, batch, classes])
 }
 
-/// The input's gradient for `grad` (`[rows, batch, class]`, contiguous): one launch.
+/// The input's gradient (in the input's element type) for `grad` (`[rows, batch, class]`,
+/// contiguous, `f32` as the forward's output): one launch.
+#[allow(unsafe_code)]
 pub(crate) fn backward<R: CubeRuntime>(
     data: &Data<R>,
     weights: Option<CubeTensor<R>>,
@@ -526,29 +528,38 @@ pub(crate) fn backward<R: CubeRuntime>(
     let args = data.args();
     let weights = weights.unwrap_or_else(|| data.x.clone());
     counted();
-    stats_backward_kernel::launch::<R>(
-        &data.x.client,
-        count,
-        dim,
-        args.x,
-        args.dense,
-        args.labels,
-        args.valid,
-        weights.into_tensor_arg(),
-        grad.into_tensor_arg(),
-        dx.clone().into_tensor_arg(),
-        batch,
-        classes,
-        pixels,
-        values.pos_weight,
-        values.label_smoothing,
-        values.gamma,
-        values.alpha,
-        spec,
-        data.dense.is_some(),
-        data.valid.is_some(),
-        classes == 1,
-        args.dtypes,
-    );
+    // SAFETY: every thread past `batch · pixels` leaves first; the others read `x`, `dense`
+    // (contiguous `[batch, class, pixels]`), `labels`, `valid` (`[batch, pixels]`) and write
+    // `dx` (`[batch, class, pixels]`) at their pixel of each class `c < classes`, read `grad`
+    // (contiguous `[rows, batch, class]`) at `(row < rows, b, c)` (rows 3 and 4 only where the
+    // comptime extra term has them), and `weights` (`[class]`) at `c` only with class weights;
+    // the absent tensors are bound to `x` and never read (comptime flags). The loops run over
+    // `classes`.
+    unsafe {
+        stats_backward_kernel::launch_unchecked::<R>(
+            &data.x.client,
+            count,
+            dim,
+            args.x,
+            args.dense,
+            args.labels,
+            args.valid,
+            weights.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            dx.clone().into_tensor_arg(),
+            batch,
+            classes,
+            pixels,
+            values.pos_weight,
+            values.label_smoothing,
+            values.gamma,
+            values.alpha,
+            spec,
+            data.dense.is_some(),
+            data.valid.is_some(),
+            data.single_channel(),
+            args.dtypes,
+        );
+    }
     dx
 }
