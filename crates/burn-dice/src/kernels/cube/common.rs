@@ -6,7 +6,7 @@
 //! same layout; class indices and the validity weights are `[batch, pixels]`. The reductions
 //! run in two launches:
 //! 1. each cube takes a tile of consecutive pixels of one sample (every class): its threads
-//!    walk the tile in steps of [`CUBE`] pixels (adjacent threads, adjacent addresses),
+//!    walk the tile in steps of a cube's width ([`cube_size`]) of pixels (adjacent threads, adjacent addresses),
 //!    accumulate in `f32` registers, then [`cube_reduce`] combines the threads' values (plane
 //!    operations where the device has them, else a shared-memory tree) and the cube writes one
 //!    partial result per (class, statistic), and with the data checks its partial verdict, into
@@ -29,8 +29,11 @@ use cubecl::features::Plane;
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
-/// Threads per cube.
-pub(super) const CUBE: usize = 256;
+/// Threads per cube of the reductions where the device allows it (see [`cube_size`]).
+pub(super) const MAX_CUBE: usize = 256;
+/// The fewest threads per cube the reductions take: [`cube_reduce`]'s last step gives a value
+/// (at most 5 rows × [`CLASS_GROUP`] classes) a thread each. Vulkan guarantees 128.
+const MIN_CUBE: usize = 64;
 /// The reductions aim at about this many cubes in all (enough to fill a large GPU several
 /// times over), with at least one pixel per thread.
 const TARGET_CUBES: usize = 1024;
@@ -52,14 +55,24 @@ pub(super) struct Norm {
     pub inv_sum: f32,
 }
 
+/// Class loops of at most this many iterations are unrolled (the class count is comptime);
+/// longer ones stay loops, so that a kernel for 100 classes does not compile to 100 copies.
+pub(super) const UNROLL_CLASSES: usize = 16;
+
 /// The normalizer of the pixel whose class-0 logit is at `row0` (classes `pixels` apart); a
 /// neutral one (max 0, 1/sum 1) unless `activation` is softmax.
+///
+/// One pass over the classes (the online softmax of Milakov & Gimelshein, "Online normalizer
+/// calculation for softmax", 2018): the running largest logit `m` and `s = Σ e^(x_c − m)`
+/// over the classes seen so far, `s` rescaled by `e^(m − x_c)` when `x_c` is the new largest.
+/// One exponential per class and each logit read once, where the two-pass form (the largest
+/// first, then the sum) reads every logit twice.
 #[cube]
 pub(super) fn softmax_norm<F: Float>(
     x: &Tensor<F>,
     row0: usize,
     pixels: usize,
-    classes: usize,
+    #[comptime] classes: usize,
     #[comptime] activation: u32,
 ) -> Norm {
     let mut norm = Norm {
@@ -68,15 +81,16 @@ pub(super) fn softmax_norm<F: Float>(
     };
     if comptime![activation == ACT_SOFTMAX] {
         let mut max = f32::cast_from(x[row0]);
+        let mut sum = 1.0f32;
+        #[unroll(classes <= UNROLL_CLASSES)]
         for c in 1..classes {
             let v = f32::cast_from(x[row0 + c * pixels]);
             if v > max {
+                sum = sum * (max - v).exp() + 1.0f32;
                 max = v;
+            } else {
+                sum += (v - max).exp();
             }
-        }
-        let mut sum = 0.0f32;
-        for c in 0..classes {
-            sum += (f32::cast_from(x[row0 + c * pixels]) - max).exp();
         }
         norm.max = max;
         norm.inv_sum = 1.0f32 / sum;
@@ -121,31 +135,55 @@ pub(super) fn one_hot(label: f32, c: usize) -> f32 {
     t
 }
 
-/// The distance between two values' rows in the shared memory of [`cube_reduce`]: a cube's
-/// worth of values plus a pad of half a bank row, so that the radix-[`RADIX`] tree's threads for
-/// two neighbouring values land in different banks.
-pub(super) const STRIDE: usize = CUBE + 16;
-/// The fan-in of each level of [`cube_reduce`]'s tree: `RADIX² = CUBE`, two levels.
+/// Threads per cube for the reductions on a device that allows `max_units` per cube: the
+/// largest power of two up to [`MAX_CUBE`] (256 on every desktop GPU; fewer on a device with a
+/// lower limit, such as 128 under Vulkan's minimum). Comptime in the kernels.
+pub(super) fn cube_size(max_units: u32) -> usize {
+    let limit = max_units as usize;
+    #[cfg(test)]
+    let limit = limit.min(tests::CUBE_LIMIT.load(Ordering::Relaxed));
+    assert!(
+        limit >= MIN_CUBE,
+        "burn-dice GPU kernels: the device runs {max_units} threads per cube, fewer than the \
+         {MIN_CUBE} the reductions take"
+    );
+    let pow2 = 1usize << limit.ilog2();
+    pow2.min(MAX_CUBE)
+}
+
+/// [`cube_size`] for `client`'s device.
+pub(super) fn client_cube<R: CubeRuntime>(client: &ComputeClient<R>) -> usize {
+    cube_size(client.properties().hardware.max_units_per_cube)
+}
+
+/// The distance between two values' rows in the shared memory of [`cube_reduce`] for cubes of
+/// `cube` threads: a cube's worth of values plus a pad of half a bank row, so that the
+/// radix-[`RADIX`] tree's threads for two neighbouring values land in different banks.
+pub(super) const fn stride(cube: usize) -> usize {
+    cube + 16
+}
+/// The fan-in of the second level of [`cube_reduce`]'s tree; the first level's is
+/// `cube / RADIX` (16 for 256 threads).
 const RADIX: usize = 16;
-/// The shared memory a [`cube_reduce`] of `count` values takes.
-pub(super) const fn reduce_shared(count: usize) -> usize {
-    count * STRIDE
+/// The shared memory a [`cube_reduce`] of `count` values over `cube` threads takes.
+pub(super) const fn reduce_shared(count: usize, cube: usize) -> usize {
+    count * stride(cube)
 }
 
 /// Reduces, over the threads of the cube, the `count` values each thread holds in `values`:
 /// values `0..sums` are added, values `sums..count` are taken the largest of. The result for
-/// value `v` ends in `shared[v * STRIDE]` (`shared` holds [`reduce_shared`]`(count)` values).
-/// Every thread of the cube must call it.
+/// value `v` ends in `shared[v * stride(cube)]` (`shared` holds [`reduce_shared`]`(count, cube)`
+/// values). Every thread of the cube (`cube` threads, [`cube_size`]) must call it.
 ///
 /// - `planes` (the client offers plane operations, see [`use_planes`]): each plane (warp)
 ///   reduces its threads' values with `plane_sum` / `plane_max`, its first thread writes them,
-///   and after one barrier thread `v` reduces the `CUBE / PLANE_DIM` results of value `v`
+///   and after one barrier thread `v` reduces the `cube / PLANE_DIM` results of value `v`
 ///   (8 on a 32-wide NVIDIA warp).
 /// - otherwise a two-level tree in shared memory: every thread writes its values, then
-///   `RADIX · count` threads each reduce `RADIX` values `RADIX` apart (adjacent threads,
-///   adjacent addresses; the pad of [`STRIDE`] keeps two values' threads off one bank), then
+///   `RADIX · count` threads each reduce `cube / RADIX` values `RADIX` apart (adjacent threads,
+///   adjacent addresses; the pad of [`stride`] keeps two values' threads off one bank), then
 ///   thread `v` reduces the `RADIX` results of value `v`. Three barriers in all: the tree of
-///   `log2(CUBE)` levels that a GPU would run fastest costs 8, which Mesa's lavapipe (the CI's
+///   `log2(cube)` levels that a GPU would run fastest costs 8, which Mesa's lavapipe (the CI's
 ///   device, which emulates barriers and offers no plane operations) pays for dearly.
 #[cube]
 pub(super) fn cube_reduce(
@@ -154,8 +192,10 @@ pub(super) fn cube_reduce(
     #[comptime] count: usize,
     #[comptime] sums: usize,
     #[comptime] planes: bool,
+    #[comptime] cube: usize,
 ) {
     let tid = UNIT_POS_X as usize;
+    let stride = comptime![stride(cube)];
     if planes {
         let plane = tid / PLANE_DIM as usize;
         #[unroll]
@@ -166,13 +206,13 @@ pub(super) fn cube_reduce(
                 plane_max(values[v])
             };
             if UNIT_POS_PLANE == 0 {
-                shared[v * STRIDE + plane] = r;
+                shared[v * stride + plane] = r;
             }
         }
         sync_cube();
-        let per_plane = CUBE / PLANE_DIM as usize;
+        let per_plane = cube / PLANE_DIM as usize;
         if tid < count {
-            let base = tid * STRIDE;
+            let base = tid * stride;
             let mut acc = shared[base];
             for i in 1..per_plane {
                 acc = combine(acc, shared[base + i], tid < sums);
@@ -183,26 +223,26 @@ pub(super) fn cube_reduce(
     } else {
         #[unroll]
         for v in 0..count {
-            shared[v * STRIDE + tid] = values[v];
+            shared[v * stride + tid] = values[v];
         }
         sync_cube();
-        // Level 1: task `(v, g)` reduces `shared[v·STRIDE + g + RADIX·i]` into its first slot
+        // Level 1: task `(v, g)` reduces `shared[v·stride + g + RADIX·i]` into its first slot
         // (only it reads those slots, so in place without a barrier).
         let mut task = tid;
         while task < comptime![count * RADIX] {
             let v = task / RADIX;
-            let base = v * STRIDE + task % RADIX;
+            let base = v * stride + task % RADIX;
             let mut acc = shared[base];
             #[unroll]
-            for i in 1..RADIX {
+            for i in 1..comptime![cube / RADIX] {
                 acc = combine(acc, shared[base + i * RADIX], v < sums);
             }
             shared[base] = acc;
-            task += CUBE;
+            task += cube;
         }
         sync_cube();
         if tid < count {
-            let base = tid * STRIDE;
+            let base = tid * stride;
             let mut acc = shared[base];
             #[unroll]
             for i in 1..RADIX {
@@ -231,7 +271,7 @@ fn combine(a: f32, b: f32, sum: bool) -> f32 {
 /// sums of the cubes of each sample in `f32`, for `partial` laid out as
 /// `[batch, width, stats, tiles]` (each output's tiles contiguous); with `check`, also the
 /// `[4]` verdict from the `[4, batch · tiles]` partial verdicts that follow them in `partial`
-/// (see [`VERDICT`]). One cube per output value: its threads read the tiles `CUBE` apart
+/// (see [`VERDICT`]). One cube per output value: its threads read the tiles a cube's width apart
 /// (adjacent threads, adjacent addresses) and [`cube_reduce`] adds them up.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -245,6 +285,7 @@ pub(super) fn sum_tiles_kernel(
     stats: usize,
     #[comptime] check: bool,
     #[comptime] planes: bool,
+    #[comptime] cube: usize,
 ) {
     let o = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
     let outputs = stats * batch * width;
@@ -257,7 +298,7 @@ pub(super) fn sum_tiles_kernel(
         terminate!();
     }
     let tid = UNIT_POS_X as usize;
-    let mut shared = SharedMemory::<f32>::new(comptime![reduce_shared(1)]);
+    let mut shared = SharedMemory::<f32>::new(comptime![reduce_shared(1, cube)]);
     let mut acc = Array::<f32>::new(1usize);
     if o < outputs {
         let s = o / (batch * width);
@@ -268,9 +309,9 @@ pub(super) fn sum_tiles_kernel(
         let mut t = tid;
         while t < tiles {
             acc[0] += partial[base + t];
-            t += CUBE;
+            t += cube;
         }
-        cube_reduce(&mut shared, &acc, 1usize, 1usize, planes);
+        cube_reduce(&mut shared, &acc, 1usize, 1usize, planes, cube);
         if tid == 0 {
             out[o] = shared[0];
         }
@@ -283,14 +324,14 @@ pub(super) fn sum_tiles_kernel(
             let mut i = tid;
             while i < n {
                 acc[0] = combine(acc[0], partial[base + i], k < 2);
-                i += CUBE;
+                i += cube;
             }
             // The two counts add up; the largest class index and the negated smallest one are
             // taken the largest of.
             if k < 2 {
-                cube_reduce(&mut shared, &acc, 1usize, 1usize, planes);
+                cube_reduce(&mut shared, &acc, 1usize, 1usize, planes, cube);
             } else {
-                cube_reduce(&mut shared, &acc, 1usize, 0usize, planes);
+                cube_reduce(&mut shared, &acc, 1usize, 0usize, planes, cube);
             }
             if tid == 0 {
                 let mut r = shared[0];
@@ -323,10 +364,11 @@ pub(super) struct Groups {
 /// that asks for more is not refused everywhere, its results are wrong). On 32 KiB the
 /// statistics (`rows` = 3) take 8 classes at once, with the focal term's row 7, with the
 /// cross-entropy's two rows 5.
-pub(super) fn class_groups(classes: usize, rows: usize, max_shared: usize) -> Groups {
+pub(super) fn class_groups(classes: usize, rows: usize, max_shared: usize, cube: usize) -> Groups {
     // The verdict's 4 values share the buffer: at least 2 classes' worth of 3 rows.
     // 1 KiB left to what the compiler may add.
-    let fits = |size: usize| reduce_shared((rows * size).max(VERDICT)) * 4 + 1024 <= max_shared;
+    let fits =
+        |size: usize| reduce_shared((rows * size).max(VERDICT), cube) * 4 + 1024 <= max_shared;
     let mut size = classes.clamp(1, CLASS_GROUP);
     while size > 1 && !fits(size) {
         size -= 1;
@@ -342,8 +384,8 @@ pub(super) fn class_groups(classes: usize, rows: usize, max_shared: usize) -> Gr
     }
 }
 
-/// How a reduction kernel covers `[batch, pixels]`: `tiles` cubes per sample, each thread
-/// walking `per_thread` pixels.
+/// How a reduction kernel covers `[batch, pixels]`: `tiles` cubes of `cube` threads per sample,
+/// each thread walking `per_thread` pixels.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tiling {
     pub tiles: usize,
@@ -351,17 +393,17 @@ pub(super) struct Tiling {
 }
 
 impl Tiling {
-    pub fn new(batch: usize, pixels: usize) -> Self {
+    pub fn new(batch: usize, pixels: usize, cube: usize) -> Self {
         assert!(
             batch <= u16::MAX as usize,
             "burn-dice GPU kernels: a batch of {batch} samples is more than one launch covers \
              ({})",
             u16::MAX
         );
-        let mut per_thread = (batch * pixels).div_ceil(CUBE * TARGET_CUBES).max(1);
+        let mut per_thread = (batch * pixels).div_ceil(cube * TARGET_CUBES).max(1);
         // A launch dimension holds at most 65,535 cubes.
-        per_thread = per_thread.max(pixels.div_ceil(CUBE * u16::MAX as usize));
-        let tiles = pixels.div_ceil(CUBE * per_thread);
+        per_thread = per_thread.max(pixels.div_ceil(cube * u16::MAX as usize));
+        let tiles = pixels.div_ceil(cube * per_thread);
         Tiling { tiles, per_thread }
     }
 
@@ -370,12 +412,13 @@ impl Tiling {
     }
 }
 
-/// One thread per element of `count`.
+/// One thread per element of `count`, in cubes whose size the client chooses for the device
+/// (as burn's element-wise kernels do).
 pub(super) fn elementwise<R: CubeRuntime>(
     client: &ComputeClient<R>,
     count: usize,
 ) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new_1d(CUBE as u32);
+    let dim = CubeDim::new(client, count);
     (calculate_cube_count_elemwise(client, count, dim), dim)
 }
 
@@ -448,12 +491,13 @@ impl Partials {
         // `outputs · tiles + k · batch · tiles + i` with `k < 4`, `i < batch · tiles`; they
         // write `out` (`outputs` values) at their output and `verdict` (4 values, only with
         // `check`) at `k`; `shared` (`reduce_shared(1)`) as in the statistics' kernel. The loops
-        // step by `CUBE` up to `tiles` or `batch · tiles`.
+        // step by the cube's width up to `tiles` or `batch · tiles`.
+        let cube = client_cube(&like.client);
         unsafe {
             sum_tiles_kernel::launch_unchecked::<R>(
                 &like.client,
                 count,
-                CubeDim::new_1d(CUBE as u32),
+                CubeDim::new_1d(cube as u32),
                 partial.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 verdict_arg.into_tensor_arg(),
@@ -462,7 +506,8 @@ impl Partials {
                 self.width,
                 self.stats,
                 self.check,
-                use_planes(&like.client),
+                use_planes(&like.client, cube),
+                cube,
             );
         }
         (out, verdict)
@@ -486,9 +531,9 @@ pub fn set_plane_reductions(enabled: bool) {
 }
 
 /// Whether the kernels launched now on `client` reduce with plane operations (see
-/// [`set_plane_reductions`]): the client offers them, and [`CUBE`] is a whole number of the
-/// device's planes of any size it may choose.
-pub(super) fn use_planes<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+/// [`set_plane_reductions`]) in cubes of `cube` threads: the client offers them, and `cube` is
+/// a whole number of the device's planes of any size it may choose.
+pub(super) fn use_planes<R: CubeRuntime>(client: &ComputeClient<R>, cube: usize) -> bool {
     let hardware = &client.properties().hardware;
     let (min, max) = (
         hardware.plane_size_min as usize,
@@ -497,8 +542,8 @@ pub(super) fn use_planes<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
     PLANES.load(Ordering::Relaxed)
         && client.features().plane.contains(Plane::Ops)
         && min > 0
-        && max <= CUBE
-        && CUBE.is_multiple_of(max)
+        && max <= cube
+        && cube.is_multiple_of(max)
         && max.is_multiple_of(min)
 }
 
@@ -506,7 +551,8 @@ pub(super) fn use_planes<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
 /// [`set_plane_reductions`]).
 #[cfg(feature = "wgpu")]
 pub fn wgpu_plane_reductions(device: &burn_wgpu::WgpuDevice) -> bool {
-    use_planes(&<burn_wgpu::WgpuRuntime as cubecl::Runtime>::client(device))
+    let client = <burn_wgpu::WgpuRuntime as cubecl::Runtime>::client(device);
+    use_planes(&client, client_cube(&client))
 }
 
 /// The kernels launched so far (see [`launches`]).
@@ -622,24 +668,63 @@ pub(super) fn target_at<F: Float>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Caps [`cube_size`] in tests, to run the kernels in cubes smaller than a GPU's 256
+    /// threads (a device with a lower limit) on one that allows 256. Process-wide: a cube size
+    /// changes how the sums are grouped, not their values beyond rounding.
+    pub(in crate::kernels) static CUBE_LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    #[test]
+    fn cube_size_is_the_largest_power_of_two_the_device_allows() {
+        assert_eq!(cube_size(1024), 256);
+        assert_eq!(cube_size(256), 256);
+        assert_eq!(cube_size(192), 128);
+        assert_eq!(cube_size(128), 128);
+        assert_eq!(cube_size(64), 64);
+        let small = std::panic::catch_unwind(|| cube_size(32)).unwrap_err();
+        let message = small.downcast_ref::<String>().unwrap();
+        assert!(
+            message.contains("32 threads per cube, fewer than the 64"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn class_groups_fit_the_shared_memory() {
         let kib = 1024;
         // lavapipe's 32 KiB: the statistics, the focal term's row, the cross-entropy's two.
-        assert_eq!(class_groups(11, 3, 32 * kib), Groups { size: 8, count: 2 });
-        assert_eq!(class_groups(11, 4, 32 * kib), Groups { size: 7, count: 2 });
-        assert_eq!(class_groups(11, 5, 32 * kib), Groups { size: 5, count: 3 });
-        assert_eq!(class_groups(3, 5, 32 * kib), Groups { size: 3, count: 1 });
-        assert_eq!(class_groups(1, 5, 32 * kib), Groups { size: 1, count: 1 });
+        assert_eq!(
+            class_groups(11, 3, 32 * kib, MAX_CUBE),
+            Groups { size: 8, count: 2 }
+        );
+        assert_eq!(
+            class_groups(11, 4, 32 * kib, MAX_CUBE),
+            Groups { size: 7, count: 2 }
+        );
+        assert_eq!(
+            class_groups(11, 5, 32 * kib, MAX_CUBE),
+            Groups { size: 5, count: 3 }
+        );
+        assert_eq!(
+            class_groups(3, 5, 32 * kib, MAX_CUBE),
+            Groups { size: 3, count: 1 }
+        );
+        assert_eq!(
+            class_groups(1, 5, 32 * kib, MAX_CUBE),
+            Groups { size: 1, count: 1 }
+        );
         // NVIDIA's 48 KiB: every loss takes 8 classes at once.
-        assert_eq!(class_groups(20, 5, 48 * kib), Groups { size: 8, count: 3 });
+        assert_eq!(
+            class_groups(20, 5, 48 * kib, MAX_CUBE),
+            Groups { size: 8, count: 3 }
+        );
         for rows in [3, 4, 5] {
             for classes in 1..40 {
-                let g = class_groups(classes, rows, 32 * kib);
-                assert!(reduce_shared((rows * g.size).max(VERDICT)) * 4 <= 32 * kib);
+                let g = class_groups(classes, rows, 32 * kib, MAX_CUBE);
+                assert!(reduce_shared((rows * g.size).max(VERDICT), MAX_CUBE) * 4 <= 32 * kib);
                 assert!(g.size * g.count >= classes && g.size * (g.count - 1) < classes);
             }
         }

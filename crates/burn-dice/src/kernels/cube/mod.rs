@@ -578,6 +578,25 @@ mod tests {
         }
     }
 
+    /// The reductions in cubes of 64 threads (the fewest they take), as on a device that
+    /// allows fewer than 256: the tree's first level then adds 4 values, not 16.
+    #[test]
+    fn kernels_equal_generic_in_cubes_of_64() {
+        use std::sync::atomic::Ordering;
+        let Some(device) = device() else { return };
+        let limit = &super::common::tests::CUBE_LIMIT;
+        limit.store(64, Ordering::Relaxed);
+        let result = std::panic::catch_unwind(|| {
+            for shape in SHAPES {
+                compare_on::<Ad<WgpuCube>>(&device, shape);
+            }
+        });
+        limit.store(usize::MAX, Ordering::Relaxed);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     #[test]
     fn kernel_checks_fail_with_the_burn_ops_messages() {
         let Some(device) = device() else { return };

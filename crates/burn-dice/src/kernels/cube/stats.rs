@@ -104,7 +104,7 @@ fn ce_log_sum_exp<F: Float>(
     x: &Tensor<F>,
     row0: usize,
     pixels: usize,
-    classes: usize,
+    #[comptime] classes: usize,
     norm: Norm,
     #[comptime] spec: StatsSpec,
     #[comptime] single: bool,
@@ -134,7 +134,7 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     valid: &Tensor<F>,
     weights: &Tensor<F>,
     partial: &mut Tensor<f32>,
-    classes: usize,
+    #[comptime] classes: usize,
     pixels: usize,
     per_thread: usize,
     pos_weight: f32,
@@ -148,6 +148,7 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     #[comptime] single: bool,
     #[comptime] classes_at_once: Groups,
     #[comptime] planes: bool,
+    #[comptime] cube: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let group = classes_at_once.size;
@@ -158,11 +159,11 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     let tile = CUBE_POS_X as usize;
     let tiles = CUBE_COUNT_X as usize;
     let tid = UNIT_POS_X as usize;
-    let start = tile * per_thread * CUBE;
+    let start = tile * per_thread * cube;
     let eps = label_smoothing;
-    let smooth = eps / f32::cast_from(classes as u32);
+    let smooth = eps / comptime![classes as f32];
     let mut shared =
-        SharedMemory::<f32>::new(comptime![reduce_shared((rows * group).max(VERDICT))]);
+        SharedMemory::<f32>::new(comptime![reduce_shared((rows * group).max(VERDICT), cube)]);
     // The data checks (the slots of `VERDICT`): non-finite input values, dense target values
     // that are not in [0, 1] (NaN and infinities included), the largest class index and the
     // negated smallest one.
@@ -180,7 +181,7 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
             acc[v] = 0.0f32;
         }
         for j in 0..per_thread {
-            let n = start + j * CUBE + tid;
+            let n = start + j * cube + tid;
             if n < pixels {
                 let row0 = b * classes * pixels + n;
                 let w = weight::<F>(valid, b, n, pixels, has_valid);
@@ -262,21 +263,23 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
             comptime![rows * group],
             comptime![rows * group],
             planes,
+            cube,
         );
         if tid < comptime![rows * group] {
             let c = g0 + tid / rows;
             if c < classes {
                 partial[((b * classes + c) * rows + tid % rows) * tiles + tile] =
-                    shared[tid * STRIDE];
+                    shared[tid * comptime![stride(cube)]];
             }
         }
         sync_cube();
     }
     if check {
-        cube_reduce(&mut shared, &verdict, VERDICT, 2usize, planes);
+        cube_reduce(&mut shared, &verdict, VERDICT, 2usize, planes, cube);
         if tid < VERDICT {
             let verdicts = batch * classes * rows * tiles;
-            partial[verdicts + tid * batch * tiles + b * tiles + tile] = shared[tid * STRIDE];
+            partial[verdicts + tid * batch * tiles + b * tiles + tile] =
+                shared[tid * comptime![stride(cube)]];
         }
     }
 }
@@ -294,7 +297,7 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     grad: &Tensor<f32>,
     dx: &mut Tensor<F>,
     batch: usize,
-    classes: usize,
+    #[comptime] classes: usize,
     pixels: usize,
     pos_weight: f32,
     label_smoothing: f32,
@@ -320,7 +323,7 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
     let lse = ce_log_sum_exp::<F>(x, row0, pixels, classes, norm, spec, single);
     let eps = label_smoothing;
-    let smooth = eps / f32::cast_from(classes as u32);
+    let smooth = eps / comptime![classes as f32];
     let has_weight = comptime![spec.extra.has_class_weight()];
     // `r = Σ_k p_k ∂L/∂p_k` for the softmax, refined once: `refine = Σ_k p_k (∂L/∂p_k − r)`
     // (exactly 0 up to 1e-14 where every `∂L/∂p_k` is equal; see the CPU kernel's
@@ -328,12 +331,14 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     let mut r = 0.0f32;
     let mut refine = 0.0f32;
     if comptime![spec.activation == ACT_SOFTMAX] {
+        #[unroll(classes <= UNROLL_CLASSES)]
         for c in 0..classes {
             let at = row0 + c * pixels;
             let p = activate(f32::cast_from(x[at]), norm, spec.activation);
             let t = target_at::<F>(dense, at, l, c, is_dense);
             r += p * d_prob(grad, p, t, w, b * classes + c, stride, spec);
         }
+        #[unroll(classes <= UNROLL_CLASSES)]
         for c in 0..classes {
             let at = row0 + c * pixels;
             let p = activate(f32::cast_from(x[at]), norm, spec.activation);
@@ -344,6 +349,7 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     // The cross-entropy's softmax couples the classes: `total = Σ_c g_c w_c t'_c`.
     let mut total = 0.0f32;
     if comptime![spec.extra.is_ce() && !single] {
+        #[unroll(classes <= UNROLL_CLASSES)]
         for c in 0..classes {
             let t = target_at::<F>(dense, row0 + c * pixels, l, c, is_dense);
             let g = grad[3 * stride + b * classes + c];
@@ -351,6 +357,7 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
                 g * ce::class_weight::<F>(weights, c, has_weight) * ce::smoothed(t, eps, smooth);
         }
     }
+    #[unroll(classes <= UNROLL_CLASSES)]
     for c in 0..classes {
         let at = row0 + c * pixels;
         let v = f32::cast_from(x[at]);
@@ -453,7 +460,8 @@ pub(crate) fn forward<R: CubeRuntime>(
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let [batch, classes, pixels] = data.dims();
     let rows = spec.extra.rows();
-    let tiling = Tiling::new(batch, pixels);
+    let cube = client_cube(&data.x.client);
+    let tiling = Tiling::new(batch, pixels, cube);
     let partials = Partials {
         batch,
         tiles: tiling.tiles,
@@ -474,14 +482,16 @@ pub(crate) fn forward<R: CubeRuntime>(
     // - `partial` is `Partials::len` = `batch · tiles · (classes · rows + 4 if check)` values,
     //   the cube count's x is `tiling.tiles`, and each cube writes its tile's slot of
     //   `(b, c < classes, row < rows)` and, with `check`, of `(slot < 4, b)`;
-    // - `shared` holds `reduce_shared(max(rows · group, 4))` values, and `cube_reduce` touches
-    //   `v · STRIDE + i` with `v < count ≤ max(rows · group, 4)` and `i < CUBE`: the cube has
-    //   `CUBE` threads (`CubeDim` below), and a plane's slot `tid / PLANE_DIM < CUBE`.
+    // - `shared` holds `reduce_shared(max(rows · group, 4), cube)` values, and `cube_reduce`
+    //   touches `v · stride(cube) + i` with `v < count ≤ max(rows · group, 4)` and `i < cube`:
+    //   the cube has `cube` threads (`CubeDim` below), and a plane's slot
+    //   `tid / PLANE_DIM < cube`; its last step gives each of the `count ≤ 40` values a thread
+    //   (`cube_size` is at least 64).
     unsafe {
         stats_forward_kernel::launch_unchecked::<R>(
             &data.x.client,
             tiling.cube_count(batch),
-            CubeDim::new_1d(CUBE as u32),
+            CubeDim::new_1d(cube as u32),
             args.x,
             args.dense,
             args.labels,
@@ -504,8 +514,10 @@ pub(crate) fn forward<R: CubeRuntime>(
                 classes,
                 rows,
                 data.x.client.properties().hardware.max_shared_memory_size,
+                cube,
             ),
-            use_planes(&data.x.client),
+            use_planes(&data.x.client, cube),
+            cube,
             args.dtypes,
         );
     }
