@@ -695,32 +695,25 @@ pub(super) mod tests {
     #[test]
     fn class_groups_fit_the_shared_memory() {
         let kib = 1024;
-        // lavapipe's 32 KiB: the statistics, the focal term's row, the cross-entropy's two.
-        assert_eq!(
-            class_groups(11, 3, 32 * kib, MAX_CUBE),
-            Groups { size: 8, count: 2 }
-        );
-        assert_eq!(
-            class_groups(11, 4, 32 * kib, MAX_CUBE),
-            Groups { size: 7, count: 2 }
-        );
-        assert_eq!(
-            class_groups(11, 5, 32 * kib, MAX_CUBE),
-            Groups { size: 5, count: 3 }
-        );
-        assert_eq!(
-            class_groups(3, 5, 32 * kib, MAX_CUBE),
-            Groups { size: 3, count: 1 }
-        );
-        assert_eq!(
-            class_groups(1, 5, 32 * kib, MAX_CUBE),
-            Groups { size: 1, count: 1 }
-        );
-        // NVIDIA's 48 KiB: every loss takes 8 classes at once.
-        assert_eq!(
-            class_groups(20, 5, 48 * kib, MAX_CUBE),
-            Groups { size: 8, count: 3 }
-        );
+        // (classes, rows, shared memory) -> (classes at once, groups). lavapipe's 32 KiB: the
+        // statistics, the focal term's row, the cross-entropy's two; NVIDIA's 48 KiB: every
+        // loss takes 8 classes at once.
+        let cases = [
+            ((11, 3, 32), (8, 2)),
+            ((11, 4, 32), (7, 2)),
+            ((11, 5, 32), (5, 3)),
+            ((3, 5, 32), (3, 1)),
+            ((1, 5, 32), (1, 1)),
+            ((20, 5, 48), (8, 3)),
+        ];
+        for ((classes, rows, shared), (size, count)) in cases {
+            let got = class_groups(classes, rows, shared * kib, MAX_CUBE);
+            assert_eq!(
+                got,
+                Groups { size, count },
+                "{classes} classes, {rows} rows"
+            );
+        }
         for rows in [3, 4, 5] {
             for classes in 1..40 {
                 let g = class_groups(classes, rows, 32 * kib, MAX_CUBE);
