@@ -139,7 +139,7 @@ fn nonzero<B: Backend>(norm: Tensor<B, 1>) -> Tensor<B, 1> {
     // 0 becomes 1, not a tiny number: the backward multiplies by 1/norm before the pixels'
     // zero weights, and 1/1e-38 overflows there (inf · 0 = NaN).
     let zero = norm.clone().equal_elem(0.0).float();
-    let zero = crate::numerics::in_dtype(zero, norm.dtype());
+    let zero = in_dtype(zero, norm.dtype());
     norm + zero
 }
 

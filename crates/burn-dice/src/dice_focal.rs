@@ -186,7 +186,7 @@ impl<B: Backend> DiceFocalLoss<B> {
         // Σ over the pixels that count, [b, c], over their number.
         let per_class = match valid {
             Some(valid) => {
-                let valid = crate::numerics::in_dtype(valid, sums.dtype());
+                let valid = in_dtype(valid, sums.dtype());
                 let counted = valid.sum_dim(2).clamp_min(1.0).reshape([b, 1]);
                 sums * reciprocal(counted)
             }

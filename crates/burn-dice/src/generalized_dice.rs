@@ -216,7 +216,7 @@ impl<B: Backend> GeneralizedDiceLoss<B> {
         let finite = raw.mask_fill(infinite.clone(), 0.0);
         // With `batch` there is a single row, so this is the batch-wide maximum.
         let largest = finite.clone().max_dim(1);
-        let infinite = crate::numerics::in_dtype(infinite.float(), finite.dtype());
+        let infinite = in_dtype(infinite.float(), finite.dtype());
         finite + infinite * largest
     }
 }

@@ -392,51 +392,32 @@ macro_rules! on_cube_backends {
     ($k:ident => $body:expr) => {{
         let out = None;
         #[cfg(feature = "wgpu")]
-        let out = out
-            .or_else(|| {
-                type $k = Fusion<WgpuCube>;
-                $body
-            })
-            .or_else(|| {
-                type $k = WgpuCube;
-                $body
-            })
-            .or_else(|| {
-                type $k = Fusion<WgpuCube<burn::tensor::f16>>;
-                $body
-            })
-            .or_else(|| {
-                type $k = WgpuCube<burn::tensor::f16>;
-                $body
-            });
+        let out = fused_and_plain!(out, $k, WgpuCube, $body);
+        #[cfg(feature = "wgpu")]
+        let out = fused_and_plain!(out, $k, WgpuCube<burn::tensor::f16>, $body);
         #[cfg(feature = "cuda")]
-        let out = out
-            .or_else(|| {
-                type $k = Fusion<CudaCube>;
-                $body
-            })
-            .or_else(|| {
-                type $k = CudaCube;
-                $body
-            })
-            .or_else(|| {
-                type $k = Fusion<CudaCube<burn::tensor::f16>>;
-                $body
-            })
-            .or_else(|| {
-                type $k = CudaCube<burn::tensor::f16>;
-                $body
-            })
-            .or_else(|| {
-                type $k = Fusion<CudaCube<burn::tensor::bf16>>;
-                $body
-            })
-            .or_else(|| {
-                type $k = CudaCube<burn::tensor::bf16>;
-                $body
-            });
+        let out = fused_and_plain!(out, $k, CudaCube, $body);
+        #[cfg(feature = "cuda")]
+        let out = fused_and_plain!(out, $k, CudaCube<burn::tensor::f16>, $body);
+        #[cfg(feature = "cuda")]
+        let out = fused_and_plain!(out, $k, CudaCube<burn::tensor::bf16>, $body);
         out
     }};
+}
+
+/// `$out`, else `$body` with `$k` the CubeCL backend `$cube` under burn-fusion (burn's
+/// default), else with `$k` the plain `$cube`: one step of [`on_cube_backends`].
+macro_rules! fused_and_plain {
+    ($out:expr, $k:ident, $cube:ty, $body:expr) => {
+        $out.or_else(|| {
+            type $k = Fusion<$cube>;
+            $body
+        })
+        .or_else(|| {
+            type $k = $cube;
+            $body
+        })
+    };
 }
 
 /// Whether `B` is one of the backends the kernels run on, plain or under `Autodiff`.
