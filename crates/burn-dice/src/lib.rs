@@ -6,11 +6,14 @@ pub mod checks;
 pub mod dice;
 pub mod dice_ce;
 pub mod dice_focal;
+#[cfg(any(feature = "ndarray", feature = "flex", feature = "cube-kernels"))]
+mod downcast;
 pub mod generalized_dice;
 pub mod kernels;
 pub mod metric;
 mod numerics;
 pub mod reduction;
+mod reshape;
 mod stats;
 mod target;
 pub mod tversky;

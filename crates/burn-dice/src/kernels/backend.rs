@@ -1,15 +1,23 @@
-//! The run-time choice of backend that both kernel families make: `DiceLoss<B>` stays generic,
-//! and a kernel runs when `B` turns out to be one of the backends it was written for (plain,
-//! or under `Autodiff` with burn's default checkpointing). These helpers move a tensor of `B`
-//! into that backend's primitives once its type is known.
+//! The skeleton both kernel families run on: a fused operation ([`FusedOp`]) says how to
+//! compute its outputs and its input's gradient on one backend `K`; [`run`] does the rest for
+//! a loss's backend `B`: checks that `B` is `K` or `Autodiff<K>` (burn's default
+//! checkpointing), moves the tensors into `K`'s primitives, registers the operation's backward
+//! with burn-autodiff when the input is tracked, and hands the outputs back as `B`'s.
 
-use std::any::Any;
+use std::any::TypeId;
+use std::marker::PhantomData;
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::Tensor;
+use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 
 use super::input::{FlatTarget, PreparedTarget};
+use crate::downcast::{cast, inner_float, inner_int};
 
 /// The target as primitives of the inner backend.
 #[derive(Debug, Clone)]
@@ -18,51 +26,17 @@ pub(super) enum TargetPrim<B: Backend> {
     Indices(B::IntTensorPrimitive),
 }
 
-/// Moves `value` into type `T` if it is one (the run-time backend choice).
-pub(super) fn cast<S: 'static, T: 'static>(value: S) -> Result<T, S> {
-    let mut slot = Some(value);
-    match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
-        Some(t) => Ok(t.take().expect("just filled")),
-        None => Err(slot.expect("not taken")),
-    }
-}
-
-/// The inner-backend primitive of a float tensor of `B`, when `B` is `T` or `Autodiff<T>` (no
-/// checkpointing); `None` for every other backend.
-pub(super) fn inner_float<B: Backend, T: Backend, const D: usize>(
-    t: Tensor<B, D>,
-) -> Option<T::FloatTensorPrimitive> {
-    match cast::<_, Tensor<T, D>>(t) {
-        Ok(t) => Some(t.into_primitive().tensor()),
-        Err(t) => cast::<_, Tensor<Autodiff<T, NoCheckpointing>, D>>(t)
-            .ok()
-            .map(|t| t.into_primitive().tensor().primitive),
-    }
-}
-
-/// [`inner_float`] for integer tensors (the same primitive under `Autodiff`).
-pub(super) fn inner_int<B: Backend, T: Backend, const D: usize>(
-    t: Tensor<B, D, Int>,
-) -> Option<T::IntTensorPrimitive> {
-    match cast::<_, Tensor<T, D, Int>>(t) {
-        Ok(t) => Some(t.into_primitive()),
-        Err(t) => cast::<_, Tensor<Autodiff<T, NoCheckpointing>, D, Int>>(t)
-            .ok()
-            .map(|t| t.into_primitive()),
-    }
-}
-
 /// The inner-backend primitives of the prepared target and mask (of backend `B`, known to be
-/// `T` or `Autodiff<T>`).
-pub(super) fn primitives<B: Backend, T: Backend>(
+/// `K` or `Autodiff<K>`).
+fn primitives<B: Backend, K: Backend>(
     target: &PreparedTarget<B>,
-) -> Option<(TargetPrim<T>, Option<T::FloatTensorPrimitive>)> {
+) -> Option<(TargetPrim<K>, Option<K::FloatTensorPrimitive>)> {
     let target_prim = match &target.target {
-        FlatTarget::Dense(t) => TargetPrim::Dense(inner_float::<B, T, 3>(t.clone())?),
-        FlatTarget::Indices(l) => TargetPrim::Indices(inner_int::<B, T, 3>(l.clone())?),
+        FlatTarget::Dense(t) => TargetPrim::Dense(inner_float::<B, K, 3>(t.clone())?),
+        FlatTarget::Indices(l) => TargetPrim::Indices(inner_int::<B, K, 3>(l.clone())?),
     };
     let valid = match &target.valid {
-        Some(v) => Some(inner_float::<B, T, 3>(v.clone())?),
+        Some(v) => Some(inner_float::<B, K, 3>(v.clone())?),
         None => None,
     };
     Some((target_prim, valid))
@@ -72,4 +46,115 @@ pub(super) fn primitives<B: Backend, T: Backend>(
 pub(super) fn split<B: Backend>(stacked: Tensor<B, 3>) -> [Tensor<B, 2>; 3] {
     let [_, b, c] = stacked.dims();
     [0, 1, 2].map(|s| stacked.clone().narrow(0, s, 1).reshape([b, c]))
+}
+
+/// What the forward pass of a [`FusedOp`] returns on backend `K`.
+pub(super) struct Forward<K: Backend, O: FusedOp<K>> {
+    /// The output whose gradient flows back to the input.
+    pub out: FloatTensor<K>,
+    /// Outputs without a gradient (the device verdict of the CubeCL kernels).
+    pub rest: Vec<FloatTensor<K>>,
+    /// What the pass found on the host (the verdict of the CPU kernels).
+    pub host: O::Host,
+    /// What the backward pass needs, when the forward pass was asked for it.
+    pub state: Option<O::State>,
+}
+
+/// One fused operation of a kernel family on backend `K`: the steps that differ between the
+/// families. Everything else is [`run`]'s.
+pub(super) trait FusedOp<K: Backend>: Sized + 'static {
+    /// A result known on the host after the forward pass.
+    type Host;
+    /// What the backward pass needs.
+    type State: Clone + Send + std::fmt::Debug + 'static;
+
+    /// The forward pass on the input `x` (`[batch, class, pixels]`), the target and the
+    /// validity weights; with `tracked`, [`Forward::state`] must be set. `None` when the
+    /// kernel does not read these tensors (their element types).
+    fn forward(
+        &self,
+        x: FloatTensor<K>,
+        target: TargetPrim<K>,
+        valid: Option<FloatTensor<K>>,
+        tracked: bool,
+    ) -> Option<Forward<K, Self>>;
+
+    /// The input's gradient from the saved `state` and the gradient of [`Forward::out`].
+    fn backward(state: Self::State, grad: FloatTensor<K>) -> FloatTensor<K>;
+}
+
+/// burn-autodiff's backward step of a [`FusedOp`].
+struct FusedBackward<O>(PhantomData<fn() -> O>);
+
+impl<O> std::fmt::Debug for FusedBackward<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FusedBackward<{}>", std::any::type_name::<O>())
+    }
+}
+
+impl<K: Backend, O: FusedOp<K>> Backward<K, 1> for FusedBackward<O> {
+    type State = O::State;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<K>(&ops.node);
+        let [parent] = ops.parents;
+        if let Some(parent) = parent {
+            grads.register::<K>(parent.id, O::backward(ops.state, grad));
+        }
+    }
+}
+
+/// Runs `op` on `input` and `target` where `B` is `K` or `Autodiff<K>` (no checkpointing),
+/// registering its backward when the input is tracked: the outputs as primitives of `B`
+/// ([`Forward::out`] first, then [`Forward::rest`]) and the host result. `None` for other
+/// backends, an empty input, a dense target or mask that requires a gradient (the kernels
+/// give gradients to the input only), or tensors the kernel does not read.
+pub(super) fn run<B: Backend, K: Backend, O: FusedOp<K>>(
+    input: &Tensor<B, 3>,
+    target: &PreparedTarget<B>,
+    op: &O,
+) -> Option<(Vec<B::FloatTensorPrimitive>, O::Host)> {
+    type Ad<K> = Autodiff<K, NoCheckpointing>;
+    let plain = TypeId::of::<B>() == TypeId::of::<K>();
+    if !(plain || TypeId::of::<B>() == TypeId::of::<Ad<K>>()) {
+        return None;
+    }
+    if target.tracked() || input.dims().contains(&0) {
+        return None;
+    }
+    let (target, valid) = primitives::<B, K>(target)?;
+    let to_b = |p: FloatTensor<Ad<K>>| {
+        cast::<_, B::FloatTensorPrimitive>(p).unwrap_or_else(|_| unreachable!("B is Ad<K>"))
+    };
+    if plain {
+        let x = inner_float::<B, K, 3>(input.clone())?;
+        let Forward {
+            out, rest, host, ..
+        } = op.forward(x, target, valid, false)?;
+        let outputs = std::iter::once(out).chain(rest).map(|p| {
+            cast::<_, B::FloatTensorPrimitive>(p).unwrap_or_else(|_| unreachable!("B is K"))
+        });
+        return Some((outputs.collect(), host));
+    }
+    let x: Tensor<Ad<K>, 3> = cast(input.clone()).ok()?;
+    let x = x.into_primitive().tensor();
+    let (out, rest, host) = match FusedBackward::<O>(PhantomData)
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let f = op.forward(x.primitive, target, valid, true)?;
+            let state = f.state.expect("a tracked forward pass returns its state");
+            (prep.finish(state, f.out), f.rest, f.host)
+        }
+        OpsKind::UnTracked(prep) => {
+            let f = op.forward(x.primitive, target, valid, false)?;
+            (prep.finish(f.out), f.rest, f.host)
+        }
+    };
+    // The other outputs carry no gradient.
+    let rest = rest.into_iter().map(<Ad<K> as AutodiffBackend>::from_inner);
+    let outputs = std::iter::once(out).chain(rest).map(to_b).collect();
+    Some((outputs, host))
 }

@@ -118,7 +118,7 @@ pub(crate) fn sgn(v: f32) -> f32 {
     f32::from(u8::from(v > 0.0)) - f32::from(u8::from(v < 0.0))
 }
 
-/// The options of the cross-entropy term of `DiceCELoss` (formulas: `cpu/kernel/ce.rs`).
+/// The options of the cross-entropy term of `DiceCELoss` (formulas: `cpu/ce.rs`).
 #[derive(Debug, Clone)]
 pub(crate) struct CeOptions<B: Backend> {
     /// One weight per class (`ce_weight`), or none.
@@ -129,7 +129,7 @@ pub(crate) struct CeOptions<B: Backend> {
     pub label_smoothing: f64,
 }
 
-/// The options of the focal term of `DiceFocalLoss` (formulas: `cpu/kernel/focal.rs`).
+/// The options of the focal term of `DiceFocalLoss` (formulas: `cpu/focal.rs`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FocalOptions {
     /// `γ`, the focusing exponent.

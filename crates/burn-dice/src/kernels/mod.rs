@@ -30,7 +30,7 @@
 //! Both kernel families compute, in one pass over the input, the activation and the sums of
 //! every class of every sample, and register a custom backward (burn-autodiff's `Backward`) that
 //! writes the input's gradient in one more pass from the closed form
-//! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)` (see `cpu/kernel.rs` for the derivation).
+//! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)` (see `cpu/stats.rs` for the derivation).
 //! The CPU kernels store the probabilities for the backward pass (they become the gradient's
 //! buffer); the CubeCL kernels recompute them, which costs arithmetic a GPU has to spare and
 //! saves a write of the input's size. The cross-entropy and focal terms of `DiceCELoss` and
@@ -40,6 +40,17 @@
 //! kernels give them kernels of their own in the same mould, run after the statistics' pass
 //! (whose data checks they rely on). The generic path is the readable reference every kernel is
 //! tested against.
+//!
+//! Both families run on one skeleton (`backend.rs`): an operation says how it computes its
+//! outputs and its input's gradient on one concrete backend (a `FusedOp`), and `backend::run`
+//! does the rest for every loss: the run-time backend check (`B` is that backend, plain or
+//! under `Autodiff`), the move into its primitives, the autodiff node with its backward, and
+//! the outputs back as `B`'s. Below it, the CPU kernels work on slices (`cpu/`: `stats.rs`,
+//! `ce.rs`, `focal.rs` on `common.rs`, `jobs.rs`, `isa.rs`) and the CubeCL kernels on device
+//! buffers (`cube/`: `stats.rs`, `ce.rs`, `focal.rs` on `common.rs`). The losses hand the
+//! flattened input and target to [`class_stats`] (and, where the statistics' pass did not sum
+//! the extra term, to [`extra_sums`]); nothing below this module calls back into the losses,
+//! the targets or the checks.
 //!
 //! # Data checks
 //! With `check_inputs` the input and a dense target must be finite and class indices in range.
@@ -78,7 +89,7 @@ pub use cube::{launches, set_plane_reductions};
 
 use std::cell::Cell;
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
 use input::{CeOptions, Extra, ExtraSums, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
@@ -159,6 +170,14 @@ pub(crate) fn checks_in_pass<B: Backend>() -> bool {
     path::<B>() != KernelPath::Generic
 }
 
+/// Whether a failed check of the statistics pass of backend `B` is known on the host at once
+/// (the CPU kernels), so that the data checks can be run again with burn ops for the exact
+/// message: then even the checks whose message needs the offending value (the 0/1 labels of a
+/// single-channel input, read by the kernels as a dense target) can be left to the pass.
+pub(crate) fn checks_on_host<B: Backend>() -> bool {
+    path::<B>() == KernelPath::Cpu
+}
+
 /// The three `[batch, class]` sums of `input` (`[batch, class, pixels]`, raw) after
 /// `activation` against `target`, of the per-pixel `terms`; with `check`, the kernels also
 /// check the data they read (the generic path never does: its verdict is
@@ -230,68 +249,4 @@ fn focal_sums<B: Backend>(
         _ => None,
     };
     kernel.unwrap_or_else(|| generic::focal_sums(input, target, options))
-}
-
-/// Whether `t` holds only finite values, answered from the raw data in one vectorized pass on
-/// the CPU backends; `None` elsewhere (the caller then checks with burn ops).
-pub(crate) fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<bool> {
-    match path::<B>() {
-        #[cfg(any(feature = "ndarray", feature = "flex"))]
-        KernelPath::Cpu => cpu::all_finite(t),
-        _ => {
-            let _ = t;
-            None
-        }
-    }
-}
-
-/// Whether every class index of `t` is in `0..classes` or equals `ignore`, as
-/// [`all_finite`].
-pub(crate) fn labels_in_range<B: Backend, const D: usize>(
-    t: &Tensor<B, D, Int>,
-    classes: usize,
-    ignore: Option<usize>,
-) -> Option<bool> {
-    match path::<B>() {
-        #[cfg(any(feature = "ndarray", feature = "flex"))]
-        KernelPath::Cpu => cpu::labels_in_range(t, classes, ignore),
-        _ => {
-            let _ = (t, classes, ignore);
-            None
-        }
-    }
-}
-
-/// `t.reshape(shape)`, without the data copy burn-ndarray 0.21 makes on every reshape when the
-/// data is contiguous (plain or autodiff `NdArray<f32>`, the gradient reshaped back the same
-/// way); burn's `reshape` everywhere else.
-pub(crate) fn reshape<B: Backend, const D: usize, const D2: usize>(
-    t: Tensor<B, D>,
-    shape: [usize; D2],
-) -> Tensor<B, D2> {
-    #[cfg(any(feature = "ndarray", feature = "flex"))]
-    let t = match path::<B>() {
-        KernelPath::Cpu => match cpu::reshape(t, shape) {
-            Ok(out) => return out,
-            Err(t) => t,
-        },
-        _ => t,
-    };
-    t.reshape(shape)
-}
-
-/// [`reshape`] for class indices.
-pub(crate) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
-    t: Tensor<B, D, Int>,
-    shape: [usize; D2],
-) -> Tensor<B, D2, Int> {
-    #[cfg(any(feature = "ndarray", feature = "flex"))]
-    let t = match path::<B>() {
-        KernelPath::Cpu => match cpu::reshape_int(t, shape) {
-            Ok(out) => return out,
-            Err(t) => t,
-        },
-        _ => t,
-    };
-    t.reshape(shape)
 }

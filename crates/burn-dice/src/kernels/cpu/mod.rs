@@ -1,54 +1,47 @@
-//! The fused statistics on burn-ndarray and burn-flex: raw data access, the autodiff operation
-//! with its custom backward, and the run-time choice of backend.
+//! The fused CPU kernels on burn-ndarray and burn-flex: raw data access, the operations (the
+//! statistics, the cross-entropy and focal terms) as [`FusedOp`]s of the shared skeleton, and
+//! the run-time choice of backend.
+//!
+//! The kernels themselves work on slices, generic over nothing but the instruction set:
+//! `stats.rs`, `ce.rs` and `focal.rs`, on the math, activation, loading and checks of
+//! `common.rs`, cut into jobs by `jobs.rs` and compiled per instruction set by `isa.rs`.
 
-use std::any::TypeId;
+mod ce;
+mod common;
+mod focal;
+mod isa;
+mod jobs;
+mod stats;
+
 use std::borrow::Cow;
-use std::marker::PhantomData;
 
 use burn::tensor::backend::Backend;
-#[cfg(feature = "ndarray")]
-use burn::tensor::ops::FloatTensorOps;
-#[cfg(feature = "ndarray")]
-use burn::tensor::TensorMetadata;
+use burn::tensor::ops::FloatTensor;
 #[cfg(feature = "flex")]
 use burn::tensor::{DType, Element};
-use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
-use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::NoCheckpointing;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 #[cfg(feature = "flex")]
 use burn_flex::{Flex, FlexTensor};
 #[cfg(feature = "ndarray")]
 use burn_ndarray::{NdArray, NdArrayTensor};
 
-use super::backend::{cast, inner_float, inner_int, primitives, split, TargetPrim};
+use super::backend::{run, split, Forward, FusedOp, TargetPrim};
 use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
-use kernel::ce::CeProblem;
-use kernel::focal::FocalProblem;
-use kernel::{Labels, Problem, Target};
+use crate::downcast::{first_backend, is_backend};
+use ce::CeProblem;
+use common::{Labels, Problem, Target};
+use focal::FocalProblem;
 
-pub(crate) mod kernel;
-
-/// Runs `$body` with `$t` each CPU backend built in (burn-flex with the `flex` feature, then
+/// `$body` with `$t` each CPU backend built in (burn-flex with the `flex` feature, then
 /// burn-ndarray with `ndarray`), until one gives `Some`.
 macro_rules! on_cpu_backends {
-    ($t:ident => $body:expr) => {{
-        let out = None;
-        #[cfg(feature = "flex")]
-        let out = out.or_else(|| {
-            type $t = Flex;
-            $body
-        });
-        #[cfg(feature = "ndarray")]
-        let out = out.or_else(|| {
-            type $t = NdArray<f32>;
-            $body
-        });
-        out
-    }};
+    ($t:ident => $body:expr) => {
+        first_backend!($t => $body;
+            #[cfg(feature = "flex")] Flex,
+            #[cfg(feature = "ndarray")] NdArray<f32>,
+        )
+    };
 }
 
 /// Integer labels borrowed or copied out of a backend tensor.
@@ -197,10 +190,10 @@ fn forward_inner<B: CpuBackend>(
 ) -> Option<(B::FloatTensorPrimitive, bool, Option<Vec<f32>>)> {
     let (sums, probs) = with_problem::<B, _>(Some(x), target, valid, spec, |p| match store {
         true => {
-            let (sums, probs) = kernel::forward_storing(p);
+            let (sums, probs) = stats::forward_storing(p);
             (sums, Some(probs))
         }
-        false => (kernel::forward(p), None),
+        false => (stats::forward(p), None),
     })?;
     Some((
         B::from_floats(sums.sums, &[3, spec.dims[0], spec.dims[1]]),
@@ -218,277 +211,64 @@ enum Saved<B: Backend> {
     Probs(Vec<f32>),
 }
 
-/// The custom backward of the fused statistics.
-#[derive(Debug)]
-struct StatsBackward;
+/// The statistics: the stacked `[3, batch, class]` sums, and on the host whether the data
+/// passed the checks.
+#[derive(Debug, Clone, Copy)]
+struct StatsOp(Spec);
 
-impl<B: CpuBackend> Backward<B, 1> for StatsBackward {
-    type State = (
-        Saved<B>,
-        TargetPrim<B>,
-        Option<B::FloatTensorPrimitive>,
-        Spec,
-    );
+impl<T: CpuBackend> FusedOp<T> for StatsOp {
+    type Host = bool;
+    type State = (Saved<T>, TargetPrim<T>, Option<FloatTensor<T>>, Spec);
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [parent] = ops.parents;
-        let Some(parent) = parent else { return };
-        let (saved, target, valid, spec) = ops.state;
-        let grad = B::floats(&grad).expect("the gradient of an f32 output is f32");
+    fn forward(
+        &self,
+        x: FloatTensor<T>,
+        target: TargetPrim<T>,
+        valid: Option<FloatTensor<T>>,
+        tracked: bool,
+    ) -> Option<Forward<T, Self>> {
+        let spec = self.0;
+        // Tracked: store the probabilities for the backward pass, which then needs no
+        // activation and no buffer of its own (they become the gradient). With no activation
+        // `p = x`: the input is kept instead.
+        let store = tracked && spec.activation != Activation::None;
+        let (out, valid_data, probs) =
+            forward_inner::<T>(&x, &target, valid.as_ref(), spec, store)?;
+        let state = tracked.then(|| {
+            let saved = match probs {
+                Some(probs) => Saved::Probs(probs),
+                None => Saved::Input(x),
+            };
+            (saved, target, valid, spec)
+        });
+        Some(Forward {
+            out,
+            rest: Vec::new(),
+            host: valid_data,
+            state,
+        })
+    }
+
+    fn backward((saved, target, valid, spec): Self::State, grad: FloatTensor<T>) -> FloatTensor<T> {
+        let grad = T::floats(&grad).expect("the gradient of an f32 output is f32");
         let dx = match saved {
-            Saved::Input(x) => with_problem::<B, _>(Some(&x), &target, valid.as_ref(), spec, |p| {
-                kernel::backward(p, &grad)
+            Saved::Input(x) => with_problem::<T, _>(Some(&x), &target, valid.as_ref(), spec, |p| {
+                stats::backward(p, &grad)
             }),
             Saved::Probs(mut probs) => {
-                with_problem::<B, _>(None, &target, valid.as_ref(), spec, |p| {
-                    kernel::backward_stored(p, &grad, &mut probs)
+                with_problem::<T, _>(None, &target, valid.as_ref(), spec, |p| {
+                    stats::backward_stored(p, &grad, &mut probs)
                 })
                 .map(|()| probs)
             }
         }
         .expect("the forward pass read the same tensors");
-        grads.register::<B>(parent.id, B::from_floats(dx, &spec.dims));
+        T::from_floats(dx, &spec.dims)
     }
-}
-
-/// `B` is the plain CPU backend `T`.
-fn plain<B: Backend, T: CpuBackend>(
-    input: &Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    spec: Spec,
-) -> Option<Stats<B>> {
-    if TypeId::of::<B>() != TypeId::of::<T>() {
-        return None;
-    }
-    let (target, valid) = primitives::<B, T>(target)?;
-    let x = inner_float::<B, T, 3>(input.clone())?;
-    let (out, valid_data, _) = forward_inner::<T>(&x, &target, valid.as_ref(), spec, false)?;
-    let out: Tensor<B, 3> =
-        cast(Tensor::<T, 3>::from_primitive(TensorPrimitive::Float(out))).ok()?;
-    Some(Stats {
-        sums: split(out),
-        verdict: Verdict::Host(valid_data),
-        extra: None,
-    })
-}
-
-/// `B` is `Autodiff<T>` (no checkpointing).
-fn autodiff<B: Backend, T: CpuBackend>(
-    input: &Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    spec: Spec,
-) -> Option<Stats<B>> {
-    type Ad<T> = Autodiff<T, NoCheckpointing>;
-    if TypeId::of::<B>() != TypeId::of::<Ad<T>>() {
-        return None;
-    }
-    if target.tracked() {
-        return None;
-    }
-    let (target, valid) = primitives::<B, T>(target)?;
-    let x: Tensor<Ad<T>, 3> = cast(input.clone()).ok()?;
-    let x = x.into_primitive().tensor();
-    let (out, valid_data) = match StatsBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            // Store the probabilities for the backward pass: it then needs no activation and
-            // no buffer of its own (they become the gradient). With no activation `p = x`.
-            let store = spec.activation != Activation::None;
-            let (out, valid_data, probs) =
-                forward_inner::<T>(&x.primitive, &target, valid.as_ref(), spec, store)?;
-            let saved = match probs {
-                Some(probs) => Saved::Probs(probs),
-                None => Saved::Input(x.primitive),
-            };
-            (prep.finish((saved, target, valid, spec), out), valid_data)
-        }
-        OpsKind::UnTracked(prep) => {
-            let (out, ok, _) =
-                forward_inner::<T>(&x.primitive, &target, valid.as_ref(), spec, false)?;
-            (prep.finish(out), ok)
-        }
-    };
-    let out: Tensor<B, 3> = cast(Tensor::<Ad<T>, 3>::from_primitive(TensorPrimitive::Float(
-        out,
-    )))
-    .ok()?;
-    Some(Stats {
-        sums: split(out),
-        verdict: Verdict::Host(valid_data),
-        extra: None,
-    })
-}
-
-/// Runs `f` on the `f32` data of `t` if `B` is one of the CPU backends (plain or autodiff).
-fn float_data<B: Backend, const D: usize, R>(
-    t: &Tensor<B, D>,
-    f: impl Fn(&[f32]) -> R,
-) -> Option<R> {
-    fn on<B: Backend, T: CpuBackend, const D: usize, R>(
-        t: &Tensor<B, D>,
-        f: &impl Fn(&[f32]) -> R,
-    ) -> Option<R> {
-        let p = inner_float::<B, T, D>(t.clone())?;
-        Some(f(&T::floats(&p)?))
-    }
-    on_cpu_backends!(T => on::<B, T, D, R>(t, &f))
-}
-
-/// Runs `f` on the labels of `t` if `B` is one of the CPU backends (plain or autodiff).
-fn int_data<B: Backend, const D: usize, R>(
-    t: &Tensor<B, D, Int>,
-    f: impl Fn(Labels) -> R,
-) -> Option<R> {
-    fn on<B: Backend, T: CpuBackend, const D: usize, R>(
-        t: &Tensor<B, D, Int>,
-        f: &impl Fn(Labels) -> R,
-    ) -> Option<R> {
-        let p = inner_int::<B, T, D>(t.clone())?;
-        Some(f(T::ints(&p)?.as_labels()))
-    }
-    on_cpu_backends!(T => on::<B, T, D, R>(t, &f))
-}
-
-/// See [`super::all_finite`].
-pub(super) fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<bool> {
-    float_data(t, kernel::all_finite)
-}
-
-/// See [`super::labels_in_range`].
-pub(super) fn labels_in_range<B: Backend, const D: usize>(
-    t: &Tensor<B, D, Int>,
-    classes: usize,
-    ignore: Option<usize>,
-) -> Option<bool> {
-    int_data(t, |l| kernel::labels_in_range(l, classes, ignore))
-}
-
-/// burn-ndarray 0.21 copies the data on every reshape (`to_shape(..).into_shared()`); a
-/// contiguous array only needs new dimensions over the same shared buffer.
-#[cfg(feature = "ndarray")]
-fn ndarray_reshape(t: NdArrayTensor, shape: &[usize]) -> NdArrayTensor {
-    macro_rules! zero_copy {
-        ($($variant:ident),*) => {
-            match t {
-                $(NdArrayTensor::$variant(s) => {
-                    let array = s.into_shared();
-                    if array.is_standard_layout() {
-                        if let Ok(reshaped) = array.clone().into_shape_with_order(shape.to_vec()) {
-                            return reshaped.into();
-                        }
-                    }
-                    NdArray::<f32>::float_reshape(array.into(), shape.into())
-                })*
-                other => NdArray::<f32>::float_reshape(other, shape.into()),
-            }
-        };
-    }
-    zero_copy!(F32, I64, I32)
-}
-
-/// The autodiff reshape of [`ndarray_reshape`]: the gradient is reshaped back the same way.
-#[cfg(feature = "ndarray")]
-#[derive(Debug)]
-struct ReshapeBackward;
-
-#[cfg(feature = "ndarray")]
-impl Backward<NdArray<f32>, 1> for ReshapeBackward {
-    type State = Vec<usize>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<NdArray<f32>>(&ops.node);
-        let [parent] = ops.parents;
-        if let Some(parent) = parent {
-            grads.register::<NdArray<f32>>(parent.id, ndarray_reshape(grad, &ops.state));
-        }
-    }
-}
-
-/// `t.reshape(shape)` without burn-ndarray's copy, where `B` is `NdArray<f32>` (plain or under
-/// `Autodiff`); `Err(t)` for every other backend.
-#[cfg(feature = "ndarray")]
-pub(super) fn reshape<B: Backend, const D: usize, const D2: usize>(
-    t: Tensor<B, D>,
-    shape: [usize; D2],
-) -> Result<Tensor<B, D2>, Tensor<B, D>> {
-    type Nd = NdArray<f32>;
-    type AdNd = Autodiff<Nd, NoCheckpointing>;
-    let t = match cast::<Tensor<B, D>, Tensor<Nd, D>>(t) {
-        Ok(t) => {
-            let out = ndarray_reshape(t.into_primitive().tensor(), &shape);
-            let out = Tensor::<Nd, D2>::from_primitive(TensorPrimitive::Float(out));
-            return Ok(cast(out).expect("B is NdArray<f32>"));
-        }
-        Err(t) => t,
-    };
-    let t = match cast::<Tensor<B, D>, Tensor<AdNd, D>>(t) {
-        Ok(t) => {
-            let x = t.into_primitive().tensor();
-            let original = x.primitive.shape().dims::<D>().to_vec();
-            let out = ndarray_reshape(x.primitive.clone(), &shape);
-            let out = match ReshapeBackward
-                .prepare::<NoCheckpointing>([x.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(original, out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            };
-            let out = Tensor::<AdNd, D2>::from_primitive(TensorPrimitive::Float(out));
-            return Ok(cast(out).expect("B is Autodiff<NdArray<f32>>"));
-        }
-        Err(t) => t,
-    };
-    Err(t)
-}
-
-/// Without burn-ndarray there is no copying reshape to avoid.
-#[cfg(not(feature = "ndarray"))]
-pub(super) fn reshape<B: Backend, const D: usize, const D2: usize>(
-    t: Tensor<B, D>,
-    _shape: [usize; D2],
-) -> Result<Tensor<B, D2>, Tensor<B, D>> {
-    Err(t)
-}
-
-/// [`reshape`] for integer tensors (no autodiff node: integer tensors carry no gradient).
-#[cfg(feature = "ndarray")]
-pub(super) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
-    t: Tensor<B, D, Int>,
-    shape: [usize; D2],
-) -> Result<Tensor<B, D2, Int>, Tensor<B, D, Int>> {
-    fn on<
-        B: Backend,
-        T: Backend<IntTensorPrimitive = NdArrayTensor>,
-        const D: usize,
-        const D2: usize,
-    >(
-        t: Tensor<B, D, Int>,
-        shape: [usize; D2],
-    ) -> Result<Tensor<B, D2, Int>, Tensor<B, D, Int>> {
-        let t: Tensor<T, D, Int> = cast(t)?;
-        let out = Tensor::<T, D2, Int>::from_primitive(ndarray_reshape(t.into_primitive(), &shape));
-        Ok(cast(out).expect("same backend"))
-    }
-    on::<B, NdArray<f32>, D, D2>(t, shape)
-        .or_else(|t| on::<B, Autodiff<NdArray<f32>, NoCheckpointing>, D, D2>(t, shape))
-}
-
-/// Without burn-ndarray there is no copying reshape to avoid.
-#[cfg(not(feature = "ndarray"))]
-pub(super) fn reshape_int<B: Backend, const D: usize, const D2: usize>(
-    t: Tensor<B, D, Int>,
-    _shape: [usize; D2],
-) -> Result<Tensor<B, D2, Int>, Tensor<B, D, Int>> {
-    Err(t)
 }
 
 /// A fused operation of the input alone (target and mask are data): its options and its
-/// forward and backward kernels on the raw data (the autodiff state of [`InputOpBackward`]).
+/// forward and backward kernels on the raw data, run as a [`FusedOp`] through [`Input`].
 trait InputOp: Clone + Send + std::fmt::Debug + 'static {
     /// `[batch, class, pixels]` of the input.
     fn dims(&self) -> [usize; 3];
@@ -544,11 +324,11 @@ impl InputOp for CeSpec {
         vec![2, self.dims[0]]
     }
     fn forward(&self, problem: &Problem) -> Vec<f32> {
-        kernel::ce::forward(&self.problem(problem))
+        ce::forward(&self.problem(problem))
     }
     fn backward(&self, problem: &Problem, grad: &[f32]) -> Vec<f32> {
         // The norm row does not depend on the input.
-        kernel::ce::backward(&self.problem(problem), &grad[..self.dims[0]])
+        ce::backward(&self.problem(problem), &grad[..self.dims[0]])
     }
 }
 
@@ -578,88 +358,58 @@ impl InputOp for FocalSpec {
         vec![self.dims[0], self.dims[1]]
     }
     fn forward(&self, problem: &Problem) -> Vec<f32> {
-        kernel::focal::forward(&self.problem(problem))
+        focal::forward(&self.problem(problem))
     }
     fn backward(&self, problem: &Problem, grad: &[f32]) -> Vec<f32> {
-        kernel::focal::backward(&self.problem(problem), grad)
+        focal::backward(&self.problem(problem), grad)
     }
 }
 
-/// The custom backward of an [`InputOp`].
-#[derive(Debug)]
-struct InputOpBackward<S>(PhantomData<S>);
+/// An [`InputOp`] as a [`FusedOp`].
+#[derive(Debug, Clone)]
+struct Input<S>(S);
 
-impl<B: CpuBackend, S: InputOp> Backward<B, 1> for InputOpBackward<S> {
-    type State = (
-        B::FloatTensorPrimitive,
-        TargetPrim<B>,
-        Option<B::FloatTensorPrimitive>,
-        S,
-    );
+impl<T: CpuBackend, S: InputOp> FusedOp<T> for Input<S> {
+    type Host = ();
+    type State = (FloatTensor<T>, TargetPrim<T>, Option<FloatTensor<T>>, S);
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [parent] = ops.parents;
-        let Some(parent) = parent else { return };
-        let (x, target, valid, op) = ops.state;
-        let grad = B::floats(&grad).expect("the gradient of an f32 output is f32");
+    fn forward(
+        &self,
+        x: FloatTensor<T>,
+        target: TargetPrim<T>,
+        valid: Option<FloatTensor<T>>,
+        tracked: bool,
+    ) -> Option<Forward<T, Self>> {
+        let op = &self.0;
+        let out = op.with::<T, _>(&x, &target, valid.as_ref(), |p| op.forward(p))?;
+        Some(Forward {
+            out: T::from_floats(out, &op.out_shape()),
+            rest: Vec::new(),
+            host: (),
+            state: tracked.then(|| (x, target, valid, op.clone())),
+        })
+    }
+
+    fn backward((x, target, valid, op): Self::State, grad: FloatTensor<T>) -> FloatTensor<T> {
+        let grad = T::floats(&grad).expect("the gradient of an f32 output is f32");
         let dx = op
-            .with::<B, _>(&x, &target, valid.as_ref(), |p| op.backward(p, &grad))
+            .with::<T, _>(&x, &target, valid.as_ref(), |p| op.backward(p, &grad))
             .expect("the forward pass read the same tensors");
-        grads.register::<B>(parent.id, B::from_floats(dx, &op.dims()));
+        T::from_floats(dx, &op.dims())
     }
 }
 
-/// Runs `op` where `B` is `T` or `Autodiff<T>` (no checkpointing), registering its backward
-/// when the input is tracked; `None` for other backends, tracked targets, or data the kernel
-/// cannot read.
-fn fused_op<B: Backend, T: CpuBackend, S: InputOp>(
-    input: &Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    op: &S,
-) -> Option<Tensor<B, 2>> {
-    type Ad<T> = Autodiff<T, NoCheckpointing>;
-    let forward = |x: &T::FloatTensorPrimitive, t: &TargetPrim<T>, v: Option<&_>| {
-        let out = op.with::<T, _>(x, t, v, |p| op.forward(p))?;
-        Some(T::from_floats(out, &op.out_shape()))
-    };
-    if TypeId::of::<B>() == TypeId::of::<T>() {
-        let (t, v) = primitives::<B, T>(target)?;
-        let x = inner_float::<B, T, 3>(input.clone())?;
-        let out = forward(&x, &t, v.as_ref())?;
-        return cast(Tensor::<T, 2>::from_primitive(TensorPrimitive::Float(out))).ok();
-    }
-    if TypeId::of::<B>() != TypeId::of::<Ad<T>>() || target.tracked() {
-        return None;
-    }
-    let (t, v) = primitives::<B, T>(target)?;
-    let x: Tensor<Ad<T>, 3> = cast(input.clone()).ok()?;
-    let x = x.into_primitive().tensor();
-    let out = forward(&x.primitive, &t, v.as_ref())?;
-    let out = match InputOpBackward::<S>(PhantomData)
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, t, v, op.clone()), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    cast(Tensor::<Ad<T>, 2>::from_primitive(TensorPrimitive::Float(
-        out,
-    )))
-    .ok()
-}
-
-/// [`fused_op`] on burn-flex or burn-ndarray.
+/// [`Input`] `op` on burn-flex or burn-ndarray.
 fn input_op<B: Backend, S: InputOp>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     op: S,
 ) -> Option<Tensor<B, 2>> {
-    if op.dims().contains(&0) {
-        return None;
-    }
-    on_cpu_backends!(T => fused_op::<B, T, S>(input, target, &op))
+    let op = Input(op);
+    let (mut out, ()) = on_cpu_backends!(T => run::<B, T, _>(input, target, &op))?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(
+        out.remove(0),
+    )))
 }
 
 /// See [`super::ce_sums`].
@@ -702,12 +452,7 @@ pub(super) fn focal_sums<B: Backend>(
 
 /// Whether `B` is one of the CPU backends the kernels run on.
 pub(super) fn handles<B: Backend>() -> bool {
-    let id = TypeId::of::<B>();
-    on_cpu_backends!(T => {
-        (id == TypeId::of::<T>() || id == TypeId::of::<Autodiff<T, NoCheckpointing>>())
-            .then_some(())
-    })
-    .is_some()
+    on_cpu_backends!(T => is_backend::<B, T>()).is_some()
 }
 
 /// See [`super::class_stats`].
@@ -717,16 +462,18 @@ pub(super) fn class_stats<B: Backend>(
     activation: Activation,
     terms: Terms,
 ) -> Option<Stats<B>> {
-    let spec = Spec {
+    let op = StatsOp(Spec {
         dims: input.dims(),
         activation,
         terms,
-    };
-    if spec.dims.contains(&0) {
-        return None;
-    }
-    on_cpu_backends!(T => autodiff::<B, T>(input, target, spec))
-        .or_else(|| on_cpu_backends!(T => plain::<B, T>(input, target, spec)))
+    });
+    let (mut out, valid_data) = on_cpu_backends!(T => run::<B, T, _>(input, target, &op))?;
+    let out = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(out.remove(0)));
+    Some(Stats {
+        sums: split(out),
+        verdict: Verdict::Host(valid_data),
+        extra: None,
+    })
 }
 
 #[cfg(all(test, feature = "ndarray", feature = "flex"))]
@@ -737,6 +484,7 @@ mod tests {
     use crate::kernels::tests::{compare_on, deferred_checks_on, panic_message, SMALL};
     use crate::DiceLossConfig;
     use burn::tensor::Tolerance;
+    use burn_autodiff::Autodiff;
 
     #[test]
     fn fused_equals_generic_on_autodiff_ndarray() {
@@ -832,49 +580,5 @@ mod borrow_tests {
     fn contiguous_data_is_read_in_place() {
         assert!(borrowed::<Flex>(), "flex");
         assert!(borrowed::<NdArray<f32>>(), "ndarray");
-    }
-}
-
-#[cfg(all(test, feature = "ndarray", feature = "flex"))]
-mod reshape_tests {
-    use super::*;
-    use burn::tensor::{Distribution, Tolerance};
-
-    type Ad = Autodiff<NdArray<f32>>;
-
-    #[test]
-    fn ndarray_reshape_matches_burns_with_gradients() {
-        let device = Default::default();
-        let base = Tensor::<Ad, 4>::random([2, 3, 4, 5], Distribution::Default, &device);
-        let weights = Tensor::<Ad, 3>::random([2, 3, 20], Distribution::Default, &device);
-        // Contiguous, and a permuted (non-contiguous) view that must fall back to a copy.
-        for permuted in [false, true] {
-            // Value and input gradient of `weights · reshape(x)`, one graph per call.
-            let run = |ours: bool| {
-                let x = base.clone().detach().require_grad();
-                let input = if permuted {
-                    x.clone().swap_dims(2, 3)
-                } else {
-                    x.clone()
-                };
-                let y = if ours {
-                    reshape(input, [2, 3, 20]).expect("ndarray handled")
-                } else {
-                    input.reshape([2, 3, 20])
-                };
-                let value = y.to_data();
-                let grads = (y * weights.clone()).sum().backward();
-                (value, x.grad(&grads).expect("tracked").to_data())
-            };
-            let ((v, g), (v_ref, g_ref)) = (run(true), run(false));
-            v.assert_approx_eq::<f32>(&v_ref, Tolerance::absolute(0.0));
-            g.assert_approx_eq::<f32>(&g_ref, Tolerance::absolute(0.0));
-        }
-        let labels = Tensor::<Ad, 1, Int>::arange(0..120, &device).reshape([2, 3, 4, 5]);
-        let flat = reshape_int(labels.clone(), [2, 3, 20]).expect("ndarray handled");
-        assert_eq!(flat.to_data(), labels.reshape([2, 3, 20]).to_data());
-        // Other backends are left to burn.
-        let flex = Tensor::<Flex, 2>::zeros([2, 3], &Default::default());
-        assert!(reshape(flex, [6]).is_err());
     }
 }

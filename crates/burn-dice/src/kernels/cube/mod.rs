@@ -16,17 +16,11 @@ mod common;
 mod focal;
 mod stats;
 
-use std::any::TypeId;
 use std::marker::PhantomData;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
-use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::NoCheckpointing;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -34,9 +28,10 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use super::backend::{cast, inner_float, primitives, split, TargetPrim};
+use super::backend::{run, split, Forward, FusedOp, TargetPrim};
 use super::input::{Extra, ExtraSums, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
+use crate::downcast::{first_backend, inner_float, is_backend};
 #[cfg(feature = "wgpu")]
 pub use common::wgpu_plane_reductions;
 pub use common::{launches, set_plane_reductions};
@@ -274,29 +269,61 @@ impl<B: FusionBackend + CubeKernels> CubeKernels for Fusion<B> {
     }
 }
 
-/// The custom backward of a forward [`Op`]: runs the backward [`Op`] on the saved inputs with
-/// the gradient of the forward operation's first output.
-#[derive(Debug)]
-struct KernelBackward;
+/// A forward [`Op`] with its backward [`Op`] and the class weights of the cross-entropy, as a
+/// [`FusedOp`]: the backward op runs on the saved inputs with the gradient of the forward op's
+/// first output.
+#[derive(Debug, Clone)]
+struct KernelOp<K: Backend> {
+    forward: Op,
+    backward: Op,
+    weight: Option<FloatTensor<K>>,
+}
 
-impl<K: CubeKernels> Backward<K, 1> for KernelBackward {
+impl<K: CubeKernels> FusedOp<K> for KernelOp<K> {
+    type Host = ();
     type State = (Op, Inputs<K>);
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<K>(&ops.node);
-        let [parent] = ops.parents;
-        let Some(parent) = parent else { return };
-        let (op, mut inputs) = ops.state;
+    fn forward(
+        &self,
+        x: FloatTensor<K>,
+        target: TargetPrim<K>,
+        valid: Option<FloatTensor<K>>,
+        tracked: bool,
+    ) -> Option<Forward<K, Self>> {
+        let (dense, labels) = match target {
+            TargetPrim::Dense(t) => (Some(t), None),
+            TargetPrim::Indices(l) => (None, Some(l)),
+        };
+        let dtype = x.dtype();
+        let same = |t: &Option<FloatTensor<K>>| t.as_ref().is_none_or(|t| t.dtype() == dtype);
+        if !(same(&dense) && same(&valid) && same(&self.weight) && is_float(dtype)) {
+            return None;
+        }
+        let inputs = Inputs {
+            x,
+            dense,
+            labels,
+            valid,
+            weight: self.weight.clone(),
+            grad: None,
+        };
+        let mut outputs = K::run(&self.forward, inputs.clone()).into_iter();
+        Some(Forward {
+            out: outputs.next().expect("every op has an output"),
+            rest: outputs.collect(),
+            host: (),
+            state: tracked.then_some((self.backward, inputs)),
+        })
+    }
+
+    fn backward((op, mut inputs): Self::State, grad: FloatTensor<K>) -> FloatTensor<K> {
         inputs.grad = Some(grad);
-        let dx = K::run(&op, inputs).remove(0);
-        grads.register::<K>(parent.id, dx);
+        K::run(&op, inputs).remove(0)
     }
 }
 
-/// Runs `forward` on `input` where `B` is `K` or `Autodiff<K>` (burn's default
-/// checkpointing), registering `backward` for the input's gradient of its first output; the
-/// outputs as primitives of `B`. `None` for other backends, a target that requires a gradient,
-/// or tensors of another element type than the input.
+/// Runs `forward` (with `backward` for the input's gradient) where `B` is `K` or
+/// `Autodiff<K>`: see [`run`]. `None` also for tensors of another element type than the input.
 fn launch<B: Backend, K: CubeKernels>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
@@ -304,70 +331,16 @@ fn launch<B: Backend, K: CubeKernels>(
     forward: Op,
     backward: Op,
 ) -> Option<Vec<B::FloatTensorPrimitive>> {
-    type Ad<K> = Autodiff<K, NoCheckpointing>;
-    let plain = TypeId::of::<B>() == TypeId::of::<K>();
-    if !(plain || TypeId::of::<B>() == TypeId::of::<Ad<K>>()) || target.tracked() {
-        return None;
-    }
-    if input.dims().contains(&0) {
-        return None;
-    }
-    let (target, valid) = primitives::<B, K>(target)?;
     let weight = match weight {
         Some(w) => Some(inner_float::<B, K, 1>(w.clone())?),
         None => None,
     };
-    let (dense, labels) = match target {
-        TargetPrim::Dense(t) => (Some(t), None),
-        TargetPrim::Indices(l) => (None, Some(l)),
+    let op = KernelOp::<K> {
+        forward,
+        backward,
+        weight,
     };
-    let dtype = input.dtype();
-    let same = |t: &Option<FloatTensor<K>>| t.as_ref().is_none_or(|t| t.dtype() == dtype);
-    if !(same(&dense) && same(&valid) && same(&weight) && is_float(dtype)) {
-        return None;
-    }
-    let inputs = |x: FloatTensor<K>| Inputs {
-        x,
-        dense: dense.clone(),
-        labels: labels.clone(),
-        valid: valid.clone(),
-        weight: weight.clone(),
-        grad: None,
-    };
-    if plain {
-        let x = inner_float::<B, K, 3>(input.clone())?;
-        let outputs = K::run(&forward, inputs(x));
-        return Some(outputs.into_iter().map(|p| into_b::<B, K>(p)).collect());
-    }
-    let x: Tensor<Ad<K>, 3> = cast(input.clone()).ok()?;
-    let x = x.into_primitive().tensor();
-    let saved = inputs(x.primitive.clone());
-    let mut outputs = K::run(&forward, saved.clone()).into_iter();
-    let first = outputs.next().expect("every op has an output");
-    let first = match KernelBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((backward, saved), first),
-        OpsKind::UnTracked(prep) => prep.finish(first),
-    };
-    // The other outputs (the verdict) carry no gradient.
-    let rest = outputs.map(<Ad<K> as AutodiffBackend>::from_inner);
-    Some(
-        std::iter::once(first)
-            .chain(rest)
-            .map(|p| {
-                cast::<_, B::FloatTensorPrimitive>(p)
-                    .unwrap_or_else(|_| unreachable!("B is Autodiff<K>"))
-            })
-            .collect(),
-    )
-}
-
-/// A primitive of `K` as one of `B`, which is `K`.
-fn into_b<B: Backend, K: Backend>(p: FloatTensor<K>) -> B::FloatTensorPrimitive {
-    cast::<_, B::FloatTensorPrimitive>(p).unwrap_or_else(|_| unreachable!("B is K"))
+    run::<B, K, _>(input, target, &op).map(|(outputs, ())| outputs)
 }
 
 /// The element types the kernels read: `f32`, and `f16`/`bf16` where the device has them.
@@ -389,45 +362,25 @@ type CudaCube<F = f32> = CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
 /// `Cuda<bf16>`, each with and without fusion. The element type is the backend's default;
 /// the kernels read whatever `f32`/`f16`/`bf16` tensor they are given ([`is_float`]).
 macro_rules! on_cube_backends {
-    ($k:ident => $body:expr) => {{
-        let out = None;
-        #[cfg(feature = "wgpu")]
-        let out = fused_and_plain!(out, $k, WgpuCube, $body);
-        #[cfg(feature = "wgpu")]
-        let out = fused_and_plain!(out, $k, WgpuCube<burn::tensor::f16>, $body);
-        #[cfg(feature = "cuda")]
-        let out = fused_and_plain!(out, $k, CudaCube, $body);
-        #[cfg(feature = "cuda")]
-        let out = fused_and_plain!(out, $k, CudaCube<burn::tensor::f16>, $body);
-        #[cfg(feature = "cuda")]
-        let out = fused_and_plain!(out, $k, CudaCube<burn::tensor::bf16>, $body);
-        out
-    }};
-}
-
-/// `$out`, else `$body` with `$k` the CubeCL backend `$cube` under burn-fusion (burn's
-/// default), else with `$k` the plain `$cube`: one step of [`on_cube_backends`].
-macro_rules! fused_and_plain {
-    ($out:expr, $k:ident, $cube:ty, $body:expr) => {
-        $out.or_else(|| {
-            type $k = Fusion<$cube>;
-            $body
-        })
-        .or_else(|| {
-            type $k = $cube;
-            $body
-        })
+    ($k:ident => $body:expr) => {
+        first_backend!($k => $body;
+            #[cfg(feature = "wgpu")] Fusion<WgpuCube>,
+            #[cfg(feature = "wgpu")] WgpuCube,
+            #[cfg(feature = "wgpu")] Fusion<WgpuCube<burn::tensor::f16>>,
+            #[cfg(feature = "wgpu")] WgpuCube<burn::tensor::f16>,
+            #[cfg(feature = "cuda")] Fusion<CudaCube>,
+            #[cfg(feature = "cuda")] CudaCube,
+            #[cfg(feature = "cuda")] Fusion<CudaCube<burn::tensor::f16>>,
+            #[cfg(feature = "cuda")] CudaCube<burn::tensor::f16>,
+            #[cfg(feature = "cuda")] Fusion<CudaCube<burn::tensor::bf16>>,
+            #[cfg(feature = "cuda")] CudaCube<burn::tensor::bf16>,
+        )
     };
 }
 
 /// Whether `B` is one of the backends the kernels run on, plain or under `Autodiff`.
 pub(super) fn handles<B: Backend>() -> bool {
-    fn is<B: Backend, K: Backend>() -> Option<()> {
-        let id = TypeId::of::<B>();
-        (id == TypeId::of::<K>() || id == TypeId::of::<Autodiff<K, NoCheckpointing>>())
-            .then_some(())
-    }
-    on_cube_backends!(K => is::<B, K>()).is_some()
+    on_cube_backends!(K => is_backend::<B, K>()).is_some()
 }
 
 /// The activation as the kernels' comptime code.
@@ -512,6 +465,7 @@ mod tests {
     use super::*;
     use crate::kernels::tests::{compare_on, deferred_checks_on, SMALL};
     use crate::kernels::{generic_only, path, KernelPath};
+    use burn_autodiff::Autodiff;
     use burn_wgpu::{Wgpu, WgpuDevice};
 
     type Ad<B> = Autodiff<B>;

@@ -12,44 +12,20 @@
 //!   `loss = −v·(π·t·log σ(x) + (1 − t)·log σ(−x))`, `norm = v`;
 //!   `∂loss/∂x = v·(σ(x)·(π·t + 1 − t) − π·t)`.
 
-use super::*;
+use super::common::{exp, ln, load_aux, softmax_exps, Problem, Target, BLOCK};
+use super::isa::{dispatch, kernel_job, Isa, Kernel};
+use super::jobs::{blocks, map_jobs, write_jobs, Job};
 
 /// One cross-entropy problem: the data of `base` (its activation and `terms` are not
 /// read) and the options of the term.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CeProblem<'a> {
+pub(super) struct CeProblem<'a> {
     pub base: Problem<'a>,
     /// One weight per class (`ce_weight`), or ones.
     pub class_weight: Option<&'a [f32]>,
     /// The weight of the positive term of the single-channel case.
     pub pos_weight: f32,
     pub label_smoothing: f32,
-}
-
-/// `ln x` for finite `x ≥ 1`, branch-free: `x = m·2^e` with `m` in `[√½, √2)` and Cephes'
-/// polynomial for `ln m` (about 1 ulp).
-#[inline(always)]
-pub(crate) fn ln<const FMA: bool>(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-    let big = m > std::f32::consts::SQRT_2;
-    let m = if big { m * 0.5 } else { m };
-    let e = ((bits >> 23) as i32 - 127 + big as i32) as f32;
-    let f = m - 1.0;
-    let z = f * f;
-    let y = 7.037_683_6e-2_f32;
-    let y = mul_add::<FMA>(y, f, -1.151_461e-1);
-    let y = mul_add::<FMA>(y, f, 1.167_699_9e-1);
-    let y = mul_add::<FMA>(y, f, -1.242_014_1e-1);
-    let y = mul_add::<FMA>(y, f, 1.424_932_3e-1);
-    let y = mul_add::<FMA>(y, f, -1.666_805_8e-1);
-    let y = mul_add::<FMA>(y, f, 2.000_071_4e-1);
-    let y = mul_add::<FMA>(y, f, -2.499_999_4e-1);
-    let y = mul_add::<FMA>(y, f, 3.333_333e-1);
-    let y = y * f * z;
-    let y = mul_add::<FMA>(-2.121_944_4e-4, e, y);
-    let y = mul_add::<FMA>(-0.5, z, y);
-    mul_add::<FMA>(0.693_359_4, e, f + y)
 }
 
 /// Scratch space of one block.
@@ -257,7 +233,7 @@ fn backward_job<const FMA: bool>(
 }
 
 /// Per sample: `[Σ loss, Σ norm]`, stacked `[2, batch]`.
-pub(crate) fn forward(cp: &CeProblem) -> Vec<f32> {
+pub(super) fn forward(cp: &CeProblem) -> Vec<f32> {
     let isa = Isa::best();
     let batch = cp.base.batch;
     let mut out = vec![0.0f64; 2 * batch];
@@ -270,7 +246,7 @@ pub(crate) fn forward(cp: &CeProblem) -> Vec<f32> {
 }
 
 /// The gradient with respect to `x` of `Σ_b grad[b]·loss_b` (`norm` does not depend on `x`).
-pub(crate) fn backward(cp: &CeProblem, grad: &[f32]) -> Vec<f32> {
+pub(super) fn backward(cp: &CeProblem, grad: &[f32]) -> Vec<f32> {
     let isa = Isa::best();
     write_jobs(&cp.base, |job, out| {
         dispatch(isa, BackwardJob { cp, grad, job, out })
@@ -289,23 +265,10 @@ kernel_job!(BackwardJob<'a, 'b, 'g, 'o, 'r> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::common::Labels;
     use super::*;
-
-    #[test]
-    fn ln_is_within_two_ulp_of_std() {
-        let mut worst = 0.0f32;
-        let mut x = 1.0f32;
-        while x < 1e6 {
-            for fma in [false, true] {
-                let ours = if fma { ln::<true>(x) } else { ln::<false>(x) };
-                let std = x.ln();
-                worst = worst.max((ours - std).abs() / std.abs().max(f32::EPSILON));
-            }
-            x *= 1.0137;
-        }
-        assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert_eq!(ln::<false>(1.0), 0.0);
-    }
+    use crate::activation::Activation;
+    use crate::kernels::input::Terms;
 
     /// The loss, its norm and its gradient against an `f64` computation of the formulas at
     /// the top of this module, and the gradient against finite differences of the loss.

@@ -7,13 +7,14 @@
 //! `bce = x − x·t − ls(x)`, `m = e^(γ·ls(z))` (`(1 − p_t)^γ`), `a = α·t + (1 − α)(1 − t)` (or 1),
 //! `loss = a·m·bce`, and `∂loss/∂x = a·m·(σ(x) − t − γ·s·σ(−z)·bce)`.
 
-use super::ce::ln;
-use super::*;
+use super::common::{exp, ln, load_aux, Problem, Target, BLOCK};
+use super::isa::{dispatch, kernel_job, Isa, Kernel};
+use super::jobs::{blocks, map_jobs, write_jobs, Job};
 
 /// One focal problem: the data of `base` (its activation and `terms` are not read) and
 /// the options of the term.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FocalProblem<'a> {
+pub(super) struct FocalProblem<'a> {
     pub base: Problem<'a>,
     pub gamma: f32,
     pub alpha: Option<f32>,
@@ -116,7 +117,7 @@ fn backward_job<const FMA: bool>(
 }
 
 /// Per (sample, class): `Σ_pixels v·loss`, `[batch, class]`.
-pub(crate) fn forward(fp: &FocalProblem) -> Vec<f32> {
+pub(super) fn forward(fp: &FocalProblem) -> Vec<f32> {
     let isa = Isa::best();
     let c_count = fp.base.classes;
     let mut out = vec![0.0f64; fp.base.batch * c_count];
@@ -129,7 +130,7 @@ pub(crate) fn forward(fp: &FocalProblem) -> Vec<f32> {
 }
 
 /// The gradient with respect to `x` of `Σ_{b,c} grad[b, c]·sums[b, c]`.
-pub(crate) fn backward(fp: &FocalProblem, grad: &[f32]) -> Vec<f32> {
+pub(super) fn backward(fp: &FocalProblem, grad: &[f32]) -> Vec<f32> {
     let isa = Isa::best();
     write_jobs(&fp.base, |job, out| {
         dispatch(isa, BackwardJob { fp, grad, job, out })
@@ -148,7 +149,10 @@ kernel_job!(BackwardJob<'a, 'b, 'g, 'o, 'r> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::common::Labels;
     use super::*;
+    use crate::activation::Activation;
+    use crate::kernels::input::Terms;
 
     /// The sums against an `f64` computation of the formula, and the gradient against finite
     /// differences of it, for dense and index targets, with and without `alpha` and a mask.

@@ -1,262 +1,21 @@
-//! The fused per-(sample, class) statistics over contiguous `f32` slices: one pass forward, one
-//! pass backward, from the probabilities the forward pass stored or with the activation
-//! recomputed.
+//! The fused per-(sample, class) statistics: one pass forward, one pass backward, from the
+//! probabilities the forward pass stored or with the activation recomputed.
 //!
-//! Layout: `x` is `[batch, class, pixels]` row-major; dense targets have the same layout; class
-//! indices and the validity weights are `[batch, pixels]`. Work is split into jobs of one sample
-//! and a run of pixels; each job walks its pixels in blocks of [`BLOCK`], computes the
-//! probabilities of all classes of a block into a scratch buffer and accumulates the three sums
-//! in [`LANES`] independent `f32` lanes per class (registers: one AVX-512 vector), added into
-//! `f64` lanes after each block and summed across at the end of the job.
+//! Each job (`jobs.rs`) walks its pixels in blocks, computes the probabilities of all classes of
+//! a block into a scratch buffer and accumulates the three sums in [`LANES`] independent `f32`
+//! lanes per class (registers: one AVX-512 vector), added into `f64` lanes after each block and
+//! summed across at the end of the job.
 
 use std::mem::MaybeUninit;
 
+use super::common::{activate, block_bad, load_aux, Problem, Target, BLOCK};
+use super::isa::{dispatch, kernel_job, Isa, Kernel};
+use super::jobs::{blocks, job_rows, jobs, run_jobs, Job};
 use crate::activation::Activation;
 use crate::kernels::input::Terms;
 
-pub(crate) mod ce;
-pub(crate) mod focal;
-
-/// Pixels per block.
-const BLOCK: usize = 256;
 /// Independent `f32` accumulators per sum.
 const LANES: usize = 16;
-/// Pixels per job (per thread task).
-const JOB: usize = 16 * 1024;
-/// Below this many input elements everything runs on the calling thread.
-const PARALLEL_MIN: usize = 64 * 1024;
-
-/// Class-index labels of either integer width.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Labels<'a> {
-    I64(&'a [i64]),
-    I32(&'a [i32]),
-}
-
-impl Labels<'_> {
-    /// The labels of `range` as `f32` (exact for any class count below 2^24), into `out`.
-    #[inline(always)]
-    fn fill(&self, start: usize, out: &mut [f32]) {
-        match self {
-            Labels::I64(l) => {
-                let len = out.len();
-                for (o, &v) in out.iter_mut().zip(&l[start..start + len]) {
-                    *o = v as f32;
-                }
-            }
-            Labels::I32(l) => {
-                let len = out.len();
-                for (o, &v) in out.iter_mut().zip(&l[start..start + len]) {
-                    *o = v as f32;
-                }
-            }
-        }
-    }
-}
-
-/// What the statistics are taken against.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Target<'a> {
-    /// `[batch, class, pixels]`.
-    Dense(&'a [f32]),
-    /// `[batch, pixels]`.
-    Indices(Labels<'a>),
-}
-
-/// One statistics problem.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Problem<'a> {
-    pub x: &'a [f32],
-    pub target: Target<'a>,
-    /// `[batch, pixels]` weights (0/1: the pixels that count), or every pixel.
-    pub valid: Option<&'a [f32]>,
-    pub batch: usize,
-    pub classes: usize,
-    pub pixels: usize,
-    pub activation: Activation,
-    pub terms: Terms,
-}
-
-/// `a·b + c`, as one fused multiply-add where the caller is compiled for FMA (`FMA`), else a
-/// product and a sum (a software `fma` would be slow there).
-#[inline(always)]
-fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-/// `e^x` for `f32`, branch-free so that loops over it vectorize: Cody-Waite range reduction
-/// `x = k·ln 2 + r` and Cephes' degree-6 polynomial for `e^r` (relative error about 1 ulp on the
-/// whole range; inputs are clamped to `[-87.3, 88.3]`, so `e^x` never overflows and underflows to
-/// about 1e-38 instead of 0). `FMA`: see [`mul_add`].
-#[inline(always)]
-pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Round to nearest through the float mantissa (no SSE4.1 `round` needed).
-    const MAGIC: f32 = 12_582_912.0;
-    // `max`/`min` rather than `clamp`: they compile to vmaxps/vminps, `clamp` did not vectorize.
-    #[allow(clippy::manual_clamp)]
-    let x = x.max(-87.3).min(88.3);
-    let shifted = mul_add::<FMA>(x, LOG2E, MAGIC);
-    let k = shifted - MAGIC;
-    // The integer k sits in the low mantissa bits of `shifted`: no float-to-int conversion
-    // (whose saturating form does not vectorize).
-    let k_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
-    let r = mul_add::<FMA>(-k, LN2_LO, mul_add::<FMA>(-k, LN2_HI, x));
-    let r2 = r * r;
-    let p = 1.987_569_1e-4_f32;
-    let p = mul_add::<FMA>(p, r, 1.398_199_9e-3);
-    let p = mul_add::<FMA>(p, r, 8.333_452e-3);
-    let p = mul_add::<FMA>(p, r, 4.166_579_6e-2);
-    let p = mul_add::<FMA>(p, r, 1.666_666_5e-1);
-    let p = mul_add::<FMA>(p, r, 0.5);
-    let e = mul_add::<FMA>(p, r2, r + 1.0);
-    let scale = f32::from_bits(k_bits.wrapping_add(127) << 23);
-    e * scale
-}
-
-/// The probabilities of the classes of pixels `n0..n0 + len` of sample `b` into
-/// `probs[c * BLOCK..c * BLOCK + len]`.
-#[inline(always)]
-fn activate<const FMA: bool>(
-    problem: &Problem,
-    b: usize,
-    n0: usize,
-    len: usize,
-    probs: &mut [f32],
-) {
-    let (c_count, n) = (problem.classes, problem.pixels);
-    let row = |c: usize| &problem.x[(b * c_count + c) * n + n0..][..len];
-    match problem.activation {
-        Activation::None => {
-            for c in 0..c_count {
-                probs[c * BLOCK..c * BLOCK + len].copy_from_slice(row(c));
-            }
-        }
-        Activation::Sigmoid => {
-            for c in 0..c_count {
-                for (p, &v) in probs[c * BLOCK..c * BLOCK + len].iter_mut().zip(row(c)) {
-                    *p = 1.0 / (1.0 + exp::<FMA>(-v));
-                }
-            }
-        }
-        Activation::Softmax => {
-            let (mut max, mut sum) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-            softmax_exps::<FMA>(c_count, len, row, probs, &mut max, &mut sum);
-            let sum = &mut sum[..len];
-            for s in sum.iter_mut() {
-                *s = 1.0 / *s;
-            }
-            for c in 0..c_count {
-                for (p, s) in probs[c * BLOCK..c * BLOCK + len].iter_mut().zip(sum.iter()) {
-                    *p *= s;
-                }
-            }
-        }
-    }
-}
-
-/// The unnormalized softmax of a block: `e[c·BLOCK + k] = e^(x_c − max)`, with the per-pixel
-/// `max` and `sum = Σ_c e` (the first `len` entries of each), from the class rows `row(c)`.
-#[inline(always)]
-pub(super) fn softmax_exps<'x, const FMA: bool>(
-    c_count: usize,
-    len: usize,
-    row: impl Fn(usize) -> &'x [f32],
-    e: &mut [f32],
-    max: &mut [f32; BLOCK],
-    sum: &mut [f32; BLOCK],
-) {
-    let (max, sum) = (&mut max[..len], &mut sum[..len]);
-    max.fill(f32::NEG_INFINITY);
-    for c in 0..c_count {
-        for (m, &v) in max.iter_mut().zip(row(c)) {
-            *m = m.max(v);
-        }
-    }
-    sum.fill(0.0);
-    for c in 0..c_count {
-        let e = &mut e[c * BLOCK..c * BLOCK + len];
-        let r = &row(c)[..len];
-        for k in 0..len {
-            e[k] = exp::<FMA>(r[k] - max[k]);
-            sum[k] += e[k];
-        }
-    }
-}
-
-/// The validity weights of a block (ones when every pixel counts).
-#[inline(always)]
-fn weights(problem: &Problem, b: usize, n0: usize, len: usize, out: &mut [f32; BLOCK]) {
-    match problem.valid {
-        Some(v) => out[..len].copy_from_slice(&v[b * problem.pixels + n0..][..len]),
-        None => out[..len].fill(1.0),
-    }
-}
-
-/// Loads the weights and (for class indices) the labels of pixels `n0..n0 + len` of sample `b`.
-#[inline(always)]
-fn load_aux(
-    problem: &Problem,
-    (b, n0, len): (usize, usize, usize),
-    w: &mut [f32; BLOCK],
-    labels: &mut [f32; BLOCK],
-) {
-    weights(problem, b, n0, len, w);
-    if let Target::Indices(l) = problem.target {
-        l.fill(b * problem.pixels + n0, &mut labels[..len]);
-    }
-}
-
-/// `1` if a value's exponent is all ones (an infinity or a NaN), else `0`; branch-free.
-#[inline(always)]
-fn non_finite(v: f32) -> u32 {
-    (v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32
-}
-
-/// Marks (non-zero in `bad`, lane by lane) a non-finite input value, a dense target value
-/// outside `[0, 1]` (NaN and infinities included), or a
-/// class index outside `0..classes` (`labels` as loaded by [`load_aux`]) in the block: the
-/// checks of `check_inputs`, done on data the forward pass reads anyway.
-#[inline(always)]
-fn block_bad(
-    problem: &Problem,
-    (b, n0, len): (usize, usize, usize),
-    labels: &[f32],
-    bad: &mut [u32; BLOCK],
-) {
-    let (c_count, n) = (problem.classes, problem.pixels);
-    let bad = &mut bad[..len];
-    for c in 0..c_count {
-        let x = &problem.x[(b * c_count + c) * n + n0..][..len];
-        for k in 0..len {
-            bad[k] |= non_finite(x[k]);
-        }
-    }
-    match problem.target {
-        Target::Dense(t) => {
-            for c in 0..c_count {
-                let t = &t[(b * c_count + c) * n + n0..][..len];
-                for k in 0..len {
-                    // Not in [0, 1] (NaN fails the comparison too).
-                    bad[k] |= !(0.0..=1.0).contains(&t[k]) as u32;
-                }
-            }
-        }
-        Target::Indices(_) => {
-            let classes = c_count as f32;
-            let labels = &labels[..len];
-            for k in 0..len {
-                bad[k] |= !(labels[k] >= 0.0 && labels[k] < classes) as u32;
-            }
-        }
-    }
-}
 
 /// Branch-free [`Terms::Squared`] or [`Terms::Linear`]: `x·(sq·x + lin)` is `x²` for `(1, 0)`
 /// and `x` for `(0, 1)`, both exact.
@@ -268,134 +27,6 @@ fn squared_factors(problem: &Problem) -> (f32, f32) {
         (0.0, 1.0)
     }
 }
-
-/// Jobs: `(sample, first pixel, pixel count)`.
-type Job = (usize, usize, usize);
-
-/// The jobs of a problem, sample by sample.
-fn jobs(problem: &Problem) -> Vec<Job> {
-    let mut out = Vec::new();
-    for b in 0..problem.batch {
-        let mut n0 = 0;
-        while n0 < problem.pixels {
-            let len = JOB.min(problem.pixels - n0);
-            out.push((b, n0, len));
-            n0 += len;
-        }
-    }
-    out
-}
-
-/// The blocks of the job of pixels `start..start + count`: `(first pixel, pixel count, offset
-/// in the job)`, [`BLOCK`] pixels each but the last.
-#[inline(always)]
-fn blocks(start: usize, count: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-    (start..start + count)
-        .step_by(BLOCK)
-        .map(move |n0| (n0, BLOCK.min(start + count - n0), n0 - start))
-}
-
-fn parallel(problem: &Problem) -> bool {
-    problem.x.len() >= PARALLEL_MIN
-}
-
-/// `buf` (`[batch, class, pixels]`) cut along the jobs: for each job of `jobs`, in order, its
-/// run of pixels in each class row of its sample. The pieces are disjoint, so the jobs can
-/// write them in parallel.
-fn job_rows<'a, T>(problem: &Problem, jobs: &[Job], buf: &'a mut [T]) -> Vec<Vec<&'a mut [T]>> {
-    let (c_count, n) = (problem.classes, problem.pixels);
-    // Every (sample, class) row cut into its jobs' runs, each list reversed to pop in order.
-    let mut per_row: Vec<Vec<&mut [T]>> = buf
-        .chunks_mut(n)
-        .map(|row| {
-            let mut parts: Vec<&mut [T]> = row.chunks_mut(JOB).collect();
-            parts.reverse();
-            parts
-        })
-        .collect();
-    jobs.iter()
-        .map(|&(b, _, _)| {
-            (0..c_count)
-                .map(|c| {
-                    per_row[b * c_count + c]
-                        .pop()
-                        .expect("one run per job and row")
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// Runs `job` for each job with its rows of the output, in parallel on large problems.
-///
-/// The calling thread takes part: it and `threads − 1` tasks spawned on rayon's pool pull jobs
-/// from a shared counter until none are left. (A rayon parallel iterator would leave the
-/// calling thread asleep until the pool is done, and wake it afterwards: tens of
-/// microseconds on a sub-millisecond loss.)
-fn run_jobs<T: Send, R: Send>(
-    problem: &Problem,
-    jobs: &[Job],
-    rows: &mut [Vec<&mut [T]>],
-    job: impl Fn(Job, &mut [&mut [T]]) -> R + Sync,
-) -> Vec<R> {
-    if !parallel(problem) {
-        return jobs
-            .iter()
-            .zip(rows.iter_mut())
-            .map(|(&j, out)| job(j, out))
-            .collect();
-    }
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    // One slot per job: its rows, then its result. Each is locked once, by the thread that
-    // claimed the job.
-    type Slot<'r, 'a, T, R> = Mutex<(&'r mut Vec<&'a mut [T]>, Option<R>)>;
-    let slots: Vec<Slot<T, R>> = rows.iter_mut().map(|r| Mutex::new((r, None))).collect();
-    let next = AtomicUsize::new(0);
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(&j) = jobs.get(i) else { break };
-        let mut slot = slots[i].lock().expect("a job slot is locked once");
-        let result = job(j, slot.0);
-        slot.1 = Some(result);
-    };
-    let helpers = rayon::current_num_threads()
-        .saturating_sub(1)
-        .min(jobs.len());
-    rayon::in_place_scope(|scope| {
-        for _ in 0..helpers {
-            scope.spawn(|_| work());
-        }
-        work();
-    });
-    slots
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .expect("no job panicked")
-                .1
-                .expect("every job ran")
-        })
-        .collect()
-}
-
-/// Runs `job` for every job of `problem` (nothing written), in parallel on large problems.
-fn map_jobs<R: Send>(problem: &Problem, job: impl Fn(Job) -> R + Sync) -> Vec<(Job, R)> {
-    let jobs = jobs(problem);
-    let mut rows: Vec<Vec<&mut [f32]>> = jobs.iter().map(|_| Vec::new()).collect();
-    let out = run_jobs(problem, &jobs, &mut rows, |j, _| job(j));
-    jobs.into_iter().zip(out).collect()
-}
-
-/// A new buffer of the input's size, each job writing its rows (every element) with `job`.
-fn write_jobs(problem: &Problem, job: impl Fn(Job, &mut [&mut [f32]]) + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; problem.x.len()];
-    let jobs = jobs(problem);
-    let mut rows = job_rows(problem, &jobs, &mut out);
-    run_jobs(problem, &jobs, &mut rows, job);
-    out
-}
-
 /// Scratch space of one forward job.
 struct ForwardScratch {
     /// `[class][BLOCK]` probabilities of the block.
@@ -587,7 +218,7 @@ fn forward_job<const FMA: bool>(
 
 /// What the forward pass returns.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Sums {
+pub(super) struct Sums {
     /// The three `[batch, class]` tables, stacked: `[3, batch, class]`.
     pub sums: Vec<f32>,
     /// Every input and dense target value is finite and every class index is in
@@ -596,18 +227,18 @@ pub(crate) struct Sums {
 }
 
 /// The statistics of `problem`.
-pub(crate) fn forward(problem: &Problem) -> Sums {
+pub(super) fn forward(problem: &Problem) -> Sums {
     forward_on(Isa::best(), problem, None)
 }
 
 /// [`forward`], and the probabilities (the input's size), for [`backward_stored`].
-pub(crate) fn forward_storing(problem: &Problem) -> (Sums, Vec<f32>) {
+pub(super) fn forward_storing(problem: &Problem) -> (Sums, Vec<f32>) {
     forward_storing_on(Isa::best(), problem)
 }
 
 /// [`forward_storing`] compiled for `isa`, which the CPU must support.
 #[allow(unsafe_code)]
-pub(crate) fn forward_storing_on(isa: Isa, problem: &Problem) -> (Sums, Vec<f32>) {
+pub(super) fn forward_storing_on(isa: Isa, problem: &Problem) -> (Sums, Vec<f32>) {
     // Not zeroed: every element is written below, and zeroing is a serial pass as long as the
     // kernel itself on one core.
     let mut probs = Vec::with_capacity(problem.x.len());
@@ -653,7 +284,7 @@ fn forward_on(isa: Isa, problem: &Problem, probs: Option<&mut [MaybeUninit<f32>]
 /// or `2·p·w²` ([`Terms::Squared`]); with [`Terms::SoftL1`], `∂I/∂p = w·(sgn pw − sgn(pw −
 /// tw))/2` and `∂P/∂p = w·sgn pw` ([`Terms::d_soft`]); then through the activation: sigmoid
 /// `p(1 − p)`, softmax `p_c (dp_c − Σ_k p_k dp_k)`.
-pub(crate) fn backward(problem: &Problem, grad: &[f32]) -> Vec<f32> {
+pub(super) fn backward(problem: &Problem, grad: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0f32; problem.x.len()];
     backward_on(Isa::best(), problem, grad, &mut dx, false);
     dx
@@ -662,13 +293,13 @@ pub(crate) fn backward(problem: &Problem, grad: &[f32]) -> Vec<f32> {
 /// [`backward`] from the probabilities that [`forward`] stored in `probs`, overwritten in
 /// place by the gradient: no activation to recompute and no new buffer. `problem.x` is not
 /// read.
-pub(crate) fn backward_stored(problem: &Problem, grad: &[f32], probs: &mut [f32]) {
+pub(super) fn backward_stored(problem: &Problem, grad: &[f32], probs: &mut [f32]) {
     backward_on(Isa::best(), problem, grad, probs, true);
 }
 
 /// The backward pass compiled for `isa` (which the CPU must support) into `out`; `stored`: see
 /// [`backward_stored`].
-pub(crate) fn backward_on(
+pub(super) fn backward_on(
     isa: Isa,
     problem: &Problem,
     grad: &[f32],
@@ -812,138 +443,6 @@ fn backward_job<const FMA: bool>(
         }
     }
 }
-
-/// Whether every value is finite (one vectorized pass; both cores on large inputs).
-pub(crate) fn all_finite(x: &[f32]) -> bool {
-    // An exponent of all ones is an infinity or a NaN.
-    let bad = |c: &[f32]| {
-        c.iter().fold(0u32, |acc, v| {
-            acc | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
-        }) != 0
-    };
-    if x.len() >= PARALLEL_MIN {
-        use rayon::prelude::*;
-        !x.par_chunks(JOB * 4).any(bad)
-    } else {
-        !bad(x)
-    }
-}
-
-/// Whether every label is in `0..classes` or equal to `ignore`.
-pub(crate) fn labels_in_range(labels: Labels, classes: usize, ignore: Option<usize>) -> bool {
-    let (has_ignore, ignore) = (ignore.is_some(), ignore.unwrap_or(0) as i64);
-    let n = classes as i64;
-    let ok = |v: i64| (0 <= v && v < n) | (has_ignore & (v == ignore));
-    match labels {
-        Labels::I64(l) => l.iter().fold(true, |acc, &v| acc & ok(v)),
-        Labels::I32(l) => l.iter().fold(true, |acc, &v| acc & ok(v as i64)),
-    }
-}
-
-// Runtime dispatch to an AVX2 + FMA build of the same loops where the CPU has them (8 lanes
-// instead of SSE2's 4); the code is identical, only the instruction set differs.
-
-/// The instruction sets the jobs are compiled for; the code is the same, only the vector width
-/// (SSE2's 4 lanes, AVX2's 8, AVX-512's 16) and the fused multiply-adds differ. Chosen at run
-/// time from what the CPU has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) enum Isa {
-    /// The target's baseline (SSE2 on x86-64).
-    Baseline,
-    /// AVX2 and FMA.
-    Avx2,
-    /// AVX-512 (F and VL), AVX2 and FMA.
-    Avx512,
-}
-
-impl Isa {
-    /// The widest this CPU runs.
-    pub fn best() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
-                return Isa::Avx512;
-            }
-            if has!("avx2") && has!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Baseline
-    }
-
-    /// Every level this CPU runs (for tests).
-    #[cfg(test)]
-    pub fn available() -> Vec<Isa> {
-        [Isa::Baseline, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|&isa| isa == Isa::Baseline || Isa::best() == isa || Isa::best() == Isa::Avx512)
-            .collect()
-    }
-}
-
-/// One job of a kernel, compiled for whichever instruction set [`dispatch`] picks:
-/// `run::<true>` inside the AVX2 and AVX-512 builds (fused multiply-adds), `run::<false>` for
-/// the baseline.
-pub(super) trait Kernel {
-    type Out;
-    fn run<const FMA: bool>(self) -> Self::Out;
-}
-
-/// A module whose `run` runs a [`Kernel`] compiled with `$features` enabled; calling it is
-/// sound only on a CPU that has those features.
-macro_rules! build_for {
-    ($module:ident, $features:literal) => {
-        #[cfg(target_arch = "x86_64")]
-        mod $module {
-            #[target_feature(enable = $features)]
-            pub(super) fn run<K: super::Kernel>(kernel: K) -> K::Out {
-                kernel.run::<true>()
-            }
-        }
-    };
-}
-
-build_for!(avx2, "avx2,fma");
-build_for!(avx512, "avx512f,avx512vl,avx2,fma");
-
-/// Runs `kernel` compiled for `isa`, which must be at most [`Isa::best`].
-#[allow(unsafe_code)]
-pub(super) fn dispatch<K: Kernel>(isa: Isa, kernel: K) -> K::Out {
-    match isa {
-        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::run(kernel) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::run(kernel) },
-        _ => kernel.run::<false>(),
-    }
-}
-
-/// A [`Kernel`] from a job function generic over `FMA`: `kernel_job!(Name, |args| body)`
-/// declares the struct `Name` holding the arguments and its `run`, which evaluates `body`
-/// with the const `FMA` in scope.
-macro_rules! kernel_job {
-    ($name:ident<$($lt:lifetime),*> { $($field:ident: $ty:ty),* $(,)? } -> $out:ty = $body:expr) => {
-        struct $name<$($lt),*> {
-            $($field: $ty),*
-        }
-
-        impl<$($lt),*> Kernel for $name<$($lt),*> {
-            type Out = $out;
-
-            #[inline(always)]
-            fn run<const FMA: bool>(self) -> $out {
-                let $name { $($field),* } = self;
-                $body
-            }
-        }
-    };
-}
-pub(super) use kernel_job;
-
 kernel_job!(ForwardJob<'a, 'b, 'o, 'r> {
     problem: &'a Problem<'b>,
     job: Job,
@@ -961,38 +460,8 @@ kernel_job!(BackwardJob<'a, 'b, 'g, 'o, 'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulp_of_std() {
-        let mut worst = 0.0f32;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (ours, std) = (exp::<false>(x), x.exp());
-            let fused = exp::<true>(x);
-            worst = worst.max(((fused - std) / std).abs());
-            worst = worst.max(((ours - std) / std).abs());
-            x += 0.0137;
-        }
-        assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert_eq!(exp::<false>(0.0), 1.0);
-        assert!(exp::<false>(-1000.0) < 1e-37 && exp::<false>(-1000.0) >= 0.0);
-        assert!(exp::<false>(1000.0).is_finite());
-    }
-
-    #[test]
-    fn label_range() {
-        let l = [0i64, -1, 3];
-        assert!(
-            !labels_in_range(Labels::I64(&l), 4, None),
-            "-1 without ignore_index"
-        );
-        assert!(labels_in_range(Labels::I64(&[0, 3, 1]), 4, None));
-        assert!(!labels_in_range(Labels::I32(&[0, 4]), 4, None));
-        assert!(labels_in_range(Labels::I32(&[0, 255]), 4, Some(255)));
-        assert!(!labels_in_range(Labels::I32(&[0, 254]), 4, Some(255)));
-        assert!(all_finite(&[0.0, -1e30, 3.0]));
-        assert!(!all_finite(&[0.0, f32::NAN]) && !all_finite(&[f32::NEG_INFINITY]));
-    }
+    use crate::kernels::cpu::common::Labels;
+    use crate::kernels::cpu::jobs::{JOB, PARALLEL_MIN};
 
     fn problem<'a>(
         x: &'a [f32],
