@@ -196,8 +196,8 @@ impl<B: Backend> DiceCELoss<B> {
     }
 
     /// The Dice loss `[batch, class']` and the cross-entropy sums of every sample, from one
-    /// pass over the data where the kernels allow (the CubeCL kernels; on the CPU kernels and
-    /// burn ops the cross-entropy takes a second pass): see [`crate::kernels`].
+    /// pass over the data on the kernels (CPU and CubeCL; with burn ops the cross-entropy takes
+    /// a second pass): see [`crate::kernels`].
     fn dice_and_ce<const D: usize>(
         &self,
         input: Tensor<B, D>,

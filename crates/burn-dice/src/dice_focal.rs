@@ -154,9 +154,8 @@ impl<B: Backend> DiceFocalLoss<B> {
     }
 
     /// The Dice loss and the focal term per (sample, kept class), `[batch, class']` each, the
-    /// focal term weighted; from one pass over the data where the kernels allow (the CubeCL
-    /// kernels; on the CPU kernels and burn ops the focal term takes a second pass): see
-    /// [`crate::kernels`].
+    /// focal term weighted; from one pass over the data on the kernels (CPU and CubeCL; with
+    /// burn ops the focal term takes a second pass): see [`crate::kernels`].
     fn dice_and_focal<const D: usize>(
         &self,
         input: Tensor<B, D>,

@@ -70,8 +70,8 @@ impl<B: Backend> ClassStats<B> {
 
     /// [`ClassStats::of_prepared`], with the sums of the `extra` term of every sample and
     /// class (all of them: `include_background` and `batch` apply to the statistics only).
-    /// The CubeCL kernels compute them in the statistics' pass; elsewhere a pass of their own
-    /// follows once the data checks are settled, so that no pass reads data that failed them.
+    /// The kernels (CPU and CubeCL) compute them in the statistics' pass; on the generic path a
+    /// pass of their own follows once the data checks are settled.
     pub fn of_prepared_with(
         loss: &'static str,
         prepared: Prepared<B>,

@@ -16,7 +16,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 
-use super::input::{FlatTarget, PreparedTarget};
+use super::input::{Extra, ExtraSums, FlatTarget, PreparedTarget};
 use crate::downcast::{cast, inner_float, inner_int};
 
 /// The target as primitives of the inner backend.
@@ -42,10 +42,21 @@ fn primitives<B: Backend, K: Backend>(
     Some((target_prim, valid))
 }
 
-/// The `[3, batch, class]` stacked sums as three `[batch, class]` tensors.
-pub(super) fn split<B: Backend>(stacked: Tensor<B, 3>) -> [Tensor<B, 2>; 3] {
+/// The `[3 + rows, batch, class]` output of a statistics pass as the three `[batch, class]`
+/// sums and the sums of the `extra` term, whose rows follow them: the cross-entropy's loss and
+/// norm (rows 3 and 4, summed over the classes: `[batch]` each), the focal term (row 3).
+pub(super) fn unstack<B: Backend>(
+    stacked: Tensor<B, 3>,
+    extra: &Extra<B>,
+) -> ([Tensor<B, 2>; 3], ExtraSums<B>) {
     let [_, b, c] = stacked.dims();
-    [0, 1, 2].map(|s| stacked.clone().narrow(0, s, 1).reshape([b, c]))
+    let row = |r: usize| stacked.clone().narrow(0, r, 1).reshape([b, c]);
+    let extra = match extra {
+        Extra::None => ExtraSums::None,
+        Extra::Ce(_) => ExtraSums::Ce([3, 4].map(|r| row(r).sum_dim(1).reshape([b]))),
+        Extra::Focal(_) => ExtraSums::Focal(row(3)),
+    };
+    ([0, 1, 2].map(row), extra)
 }
 
 /// What the forward pass of a [`FusedOp`] returns on backend `K`.

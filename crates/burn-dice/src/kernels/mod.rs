@@ -37,8 +37,9 @@
 //! `DiceFocalLoss`: the CubeCL kernels sum them in the statistics' pass (more rows of its
 //! output) and write the gradient of both terms in one backward pass, so those losses read the
 //! data once forward and once backward (2 launches forward, 1 backward, as every loss). The CPU
-//! kernels give them kernels of their own in the same mould, run after the statistics' pass
-//! (whose data checks they rely on). The generic path is the readable reference every kernel is
+//! kernels do the same: the term reads each block of the statistics' pass while it is in the
+//! cache, and its gradient is added to the statistics' in their one backward pass
+//! (`cpu/stats.rs`, `PixelTerm`). The generic path is the readable reference every kernel is
 //! tested against.
 //!
 //! Both families run on one skeleton (`backend.rs`): an operation says how it computes its
@@ -48,9 +49,8 @@
 //! the outputs back as `B`'s. Below it, the CPU kernels work on slices (`cpu/`: `stats.rs`,
 //! `ce.rs`, `focal.rs` on `common.rs`, `jobs.rs`, `isa.rs`) and the CubeCL kernels on device
 //! buffers (`cube/`: `stats.rs`, `ce.rs`, `focal.rs` on `common.rs`). The losses hand the
-//! flattened input and target to [`class_stats`] (and, where the statistics' pass did not sum
-//! the extra term, to [`extra_sums`]); nothing below this module calls back into the losses,
-//! the targets or the checks.
+//! flattened input and target to [`class_stats`] once (on the generic path, to [`extra_sums`]
+//! too); nothing below this module calls back into the losses, the targets or the checks.
 //!
 //! # Data checks
 //! With `check_inputs` the input and a dense target must be finite and class indices in range.
@@ -92,7 +92,7 @@ use std::cell::Cell;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
-use input::{CeOptions, Extra, ExtraSums, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
+use input::{Extra, ExtraSums, PreparedTarget, Stats, Terms, Verdict};
 
 thread_local! {
     static GENERIC_ONLY: Cell<bool> = const { Cell::new(false) };
@@ -181,8 +181,9 @@ pub(crate) fn checks_on_host<B: Backend>() -> bool {
 /// The three `[batch, class]` sums of `input` (`[batch, class, pixels]`, raw) after
 /// `activation` against `target`, of the per-pixel `terms`; with `check`, the kernels also
 /// check the data they read (the generic path never does: its verdict is
-/// [`Verdict::Unchecked`]). The CubeCL kernels compute the `extra` term in the same pass
-/// ([`Stats::extra`]); elsewhere [`extra_sums`] computes it once the verdict is settled.
+/// [`Verdict::Unchecked`]). The kernels compute the `extra` term in the same pass
+/// ([`Stats::extra`]); on the generic path [`extra_sums`] computes it once the verdict is
+/// settled.
 pub(crate) fn class_stats<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,
@@ -195,7 +196,7 @@ pub(crate) fn class_stats<B: Backend>(
     let _ = (check, extra);
     let kernel = match path::<B>() {
         #[cfg(any(feature = "ndarray", feature = "flex"))]
-        KernelPath::Cpu => cpu::class_stats(&input, target, activation, terms),
+        KernelPath::Cpu => cpu::class_stats(&input, target, activation, terms, extra),
         #[cfg(feature = "cube-kernels")]
         KernelPath::Cube => cube::class_stats(&input, target, activation, terms, check, extra),
         _ => None,
@@ -207,7 +208,9 @@ pub(crate) fn class_stats<B: Backend>(
     })
 }
 
-/// The sums of the `extra` term, in a pass of their own.
+/// The sums of the `extra` term with burn ops, in a pass of their own: for the generic path
+/// (every kernel sums the term in the statistics' pass; a call here on their backends is one
+/// they declined).
 pub(crate) fn extra_sums<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,
@@ -215,38 +218,7 @@ pub(crate) fn extra_sums<B: Backend>(
 ) -> ExtraSums<B> {
     match extra {
         Extra::None => ExtraSums::None,
-        Extra::Ce(options) => ExtraSums::Ce(ce_sums(input, target, options)),
-        Extra::Focal(options) => ExtraSums::Focal(focal_sums(input, target, *options)),
+        Extra::Ce(options) => ExtraSums::Ce(generic::ce_sums(input, target, options)),
+        Extra::Focal(options) => ExtraSums::Focal(generic::focal_sums(input, target, *options)),
     }
-}
-
-/// Per sample, the sum of the pixel cross-entropies of the logits `input` and the sum of their
-/// weights (`[batch]` each). (The CubeCL kernels compute it in the statistics' pass only: a
-/// call here on their backends is one they declined, for the generic path.)
-fn ce_sums<B: Backend>(
-    input: Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    options: &CeOptions<B>,
-) -> [Tensor<B, 1>; 2] {
-    let kernel = match path::<B>() {
-        #[cfg(any(feature = "ndarray", feature = "flex"))]
-        KernelPath::Cpu => cpu::ce_sums(&input, target, options),
-        _ => None,
-    };
-    kernel.unwrap_or_else(|| generic::ce_sums(input, target, options))
-}
-
-/// Per (sample, class), the focal term of the logits `input` summed over the pixels that count
-/// (`[batch, class]`), as [`ce_sums`].
-fn focal_sums<B: Backend>(
-    input: Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    options: FocalOptions,
-) -> Tensor<B, 2> {
-    let kernel = match path::<B>() {
-        #[cfg(any(feature = "ndarray", feature = "flex"))]
-        KernelPath::Cpu => cpu::focal_sums(&input, target, options),
-        _ => None,
-    };
-    kernel.unwrap_or_else(|| generic::focal_sums(input, target, options))
 }

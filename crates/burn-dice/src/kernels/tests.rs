@@ -256,7 +256,7 @@ fn cases<B: AutodiffBackend>(data: &HostData, device: &B::Device) -> Vec<(String
                 .forward(x, d.clone())
         }),
     ));
-    // DiceCE: the cross-entropy term has its own fused pass.
+    // DiceCE: the cross-entropy term, summed in the statistics pass of every kernel.
     let dice = DiceLossConfig::new().with_activation(Activation::Softmax);
     let l = labels.clone();
     let c = DiceCELossConfig::new()
@@ -308,7 +308,7 @@ fn cases<B: AutodiffBackend>(data: &HostData, device: &B::Device) -> Vec<(String
         "dice-ce sigmoid dice indices weights".into(),
         Box::new(move |x| c.init(&x.device()).forward(x, l.clone())),
     ));
-    // DiceFocal: the focal term has its own fused pass too.
+    // DiceFocal: the focal term, summed there too.
     let l = labels.clone();
     let c = DiceFocalLossConfig::new()
         .with_dice(dice.clone().with_ignore_index(ignore))

@@ -1,6 +1,7 @@
-//! The cross-entropy term of `DiceCELoss` in the same layout and job structure as the Dice
-//! statistics: one pass forward (per-sample sums of the pixel losses and of their weights), one
-//! pass backward with the closed-form gradient, the softmax recomputed.
+//! The cross-entropy term of `DiceCELoss`, summed in the statistics' pass (a
+//! [`PixelTerm`] of `stats.rs`): per sample the sums of the pixel losses and of their weights,
+//! block by block on the data the pass has read, and the closed-form gradient added to the
+//! statistics' in their backward pass, the softmax recomputed.
 //!
 //! Per pixel, with `w` the class weights (ones without `ce_weight`), `ε` the label smoothing,
 //! `C` the class count, `v` the validity weight and `log p = log_softmax(x)`:
@@ -13,8 +14,8 @@
 //!   `∂loss/∂x = v·(σ(x)·(π·t + 1 − t) − π·t)`.
 
 use super::common::{exp, ln, load_aux, softmax_exps, Problem, Target, BLOCK};
-use super::isa::{dispatch, kernel_job, Isa, Kernel};
-use super::jobs::{blocks, map_jobs, write_jobs, Job};
+use super::jobs::Job;
+use super::stats::PixelTerm;
 
 /// One cross-entropy problem: the data of `base` (its activation and `terms` are not
 /// read) and the options of the term.
@@ -28,8 +29,8 @@ pub(super) struct CeProblem<'a> {
     pub label_smoothing: f32,
 }
 
-/// Scratch space of one block.
-struct Block {
+/// Scratch space of one job.
+pub(super) struct Block {
     /// `[class][BLOCK]`: the exponentials `e^(x − max)` (multi-class) or `x` (one channel).
     e: Vec<f32>,
     /// Per pixel, forward pass: `max + ln Σ e` (multi-class) or `ln(1 + e^−|x|)` (one channel).
@@ -38,11 +39,15 @@ struct Block {
     inv: [f32; BLOCK],
     w: [f32; BLOCK],
     labels: [f32; BLOCK],
+    /// `Σ_c w_c`.
+    weight_total: f32,
 }
 
 impl Block {
-    fn new(classes: usize) -> Self {
+    fn new(cp: &CeProblem) -> Self {
+        let classes = cp.base.classes;
         Block {
+            weight_total: (0..classes).map(|c| class_weight(cp, c)).sum(),
             e: vec![0.0; classes * BLOCK],
             lse: [0.0; BLOCK],
             inv: [0.0; BLOCK],
@@ -88,24 +93,31 @@ fn class_weight(cp: &CeProblem, c: usize) -> f32 {
     cp.class_weight.map_or(1.0, |w| w[c])
 }
 
-/// One job of [`forward`]: `(Σ loss, Σ norm)` over its pixels.
-#[inline(always)]
-fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Job) -> (f64, f64) {
-    let p = &cp.base;
-    let (c_count, n) = (p.classes, p.pixels);
-    let eps = cp.label_smoothing;
-    let mut block = Block::new(c_count);
-    let (mut loss_sum, mut norm_sum) = (0.0f64, 0.0f64);
-    for (n0, len, _) in blocks(start, count) {
-        block.load::<FMA>(cp, (b, n0, len), true);
-        let (w, lse, labels) = (&block.w[..len], &block.lse[..len], &block.labels[..len]);
+/// The cross-entropy as a term of the statistics' pass: row 0 the sample's `Σ loss`, row 1
+/// its `Σ norm`, both in class 0 (the other classes' entries stay 0, so that a sum over the
+/// classes gives them, as the CubeCL kernels' per-class rows do).
+impl PixelTerm for CeProblem<'_> {
+    const ROWS: usize = 2;
+    type Scratch = Block;
+
+    fn scratch(&self) -> Block {
+        Block::new(self)
+    }
+
+    #[inline(always)]
+    fn forward_block<const FMA: bool>(&self, s: &mut Block, (b, n0, len): Job, sums: &mut [f64]) {
+        let p = &self.base;
+        let (c_count, n) = (p.classes, p.pixels);
+        let eps = self.label_smoothing;
+        s.load::<FMA>(self, (b, n0, len), true);
+        let (w, lse, labels) = (&s.w[..len], &s.lse[..len], &s.labels[..len]);
         let mut loss = [0.0f32; BLOCK];
         let mut norm = [0.0f32; BLOCK];
         let (loss, norm) = (&mut loss[..len], &mut norm[..len]);
         match p.target {
             Target::Dense(t) if c_count == 1 => {
-                let (x, t) = (&block.e[..len], &t[b * n + n0..][..len]);
-                let pw = cp.pos_weight;
+                let (x, t) = (&s.e[..len], &t[b * n + n0..][..len]);
+                let pw = self.pos_weight;
                 for k in 0..len {
                     // log σ(x) = min(x, 0) − ln(1 + e^−|x|), log σ(−x) = min(−x, 0) − …
                     let pos = x[k].min(0.0) - lse[k];
@@ -118,7 +130,7 @@ fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Job) -> (f64,
                 for c in 0..c_count {
                     let x = &p.x[(b * c_count + c) * n + n0..][..len];
                     let t = &t[(b * c_count + c) * n + n0..][..len];
-                    let wc = class_weight(cp, c);
+                    let wc = class_weight(self, c);
                     for k in 0..len {
                         let ts = t[k] * (1.0 - eps) + eps / c_count as f32;
                         loss[k] -= wc * ts * (x[k] - lse[k]);
@@ -135,7 +147,7 @@ fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Job) -> (f64,
                 let (picked, smooth) = (&mut picked[..len], &mut smooth[..len]);
                 for c in 0..c_count {
                     let x = &p.x[(b * c_count + c) * n + n0..][..len];
-                    let (wc, class) = (class_weight(cp, c), c as f32);
+                    let (wc, class) = (class_weight(self, c), c as f32);
                     for k in 0..len {
                         let logp = x[k] - lse[k];
                         let hit = labels[k] == class;
@@ -150,37 +162,35 @@ fn forward_job<const FMA: bool>(cp: &CeProblem, (b, start, count): Job) -> (f64,
                 }
             }
         }
-        loss_sum += loss.iter().map(|&v| v as f64).sum::<f64>();
-        norm_sum += norm.iter().map(|&v| v as f64).sum::<f64>();
+        sums[0] += loss.iter().map(|&v| v as f64).sum::<f64>();
+        sums[c_count] += norm.iter().map(|&v| v as f64).sum::<f64>();
     }
-    (loss_sum, norm_sum)
-}
 
-/// One job of [`backward`]: `∂(Σ_b g_b·loss_b)/∂x` into `out` (one run per class).
-#[inline(always)]
-fn backward_job<const FMA: bool>(
-    cp: &CeProblem,
-    grad: &[f32],
-    (b, start, count): Job,
-    out: &mut [&mut [f32]],
-) {
-    let p = &cp.base;
-    let (c_count, n) = (p.classes, p.pixels);
-    let eps = cp.label_smoothing;
-    let g = grad[b];
-    let weight_total: f32 = (0..c_count).map(|c| class_weight(cp, c)).sum();
-    let mut block = Block::new(c_count);
-    for (n0, len, local) in blocks(start, count) {
-        block.load::<FMA>(cp, (b, n0, len), false);
-        let (w, labels, inv) = (&block.w[..len], &block.labels[..len], &block.inv[..len]);
+    #[inline(always)]
+    fn backward_block<const FMA: bool>(
+        &self,
+        s: &mut Block,
+        (b, n0, len): Job,
+        local: usize,
+        g: &impl Fn(usize, usize) -> f32,
+        out: &mut [&mut [f32]],
+    ) {
+        let p = &self.base;
+        let (c_count, n) = (p.classes, p.pixels);
+        let eps = self.label_smoothing;
+        // The loss row's gradient (the norm does not depend on `x`).
+        let g = g(0, 0);
+        let weight_total = s.weight_total;
+        s.load::<FMA>(self, (b, n0, len), false);
+        let (w, labels, inv) = (&s.w[..len], &s.labels[..len], &s.inv[..len]);
         match p.target {
             Target::Dense(t) if c_count == 1 => {
-                let (x, t) = (&block.e[..len], &t[b * n + n0..][..len]);
-                let pw = cp.pos_weight;
+                let (x, t) = (&s.e[..len], &t[b * n + n0..][..len]);
+                let pw = self.pos_weight;
                 let o = &mut out[0][local..local + len];
                 for k in 0..len {
                     let sigma = 1.0 / (1.0 + exp::<FMA>(-x[k]));
-                    o[k] = g * w[k] * (sigma * (pw * t[k] + 1.0 - t[k]) - pw * t[k]);
+                    o[k] += g * w[k] * (sigma * (pw * t[k] + 1.0 - t[k]) - pw * t[k]);
                 }
             }
             Target::Dense(t) => {
@@ -189,19 +199,19 @@ fn backward_job<const FMA: bool>(
                 let total = &mut total[..len];
                 for c in 0..c_count {
                     let t = &t[(b * c_count + c) * n + n0..][..len];
-                    let wc = class_weight(cp, c);
+                    let wc = class_weight(self, c);
                     for k in 0..len {
                         total[k] += wc * (t[k] * (1.0 - eps) + eps / c_count as f32);
                     }
                 }
                 for c in 0..c_count {
                     let t = &t[(b * c_count + c) * n + n0..][..len];
-                    let e = &block.e[c * BLOCK..c * BLOCK + len];
-                    let wc = class_weight(cp, c);
+                    let e = &s.e[c * BLOCK..c * BLOCK + len];
+                    let wc = class_weight(self, c);
                     let o = &mut out[c][local..local + len];
                     for k in 0..len {
                         let ts = t[k] * (1.0 - eps) + eps / c_count as f32;
-                        o[k] = g * w[k] * (e[k] * inv[k] * total[k] - wc * ts);
+                        o[k] += g * w[k] * (e[k] * inv[k] * total[k] - wc * ts);
                     }
                 }
             }
@@ -210,21 +220,21 @@ fn backward_job<const FMA: bool>(
                 let mut wy = [0.0f32; BLOCK];
                 let wy = &mut wy[..len];
                 for c in 0..c_count {
-                    let (wc, class) = (class_weight(cp, c), c as f32);
+                    let (wc, class) = (class_weight(self, c), c as f32);
                     for k in 0..len {
                         wy[k] += if labels[k] == class { wc } else { 0.0 };
                     }
                 }
                 let smooth = eps / c_count as f32;
                 for (c, row) in out.iter_mut().enumerate() {
-                    let e = &block.e[c * BLOCK..c * BLOCK + len];
-                    let (wc, class) = (class_weight(cp, c), c as f32);
+                    let e = &s.e[c * BLOCK..c * BLOCK + len];
+                    let (wc, class) = (class_weight(self, c), c as f32);
                     let o = &mut row[local..local + len];
                     for k in 0..len {
                         let pk = e[k] * inv[k];
                         let hit = if labels[k] == class { 1.0 } else { 0.0 };
                         let main = (1.0 - eps) * wy[k] * (pk - hit);
-                        o[k] = g * w[k] * (main + smooth * (pk * weight_total - wc));
+                        o[k] += g * w[k] * (main + smooth * (pk * weight_total - wc));
                     }
                 }
             }
@@ -232,43 +242,42 @@ fn backward_job<const FMA: bool>(
     }
 }
 
-/// Per sample: `[Σ loss, Σ norm]`, stacked `[2, batch]`.
-pub(super) fn forward(cp: &CeProblem) -> Vec<f32> {
-    let isa = Isa::best();
-    let batch = cp.base.batch;
-    let mut out = vec![0.0f64; 2 * batch];
-    for ((b, _, _), (loss, norm)) in map_jobs(&cp.base, |job| dispatch(isa, ForwardJob { cp, job }))
-    {
-        out[b] += loss;
-        out[batch + b] += norm;
-    }
-    out.into_iter().map(|v| v as f32).collect()
-}
-
-/// The gradient with respect to `x` of `Σ_b grad[b]·loss_b` (`norm` does not depend on `x`).
-pub(super) fn backward(cp: &CeProblem, grad: &[f32]) -> Vec<f32> {
-    let isa = Isa::best();
-    write_jobs(&cp.base, |job, out| {
-        dispatch(isa, BackwardJob { cp, grad, job, out })
-    })
-}
-
-kernel_job!(ForwardJob<'a, 'b> { cp: &'a CeProblem<'b>, job: Job } -> (f64, f64)
-    = forward_job::<FMA>(cp, job));
-
-kernel_job!(BackwardJob<'a, 'b, 'g, 'o, 'r> {
-    cp: &'a CeProblem<'b>,
-    grad: &'g [f32],
-    job: Job,
-    out: &'o mut [&'r mut [f32]],
-} -> () = backward_job::<FMA>(cp, grad, job, out));
-
 #[cfg(test)]
 mod tests {
     use super::super::common::Labels;
     use super::*;
     use crate::activation::Activation;
+    use crate::kernels::cpu::stats::{self, Term};
     use crate::kernels::input::Terms;
+
+    /// Per sample `[Σ loss, Σ norm]`, `[2, batch]`: the term's rows of the statistics' pass,
+    /// summed over the classes.
+    fn forward(cp: &CeProblem) -> Vec<f32> {
+        let (batch, classes) = (cp.base.batch, cp.base.classes);
+        let sums = stats::forward(&cp.base, &Term::Ce(*cp)).sums;
+        let at = |r: usize, b: usize| -> f32 {
+            (0..classes)
+                .map(|c| sums[((3 + r) * batch + b) * classes + c])
+                .sum()
+        };
+        (0..2)
+            .flat_map(|r| (0..batch).map(move |b| (r, b)))
+            .map(|(r, b)| at(r, b))
+            .collect()
+    }
+
+    /// The input's gradient of `Σ_b grad[b]·loss_b` through the statistics' backward pass (the
+    /// gradient of `I`, `P`, `T` and of the norm zero).
+    fn backward(cp: &CeProblem, grad: &[f32]) -> Vec<f32> {
+        let (batch, classes) = (cp.base.batch, cp.base.classes);
+        let mut full = vec![0.0f32; 5 * batch * classes];
+        for b in 0..batch {
+            for c in 0..classes {
+                full[(3 * batch + b) * classes + c] = grad[b];
+            }
+        }
+        stats::backward(&cp.base, &Term::Ce(*cp), &full)
+    }
 
     /// The loss, its norm and its gradient against an `f64` computation of the formulas at
     /// the top of this module, and the gradient against finite differences of the loss.

@@ -1,6 +1,7 @@
-//! The focal term of `DiceFocalLoss` (Lin et al., ICCV 2017, as MONAI's sigmoid `FocalLoss`) in
-//! the same layout and job structure as the Dice statistics: per (sample, class) the sum over
-//! the pixels of `v · loss`, one pass forward, one pass backward with the closed-form gradient.
+//! The focal term of `DiceFocalLoss` (Lin et al., ICCV 2017, as MONAI's sigmoid `FocalLoss`),
+//! summed in the statistics' pass (a [`PixelTerm`] of `stats.rs`): per (sample, class) the sum
+//! over the pixels of `v · loss`, and the closed-form gradient added to the statistics' in
+//! their backward pass.
 //!
 //! Per element, with `t` the per-channel target (one-hot for class indices), `v` the validity
 //! weight, `s = 2t − 1`, `z = −s·x`, `ls = ln σ` (stable):
@@ -8,8 +9,8 @@
 //! `loss = a·m·bce`, and `∂loss/∂x = a·m·(σ(x) − t − γ·s·σ(−z)·bce)`.
 
 use super::common::{exp, ln, load_aux, Problem, Target, BLOCK};
-use super::isa::{dispatch, kernel_job, Isa, Kernel};
-use super::jobs::{blocks, map_jobs, write_jobs, Job};
+use super::jobs::Job;
+use super::stats::PixelTerm;
 
 /// One focal problem: the data of `base` (its activation and `terms` are not read) and
 /// the options of the term.
@@ -68,91 +69,90 @@ fn gradient<const FMA: bool>(fp: &FocalProblem, x: f32, t: f32) -> f32 {
     a * m * (sigma_x - t - fp.gamma * s * sigma_minus_z * bce)
 }
 
-/// One job of [`forward`]: per class, `Σ v·loss` over its pixels.
-#[inline(always)]
-fn forward_job<const FMA: bool>(fp: &FocalProblem, (b, start, count): Job) -> Vec<f64> {
-    let p = &fp.base;
-    let (c_count, n) = (p.classes, p.pixels);
-    let mut sums = vec![0.0f64; c_count];
-    let (mut w, mut labels) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-    for (n0, len, _) in blocks(start, count) {
-        load_aux(p, (b, n0, len), &mut w, &mut labels);
+/// Scratch space of one job: the validity weights and labels of a block.
+pub(super) struct Block {
+    w: [f32; BLOCK],
+    labels: [f32; BLOCK],
+}
+
+/// The focal term as a term of the statistics' pass: one row, per class `Σ v·loss`.
+impl PixelTerm for FocalProblem<'_> {
+    const ROWS: usize = 1;
+    type Scratch = Block;
+
+    fn scratch(&self) -> Block {
+        Block {
+            w: [0.0; BLOCK],
+            labels: [0.0; BLOCK],
+        }
+    }
+
+    #[inline(always)]
+    fn forward_block<const FMA: bool>(&self, s: &mut Block, (b, n0, len): Job, sums: &mut [f64]) {
+        let p = &self.base;
+        let (c_count, n) = (p.classes, p.pixels);
+        load_aux(p, (b, n0, len), &mut s.w, &mut s.labels);
         for (c, sum) in sums.iter_mut().enumerate() {
             let x = &p.x[(b * c_count + c) * n + n0..][..len];
-            let dense = dense_row(fp, (b, n0, len), c);
+            let dense = dense_row(self, (b, n0, len), c);
             let mut acc = [0.0f32; BLOCK];
             for k in 0..len {
-                let (a, m, bce) = terms::<FMA>(fp, x[k], target_at(dense, &labels, c, k));
-                acc[k] = a * m * bce * w[k];
+                let (a, m, bce) = terms::<FMA>(self, x[k], target_at(dense, &s.labels, c, k));
+                acc[k] = a * m * bce * s.w[k];
             }
             *sum += acc[..len].iter().map(|&v| v as f64).sum::<f64>();
         }
     }
-    sums
-}
 
-/// One job of [`backward`]: `∂(Σ_{b,c} grad[b, c]·Σ_pixels v·loss)/∂x` into `out`.
-#[inline(always)]
-fn backward_job<const FMA: bool>(
-    fp: &FocalProblem,
-    grad: &[f32],
-    (b, start, count): Job,
-    out: &mut [&mut [f32]],
-) {
-    let p = &fp.base;
-    let (c_count, n) = (p.classes, p.pixels);
-    let (mut w, mut labels) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-    for (n0, len, local) in blocks(start, count) {
-        load_aux(p, (b, n0, len), &mut w, &mut labels);
+    #[inline(always)]
+    fn backward_block<const FMA: bool>(
+        &self,
+        s: &mut Block,
+        (b, n0, len): Job,
+        local: usize,
+        g: &impl Fn(usize, usize) -> f32,
+        out: &mut [&mut [f32]],
+    ) {
+        let p = &self.base;
+        let (c_count, n) = (p.classes, p.pixels);
+        load_aux(p, (b, n0, len), &mut s.w, &mut s.labels);
         for (c, row) in out.iter_mut().enumerate() {
-            let g = grad[b * c_count + c];
+            let g = g(0, c);
             let x = &p.x[(b * c_count + c) * n + n0..][..len];
-            let dense = dense_row(fp, (b, n0, len), c);
+            let dense = dense_row(self, (b, n0, len), c);
             let o = &mut row[local..local + len];
             for k in 0..len {
-                o[k] = g * w[k] * gradient::<FMA>(fp, x[k], target_at(dense, &labels, c, k));
+                let t = target_at(dense, &s.labels, c, k);
+                o[k] += g * s.w[k] * gradient::<FMA>(self, x[k], t);
             }
         }
     }
 }
-
-/// Per (sample, class): `Σ_pixels v·loss`, `[batch, class]`.
-pub(super) fn forward(fp: &FocalProblem) -> Vec<f32> {
-    let isa = Isa::best();
-    let c_count = fp.base.classes;
-    let mut out = vec![0.0f64; fp.base.batch * c_count];
-    for ((b, _, _), sums) in map_jobs(&fp.base, |job| dispatch(isa, ForwardJob { fp, job })) {
-        for (c, s) in sums.into_iter().enumerate() {
-            out[b * c_count + c] += s;
-        }
-    }
-    out.into_iter().map(|v| v as f32).collect()
-}
-
-/// The gradient with respect to `x` of `Σ_{b,c} grad[b, c]·sums[b, c]`.
-pub(super) fn backward(fp: &FocalProblem, grad: &[f32]) -> Vec<f32> {
-    let isa = Isa::best();
-    write_jobs(&fp.base, |job, out| {
-        dispatch(isa, BackwardJob { fp, grad, job, out })
-    })
-}
-
-kernel_job!(ForwardJob<'a, 'b> { fp: &'a FocalProblem<'b>, job: Job } -> Vec<f64>
-    = forward_job::<FMA>(fp, job));
-
-kernel_job!(BackwardJob<'a, 'b, 'g, 'o, 'r> {
-    fp: &'a FocalProblem<'b>,
-    grad: &'g [f32],
-    job: Job,
-    out: &'o mut [&'r mut [f32]],
-} -> () = backward_job::<FMA>(fp, grad, job, out));
 
 #[cfg(test)]
 mod tests {
     use super::super::common::Labels;
     use super::*;
     use crate::activation::Activation;
+    use crate::kernels::cpu::stats::{self, Term};
     use crate::kernels::input::Terms;
+
+    /// Per (sample, class) `Σ v·loss`, `[batch, class]`: the term's row of the statistics'
+    /// pass.
+    fn forward(fp: &FocalProblem) -> Vec<f32> {
+        let (batch, classes) = (fp.base.batch, fp.base.classes);
+        let sums = stats::forward(&fp.base, &Term::Focal(*fp)).sums;
+        sums[3 * batch * classes..].to_vec()
+    }
+
+    /// The input's gradient of `Σ grad[b, c]·sums[b, c]` through the statistics' backward pass
+    /// (the gradient of `I`, `P`, `T` zero).
+    fn backward(fp: &FocalProblem, grad: &[f32]) -> Vec<f32> {
+        let (batch, classes) = (fp.base.batch, fp.base.classes);
+        let mut full = vec![0.0f32; 3 * batch * classes];
+        full.extend_from_slice(grad);
+        stats::backward(&fp.base, &Term::Focal(*fp), &full)
+    }
 
     /// The sums against an `f64` computation of the formula, and the gradient against finite
     /// differences of it, for dense and index targets, with and without `alpha` and a mask.

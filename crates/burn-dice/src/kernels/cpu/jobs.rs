@@ -122,23 +122,3 @@ pub(super) fn run_jobs<T: Send, R: Send>(
         })
         .collect()
 }
-
-/// Runs `job` for every job of `problem` (nothing written), in parallel on large problems.
-pub(super) fn map_jobs<R: Send>(problem: &Problem, job: impl Fn(Job) -> R + Sync) -> Vec<(Job, R)> {
-    let jobs = jobs(problem);
-    let mut rows: Vec<Vec<&mut [f32]>> = jobs.iter().map(|_| Vec::new()).collect();
-    let out = run_jobs(problem, &jobs, &mut rows, |j, _| job(j));
-    jobs.into_iter().zip(out).collect()
-}
-
-/// A new buffer of the input's size, each job writing its rows (every element) with `job`.
-pub(super) fn write_jobs(
-    problem: &Problem,
-    job: impl Fn(Job, &mut [&mut [f32]]) + Sync,
-) -> Vec<f32> {
-    let mut out = vec![0.0f32; problem.x.len()];
-    let jobs = jobs(problem);
-    let mut rows = job_rows(problem, &jobs, &mut out);
-    run_jobs(problem, &jobs, &mut rows, job);
-    out
-}

@@ -1,6 +1,6 @@
-//! The fused CPU kernels on burn-ndarray and burn-flex: raw data access, the operations (the
-//! statistics, the cross-entropy and focal terms) as [`FusedOp`]s of the shared skeleton, and
-//! the run-time choice of backend.
+//! The fused CPU kernels on burn-ndarray and burn-flex: raw data access, the operation (the
+//! statistics with the cross-entropy or focal term in the same pass) as a [`FusedOp`] of the
+//! shared skeleton, and the run-time choice of backend.
 //!
 //! The kernels themselves work on slices, generic over nothing but the instruction set:
 //! `stats.rs`, `ce.rs` and `focal.rs`, on the math, activation, loading and checks of
@@ -25,13 +25,14 @@ use burn_flex::{Flex, FlexTensor};
 #[cfg(feature = "ndarray")]
 use burn_ndarray::{NdArray, NdArrayTensor};
 
-use super::backend::{run, split, Forward, FusedOp, TargetPrim};
-use super::input::{CeOptions, FocalOptions, PreparedTarget, Stats, Terms, Verdict};
+use super::backend::{run, unstack, Forward, FusedOp, TargetPrim};
+use super::input::{Extra, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
 use crate::downcast::{first_backend, is_backend};
 use ce::CeProblem;
 use common::{Labels, Problem, Target};
 use focal::FocalProblem;
+use stats::Term;
 
 /// `$body` with `$t` each CPU backend built in (burn-flex with the `flex` feature, then
 /// burn-ndarray with `ndarray`), until one gives `Some`.
@@ -139,9 +140,69 @@ struct Spec {
     terms: Terms,
 }
 
+/// The options of the term summed in the statistics' pass ([`Term`]), owned.
+#[derive(Debug, Clone)]
+enum TermSpec {
+    None,
+    Ce {
+        class_weight: Option<Vec<f32>>,
+        pos_weight: f32,
+        label_smoothing: f32,
+    },
+    Focal {
+        gamma: f32,
+        alpha: Option<f32>,
+    },
+}
+
+impl TermSpec {
+    /// The options of `extra` (class weights read from host memory: no synchronization).
+    fn new<B: Backend>(extra: &Extra<B>) -> Self {
+        match extra {
+            Extra::None => TermSpec::None,
+            Extra::Ce(options) => TermSpec::Ce {
+                class_weight: options.class_weight.as_ref().map(|w| {
+                    w.to_data()
+                        .convert::<f32>()
+                        .into_vec::<f32>()
+                        .expect("f32 weights")
+                }),
+                pos_weight: options.pos_weight,
+                label_smoothing: options.label_smoothing as f32,
+            },
+            Extra::Focal(options) => TermSpec::Focal {
+                gamma: options.gamma as f32,
+                alpha: options.alpha.map(|a| a as f32),
+            },
+        }
+    }
+
+    /// The kernels' term on the data of `base`.
+    fn term<'a>(&'a self, base: &Problem<'a>) -> Term<'a> {
+        match self {
+            TermSpec::None => Term::None,
+            TermSpec::Ce {
+                class_weight,
+                pos_weight,
+                label_smoothing,
+            } => Term::Ce(CeProblem {
+                base: *base,
+                class_weight: class_weight.as_deref(),
+                pos_weight: *pos_weight,
+                label_smoothing: *label_smoothing,
+            }),
+            TermSpec::Focal { gamma, alpha } => Term::Focal(FocalProblem {
+                base: *base,
+                gamma: *gamma,
+                alpha: *alpha,
+            }),
+        }
+    }
+}
+
 /// Runs `f` on the kernel problem of these primitives (`x`: `None` for a backward pass from
-/// stored probabilities, which does not read it); `None` when some tensor is not `f32` (or not
-/// integer, for labels).
+/// stored probabilities without a term, which does not read it); `None` when some tensor is
+/// not `f32` (or not integer, for labels).
 fn with_problem<B: CpuBackend, R>(
     x: Option<&B::FloatTensorPrimitive>,
     target: &TargetPrim<B>,
@@ -179,46 +240,31 @@ fn with_problem<B: CpuBackend, R>(
     }))
 }
 
-/// The stacked `[3, batch, class]` sums and whether the data passed the checks; with `store`
-/// also the probabilities.
-fn forward_inner<B: CpuBackend>(
-    x: &B::FloatTensorPrimitive,
-    target: &TargetPrim<B>,
-    valid: Option<&B::FloatTensorPrimitive>,
-    spec: Spec,
-    store: bool,
-) -> Option<(B::FloatTensorPrimitive, bool, Option<Vec<f32>>)> {
-    let (sums, probs) = with_problem::<B, _>(Some(x), target, valid, spec, |p| match store {
-        true => {
-            let (sums, probs) = stats::forward_storing(p);
-            (sums, Some(probs))
-        }
-        false => (stats::forward(p), None),
-    })?;
-    Some((
-        B::from_floats(sums.sums, &[3, spec.dims[0], spec.dims[1]]),
-        sums.valid_data,
-        probs,
-    ))
-}
-
-/// What the backward pass starts from.
+/// The statistics and the term of the extra loss in one pass: the stacked `[3 + rows, batch,
+/// class]` sums (see [`Term`] for the rows), and on the host whether the data passed the
+/// checks.
 #[derive(Debug, Clone)]
-enum Saved<B: Backend> {
-    /// The input: the activation is recomputed (no activation, where `p = x`).
-    Input(B::FloatTensorPrimitive),
-    /// The probabilities, stored by the forward pass and overwritten by the gradient.
-    Probs(Vec<f32>),
+struct StatsOp {
+    spec: Spec,
+    term: TermSpec,
 }
 
-/// The statistics: the stacked `[3, batch, class]` sums, and on the host whether the data
-/// passed the checks.
-#[derive(Debug, Clone, Copy)]
-struct StatsOp(Spec);
+/// What the backward pass of a [`StatsOp`] starts from.
+#[derive(Debug, Clone)]
+struct Saved<T: Backend> {
+    /// The input, where the activation is recomputed (no activation: `p = x`) or a term reads
+    /// it.
+    x: Option<FloatTensor<T>>,
+    /// The probabilities, stored by the forward pass and overwritten by the gradient.
+    probs: Option<Vec<f32>>,
+    target: TargetPrim<T>,
+    valid: Option<FloatTensor<T>>,
+    op: StatsOp,
+}
 
 impl<T: CpuBackend> FusedOp<T> for StatsOp {
     type Host = bool;
-    type State = (Saved<T>, TargetPrim<T>, Option<FloatTensor<T>>, Spec);
+    type State = Saved<T>;
 
     fn forward(
         &self,
@@ -227,227 +273,63 @@ impl<T: CpuBackend> FusedOp<T> for StatsOp {
         valid: Option<FloatTensor<T>>,
         tracked: bool,
     ) -> Option<Forward<T, Self>> {
-        let spec = self.0;
+        let spec = self.spec;
         // Tracked: store the probabilities for the backward pass, which then needs no
         // activation and no buffer of its own (they become the gradient). With no activation
-        // `p = x`: the input is kept instead.
+        // `p = x`: the input is kept instead (and for a term, which reads it).
         let store = tracked && spec.activation != Activation::None;
-        let (out, valid_data, probs) =
-            forward_inner::<T>(&x, &target, valid.as_ref(), spec, store)?;
+        let (sums, probs) = with_problem::<T, _>(Some(&x), &target, valid.as_ref(), spec, |p| {
+            let term = self.term.term(p);
+            if store {
+                let (sums, probs) = stats::forward_storing(p, &term);
+                (sums, Some(probs))
+            } else {
+                (stats::forward(p, &term), None)
+            }
+        })?;
+        let [b, c, _] = spec.dims;
+        let rows = sums.sums.len() / (b * c);
+        let out = T::from_floats(sums.sums, &[rows, b, c]);
         let state = tracked.then(|| {
-            let saved = match probs {
-                Some(probs) => Saved::Probs(probs),
-                None => Saved::Input(x),
-            };
-            (saved, target, valid, spec)
+            let keep_x = probs.is_none() || !matches!(self.term, TermSpec::None);
+            Saved {
+                x: keep_x.then_some(x),
+                probs,
+                target,
+                valid,
+                op: self.clone(),
+            }
         });
         Some(Forward {
             out,
             rest: Vec::new(),
-            host: valid_data,
+            host: sums.valid_data,
             state,
         })
     }
 
-    fn backward((saved, target, valid, spec): Self::State, grad: FloatTensor<T>) -> FloatTensor<T> {
+    fn backward(saved: Saved<T>, grad: FloatTensor<T>) -> FloatTensor<T> {
+        let Saved {
+            x,
+            probs,
+            target,
+            valid,
+            op,
+        } = saved;
         let grad = T::floats(&grad).expect("the gradient of an f32 output is f32");
-        let dx = match saved {
-            Saved::Input(x) => with_problem::<T, _>(Some(&x), &target, valid.as_ref(), spec, |p| {
-                stats::backward(p, &grad)
-            }),
-            Saved::Probs(mut probs) => {
-                with_problem::<T, _>(None, &target, valid.as_ref(), spec, |p| {
-                    stats::backward_stored(p, &grad, &mut probs)
-                })
-                .map(|()| probs)
+        let dx = with_problem::<T, _>(x.as_ref(), &target, valid.as_ref(), op.spec, |p| {
+            let term = op.term.term(p);
+            match probs {
+                Some(mut probs) => {
+                    stats::backward_stored(p, &term, &grad, &mut probs);
+                    probs
+                }
+                None => stats::backward(p, &term, &grad),
             }
-        }
-        .expect("the forward pass read the same tensors");
-        T::from_floats(dx, &spec.dims)
-    }
-}
-
-/// A fused operation of the input alone (target and mask are data): its options and its
-/// forward and backward kernels on the raw data, run as a [`FusedOp`] through [`Input`].
-trait InputOp: Clone + Send + std::fmt::Debug + 'static {
-    /// `[batch, class, pixels]` of the input.
-    fn dims(&self) -> [usize; 3];
-    /// The shape of the output.
-    fn out_shape(&self) -> Vec<usize>;
-    /// The output, from the data of `problem` (whose activation is not read).
-    fn forward(&self, problem: &Problem) -> Vec<f32>;
-    /// The input's gradient for the output's gradient `grad`.
-    fn backward(&self, problem: &Problem, grad: &[f32]) -> Vec<f32>;
-
-    /// Runs `f` on the kernel problem of these primitives (see [`with_problem`]).
-    fn with<B: CpuBackend, R>(
-        &self,
-        x: &B::FloatTensorPrimitive,
-        target: &TargetPrim<B>,
-        valid: Option<&B::FloatTensorPrimitive>,
-        f: impl FnOnce(&Problem) -> R,
-    ) -> Option<R> {
-        let spec = Spec {
-            dims: self.dims(),
-            activation: Activation::None,
-            terms: Terms::Linear,
-        };
-        with_problem::<B, _>(Some(x), target, valid, spec, f)
-    }
-}
-
-/// The options of the cross-entropy term: per sample `[Σ loss, Σ norm]`, `[2, batch]`.
-#[derive(Debug, Clone)]
-struct CeSpec {
-    dims: [usize; 3],
-    class_weight: Option<Vec<f32>>,
-    pos_weight: f32,
-    label_smoothing: f32,
-}
-
-impl CeSpec {
-    fn problem<'a>(&'a self, base: &Problem<'a>) -> CeProblem<'a> {
-        CeProblem {
-            base: *base,
-            class_weight: self.class_weight.as_deref(),
-            pos_weight: self.pos_weight,
-            label_smoothing: self.label_smoothing,
-        }
-    }
-}
-
-impl InputOp for CeSpec {
-    fn dims(&self) -> [usize; 3] {
-        self.dims
-    }
-    fn out_shape(&self) -> Vec<usize> {
-        vec![2, self.dims[0]]
-    }
-    fn forward(&self, problem: &Problem) -> Vec<f32> {
-        ce::forward(&self.problem(problem))
-    }
-    fn backward(&self, problem: &Problem, grad: &[f32]) -> Vec<f32> {
-        // The norm row does not depend on the input.
-        ce::backward(&self.problem(problem), &grad[..self.dims[0]])
-    }
-}
-
-/// The options of the focal term: per (sample, class) sums, `[batch, class]`.
-#[derive(Debug, Clone, Copy)]
-struct FocalSpec {
-    dims: [usize; 3],
-    gamma: f32,
-    alpha: Option<f32>,
-}
-
-impl FocalSpec {
-    fn problem<'a>(&self, base: &Problem<'a>) -> FocalProblem<'a> {
-        FocalProblem {
-            base: *base,
-            gamma: self.gamma,
-            alpha: self.alpha,
-        }
-    }
-}
-
-impl InputOp for FocalSpec {
-    fn dims(&self) -> [usize; 3] {
-        self.dims
-    }
-    fn out_shape(&self) -> Vec<usize> {
-        vec![self.dims[0], self.dims[1]]
-    }
-    fn forward(&self, problem: &Problem) -> Vec<f32> {
-        focal::forward(&self.problem(problem))
-    }
-    fn backward(&self, problem: &Problem, grad: &[f32]) -> Vec<f32> {
-        focal::backward(&self.problem(problem), grad)
-    }
-}
-
-/// An [`InputOp`] as a [`FusedOp`].
-#[derive(Debug, Clone)]
-struct Input<S>(S);
-
-impl<T: CpuBackend, S: InputOp> FusedOp<T> for Input<S> {
-    type Host = ();
-    type State = (FloatTensor<T>, TargetPrim<T>, Option<FloatTensor<T>>, S);
-
-    fn forward(
-        &self,
-        x: FloatTensor<T>,
-        target: TargetPrim<T>,
-        valid: Option<FloatTensor<T>>,
-        tracked: bool,
-    ) -> Option<Forward<T, Self>> {
-        let op = &self.0;
-        let out = op.with::<T, _>(&x, &target, valid.as_ref(), |p| op.forward(p))?;
-        Some(Forward {
-            out: T::from_floats(out, &op.out_shape()),
-            rest: Vec::new(),
-            host: (),
-            state: tracked.then(|| (x, target, valid, op.clone())),
         })
+        .expect("the forward pass read the same tensors");
+        T::from_floats(dx, &op.spec.dims)
     }
-
-    fn backward((x, target, valid, op): Self::State, grad: FloatTensor<T>) -> FloatTensor<T> {
-        let grad = T::floats(&grad).expect("the gradient of an f32 output is f32");
-        let dx = op
-            .with::<T, _>(&x, &target, valid.as_ref(), |p| op.backward(p, &grad))
-            .expect("the forward pass read the same tensors");
-        T::from_floats(dx, &op.dims())
-    }
-}
-
-/// [`Input`] `op` on burn-flex or burn-ndarray.
-fn input_op<B: Backend, S: InputOp>(
-    input: &Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    op: S,
-) -> Option<Tensor<B, 2>> {
-    let op = Input(op);
-    let (mut out, ()) = on_cpu_backends!(T => run::<B, T, _>(input, target, &op))?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(
-        out.remove(0),
-    )))
-}
-
-/// See [`super::ce_sums`].
-pub(super) fn ce_sums<B: Backend>(
-    input: &Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    options: &CeOptions<B>,
-) -> Option<[Tensor<B, 1>; 2]> {
-    let dims = input.dims();
-    let spec = CeSpec {
-        dims,
-        // On the CPU the weights are read from host memory: no device synchronization.
-        class_weight: options.class_weight.as_ref().map(|w| {
-            w.to_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("f32 weights")
-        }),
-        pos_weight: options.pos_weight,
-        label_smoothing: options.label_smoothing as f32,
-    };
-    let out = input_op(input, target, spec)?;
-    Some([0, 1].map(|s| out.clone().narrow(0, s, 1).reshape([dims[0]])))
-}
-
-/// See [`super::focal_sums`].
-pub(super) fn focal_sums<B: Backend>(
-    input: &Tensor<B, 3>,
-    target: &PreparedTarget<B>,
-    options: FocalOptions,
-) -> Option<Tensor<B, 2>> {
-    let dims = input.dims();
-    let spec = FocalSpec {
-        dims,
-        gamma: options.gamma as f32,
-        alpha: options.alpha.map(|a| a as f32),
-    };
-    input_op(input, target, spec)
 }
 
 /// Whether `B` is one of the CPU backends the kernels run on.
@@ -455,24 +337,29 @@ pub(super) fn handles<B: Backend>() -> bool {
     on_cpu_backends!(T => is_backend::<B, T>()).is_some()
 }
 
-/// See [`super::class_stats`].
+/// See [`super::class_stats`]: the statistics and, in the same pass, the `extra` term.
 pub(super) fn class_stats<B: Backend>(
     input: &Tensor<B, 3>,
     target: &PreparedTarget<B>,
     activation: Activation,
     terms: Terms,
+    extra: &Extra<B>,
 ) -> Option<Stats<B>> {
-    let op = StatsOp(Spec {
-        dims: input.dims(),
-        activation,
-        terms,
-    });
+    let op = StatsOp {
+        spec: Spec {
+            dims: input.dims(),
+            activation,
+            terms,
+        },
+        term: TermSpec::new(extra),
+    };
     let (mut out, valid_data) = on_cpu_backends!(T => run::<B, T, _>(input, target, &op))?;
     let out = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(out.remove(0)));
+    let (sums, extra) = unstack(out, extra);
     Some(Stats {
-        sums: split(out),
+        sums,
         verdict: Verdict::Host(valid_data),
-        extra: None,
+        extra: Some(extra),
     })
 }
 
@@ -528,7 +415,13 @@ mod tests {
             target: FlatTarget::Indices(Tensor::zeros([1, 1, 3], &device)),
             valid: None,
         };
-        let fused = class_stats(&x, &target, Activation::Softmax, Terms::Linear);
+        let fused = class_stats(
+            &x,
+            &target,
+            Activation::Softmax,
+            Terms::Linear,
+            &Extra::None,
+        );
         let generic = generic_only(|| crate::kernels::path::<B>() != crate::KernelPath::Generic);
         if let Some(Stats {
             sums: [i, p, t],

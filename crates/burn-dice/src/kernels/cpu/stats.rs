@@ -8,7 +8,9 @@
 
 use std::mem::MaybeUninit;
 
+use super::ce::CeProblem;
 use super::common::{activate, block_bad, load_aux, Problem, Target, BLOCK};
+use super::focal::FocalProblem;
 use super::isa::{dispatch, kernel_job, Isa, Kernel};
 use super::jobs::{blocks, job_rows, jobs, run_jobs, Job};
 use crate::activation::Activation;
@@ -16,6 +18,94 @@ use crate::kernels::input::Terms;
 
 /// Independent `f32` accumulators per sum.
 const LANES: usize = 16;
+
+/// A per-pixel term summed in the statistics' pass beside `I`, `P` and `T`: the cross-entropy
+/// of `DiceCELoss` (`ce.rs`) and the focal term of `DiceFocalLoss` (`focal.rs`). The pass reads
+/// each block of the input and target once; the term reads it again while it is in the cache,
+/// and its gradient is added to the statistics' in the one backward pass.
+pub(super) trait PixelTerm: Sync {
+    /// The rows it adds to the `[3 + ROWS, batch, class]` output.
+    const ROWS: usize;
+    /// Scratch space of one job.
+    type Scratch;
+
+    /// A job's scratch space.
+    fn scratch(&self) -> Self::Scratch;
+
+    /// Adds the term's sums over the block `(b, n0, len)` to `sums` (`[ROWS][class]`).
+    fn forward_block<const FMA: bool>(&self, s: &mut Self::Scratch, block: Job, sums: &mut [f64]);
+
+    /// Adds the input's gradient of the term over the block to `out` (one run per class, the
+    /// block at `local` in it); `g(r, c)`: the gradient of its row `r`, class `c`, of sample `b`.
+    fn backward_block<const FMA: bool>(
+        &self,
+        s: &mut Self::Scratch,
+        block: Job,
+        local: usize,
+        g: &impl Fn(usize, usize) -> f32,
+        out: &mut [&mut [f32]],
+    );
+}
+
+/// The statistics alone.
+pub(super) struct NoTerm;
+
+impl PixelTerm for NoTerm {
+    const ROWS: usize = 0;
+    type Scratch = ();
+
+    fn scratch(&self) {}
+
+    #[inline(always)]
+    fn forward_block<const FMA: bool>(&self, _: &mut (), _: Job, _: &mut [f64]) {}
+
+    #[inline(always)]
+    fn backward_block<const FMA: bool>(
+        &self,
+        _: &mut (),
+        _: Job,
+        _: usize,
+        _: &impl Fn(usize, usize) -> f32,
+        _: &mut [&mut [f32]],
+    ) {
+    }
+}
+
+/// The term a statistics pass sums beside `I`, `P` and `T`, with its options and the same data.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Term<'a> {
+    /// None.
+    None,
+    /// The cross-entropy: 2 rows, the sample's `Σ loss` and `Σ norm` in class 0 (0 elsewhere).
+    Ce(CeProblem<'a>),
+    /// The focal term: 1 row, per class `Σ v·loss`.
+    Focal(FocalProblem<'a>),
+}
+
+impl Term<'_> {
+    /// The rows it adds to the output.
+    pub fn rows(&self) -> usize {
+        match self {
+            Term::None => NoTerm::ROWS,
+            Term::Ce(_) => CeProblem::ROWS,
+            Term::Focal(_) => FocalProblem::ROWS,
+        }
+    }
+}
+
+/// `$body` with `$t` the [`PixelTerm`] of `$term`.
+macro_rules! with_term {
+    ($term:expr, $t:ident => $body:expr) => {
+        match $term {
+            Term::None => {
+                let $t = &NoTerm;
+                $body
+            }
+            Term::Ce($t) => $body,
+            Term::Focal($t) => $body,
+        }
+    };
+}
 
 /// Branch-free [`Terms::Squared`] or [`Terms::Linear`]: `x·(sq·x + lin)` is `x²` for `(1, 0)`
 /// and `x` for `(0, 1)`, both exact.
@@ -183,16 +273,19 @@ fn block_sums<const SOFT: bool>(
     }
 }
 
-/// Sums of one job, `[3][classes]` (intersection, prediction, target), and whether
-/// [`block_bad`] marked anything. With `out` non-empty, the probabilities are also written
-/// there (one run per class).
+/// Sums of one job, `[3 + E::ROWS][classes]` (intersection, prediction, target, then those of
+/// `term`), and whether [`block_bad`] marked anything. With `out` non-empty, the probabilities
+/// are also written there (one run per class).
 #[inline(always)]
-fn forward_job<const FMA: bool>(
+fn forward_job<const FMA: bool, E: PixelTerm>(
     problem: &Problem,
+    term: &E,
     (b, start, count): Job,
     out: &mut [&mut [MaybeUninit<f32>]],
 ) -> (Vec<f64>, u32) {
     let c_count = problem.classes;
+    let mut term_scratch = term.scratch();
+    let mut term_sums = vec![0.0f64; E::ROWS * c_count];
     let mut scratch = ForwardScratch {
         probs: vec![0.0; c_count * BLOCK],
         w: [0.0; BLOCK],
@@ -206,6 +299,7 @@ fn forward_job<const FMA: bool>(
         } else {
             forward_block::<FMA>(problem, (b, n0, len), local, out, &mut scratch);
         }
+        term.forward_block::<FMA>(&mut term_scratch, (b, n0, len), &mut term_sums);
     }
     // Lanes are [class][stat][LANES]; the sums are [stat][class].
     let mut out = vec![0.0f64; 3 * c_count];
@@ -213,36 +307,38 @@ fn forward_job<const FMA: bool>(
         let (c, s) = (i / 3, i % 3);
         out[s * c_count + c] = lane.iter().sum::<f64>();
     }
+    out.extend(term_sums);
     (out, scratch.bad.iter().fold(0, |acc, &v| acc | v))
 }
 
 /// What the forward pass returns.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Sums {
-    /// The three `[batch, class]` tables, stacked: `[3, batch, class]`.
+    /// The three `[batch, class]` tables and the term's rows, stacked: `[3 + rows, batch,
+    /// class]`.
     pub sums: Vec<f32>,
     /// Every input and dense target value is finite and every class index is in
     /// `0..classes` (the data checks of `check_inputs`).
     pub valid_data: bool,
 }
 
-/// The statistics of `problem`.
-pub(super) fn forward(problem: &Problem) -> Sums {
-    forward_on(Isa::best(), problem, None)
+/// The statistics of `problem` and the sums of `term` (whose data is `problem`'s).
+pub(super) fn forward(problem: &Problem, term: &Term) -> Sums {
+    forward_on(Isa::best(), problem, term, None)
 }
 
 /// [`forward`], and the probabilities (the input's size), for [`backward_stored`].
-pub(super) fn forward_storing(problem: &Problem) -> (Sums, Vec<f32>) {
-    forward_storing_on(Isa::best(), problem)
+pub(super) fn forward_storing(problem: &Problem, term: &Term) -> (Sums, Vec<f32>) {
+    forward_storing_on(Isa::best(), problem, term)
 }
 
 /// [`forward_storing`] compiled for `isa`, which the CPU must support.
 #[allow(unsafe_code)]
-pub(super) fn forward_storing_on(isa: Isa, problem: &Problem) -> (Sums, Vec<f32>) {
+pub(super) fn forward_storing_on(isa: Isa, problem: &Problem, term: &Term) -> (Sums, Vec<f32>) {
     // Not zeroed: every element is written below, and zeroing is a serial pass as long as the
     // kernel itself on one core.
     let mut probs = Vec::with_capacity(problem.x.len());
-    let sums = forward_on(isa, problem, Some(probs.spare_capacity_mut()));
+    let sums = forward_on(isa, problem, term, Some(probs.spare_capacity_mut()));
     // SAFETY: `forward_on` wrote every element: the jobs cover every (sample, pixel), and each
     // writes its pixels of every class row (`job_rows`, `forward_block`), whatever the data.
     unsafe { probs.set_len(problem.x.len()) };
@@ -251,21 +347,35 @@ pub(super) fn forward_storing_on(isa: Isa, problem: &Problem) -> (Sums, Vec<f32>
 
 /// The statistics of `problem` compiled for `isa` (which the CPU must support); with `probs`
 /// (the input's size) the probabilities are written there too.
-fn forward_on(isa: Isa, problem: &Problem, probs: Option<&mut [MaybeUninit<f32>]>) -> Sums {
+fn forward_on(
+    isa: Isa,
+    problem: &Problem,
+    term: &Term,
+    probs: Option<&mut [MaybeUninit<f32>]>,
+) -> Sums {
     let (b_count, c_count) = (problem.batch, problem.classes);
+    let rows_out = 3 + term.rows();
     let jobs = jobs(problem);
     let mut rows = match probs {
         Some(buf) => job_rows(problem, &jobs, buf),
         None => jobs.iter().map(|_| Vec::new()).collect(),
     };
     let partial = run_jobs(problem, &jobs, &mut rows, |job, out| {
-        dispatch(isa, ForwardJob { problem, job, out })
+        dispatch(
+            isa,
+            ForwardJob {
+                problem,
+                term,
+                job,
+                out,
+            },
+        )
     });
-    let mut out = vec![0.0f64; 3 * b_count * c_count];
+    let mut out = vec![0.0f64; rows_out * b_count * c_count];
     let mut bad = 0;
     for (&(b, _, _), (sums, job_bad)) in jobs.iter().zip(&partial) {
         bad |= job_bad;
-        for s in 0..3 {
+        for s in 0..rows_out {
             for c in 0..c_count {
                 out[(s * b_count + b) * c_count + c] += sums[s * c_count + c];
             }
@@ -277,24 +387,25 @@ fn forward_on(isa: Isa, problem: &Problem, probs: Option<&mut [MaybeUninit<f32>]
     }
 }
 
-/// The gradient with respect to `x` of `Σ g_I·I + g_P·P + g_T·T` for `grad` = `[3, batch, class]`
-/// (`T` does not depend on `x`), the activation recomputed from `x`.
+/// The gradient with respect to `x` of `Σ g_I·I + g_P·P + g_T·T` (and of the rows of `term`)
+/// for `grad` = `[3 + rows, batch, class]` (`T` does not depend on `x`), the activation
+/// recomputed from `x`.
 ///
 /// With `pw = p·w` and `tw = t·w` (`w·[label = c]` for indices): `∂I/∂p = tw·w`, `∂P/∂p = w`
 /// or `2·p·w²` ([`Terms::Squared`]); with [`Terms::SoftL1`], `∂I/∂p = w·(sgn pw − sgn(pw −
 /// tw))/2` and `∂P/∂p = w·sgn pw` ([`Terms::d_soft`]); then through the activation: sigmoid
 /// `p(1 − p)`, softmax `p_c (dp_c − Σ_k p_k dp_k)`.
-pub(super) fn backward(problem: &Problem, grad: &[f32]) -> Vec<f32> {
+pub(super) fn backward(problem: &Problem, term: &Term, grad: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0f32; problem.x.len()];
-    backward_on(Isa::best(), problem, grad, &mut dx, false);
+    backward_on(Isa::best(), problem, term, grad, &mut dx, false);
     dx
 }
 
 /// [`backward`] from the probabilities that [`forward`] stored in `probs`, overwritten in
-/// place by the gradient: no activation to recompute and no new buffer. `problem.x` is not
-/// read.
-pub(super) fn backward_stored(problem: &Problem, grad: &[f32], probs: &mut [f32]) {
-    backward_on(Isa::best(), problem, grad, probs, true);
+/// place by the gradient: no activation to recompute and no new buffer. `problem.x` is read
+/// only by a `term`.
+pub(super) fn backward_stored(problem: &Problem, term: &Term, grad: &[f32], probs: &mut [f32]) {
+    backward_on(Isa::best(), problem, term, grad, probs, true);
 }
 
 /// The backward pass compiled for `isa` (which the CPU must support) into `out`; `stored`: see
@@ -302,6 +413,7 @@ pub(super) fn backward_stored(problem: &Problem, grad: &[f32], probs: &mut [f32]
 pub(super) fn backward_on(
     isa: Isa,
     problem: &Problem,
+    term: &Term,
     grad: &[f32],
     out: &mut [f32],
     stored: bool,
@@ -313,6 +425,7 @@ pub(super) fn backward_on(
             isa,
             BackwardJob {
                 problem,
+                term,
                 grad,
                 job,
                 out,
@@ -363,8 +476,9 @@ fn block_grads<const SOFT: bool>(
 
 /// One job of [`backward`] (`stored`: the probabilities are read from `out`, then replaced).
 #[inline(always)]
-fn backward_job<const FMA: bool>(
+fn backward_job<const FMA: bool, E: PixelTerm>(
     problem: &Problem,
+    term: &E,
     grad: &[f32],
     (b, start, count): Job,
     out: &mut [&mut [f32]],
@@ -372,6 +486,8 @@ fn backward_job<const FMA: bool>(
 ) {
     let (b_count, c_count) = (problem.batch, problem.classes);
     let g = |s: usize, c: usize| grad[(s * b_count + b) * c_count + c];
+    let g_term = |r: usize, c: usize| g(3 + r, c);
+    let mut term_scratch = term.scratch();
     let mut probs = vec![0.0f32; c_count * BLOCK];
     let mut dp = vec![0.0f32; c_count * BLOCK];
     let mut w = [0.0f32; BLOCK];
@@ -441,21 +557,26 @@ fn backward_job<const FMA: bool>(
                 }
             }
         }
+        // Added to the statistics' gradient just written.
+        term.backward_block::<FMA>(&mut term_scratch, (b, n0, len), local, &g_term, out);
     }
 }
-kernel_job!(ForwardJob<'a, 'b, 'o, 'r> {
+
+kernel_job!(ForwardJob<'a, 'b, 't, 'u, 'o, 'r> {
     problem: &'a Problem<'b>,
+    term: &'t Term<'u>,
     job: Job,
     out: &'o mut [&'r mut [MaybeUninit<f32>]],
-} -> (Vec<f64>, u32) = forward_job::<FMA>(problem, job, out));
+} -> (Vec<f64>, u32) = with_term!(term, t => forward_job::<FMA, _>(problem, t, job, out)));
 
-kernel_job!(BackwardJob<'a, 'b, 'g, 'o, 'r> {
+kernel_job!(BackwardJob<'a, 'b, 't, 'u, 'g, 'o, 'r> {
     problem: &'a Problem<'b>,
+    term: &'t Term<'u>,
     grad: &'g [f32],
     job: Job,
     out: &'o mut [&'r mut [f32]],
     stored: bool,
-} -> () = backward_job::<FMA>(problem, grad, job, out, stored));
+} -> () = with_term!(term, t => backward_job::<FMA, _>(problem, t, grad, job, out, stored)));
 
 #[cfg(test)]
 mod tests {
@@ -486,12 +607,15 @@ mod tests {
         // Two classes, three pixels, no activation: p = x.
         let x = [0.2, 0.6, 0.5, 0.8, 0.4, 0.5];
         let labels = [1i64, 0, 1];
-        let sums = forward(&problem(
-            &x,
-            Target::Indices(Labels::I64(&labels)),
-            None,
-            Activation::None,
-        ))
+        let sums = forward(
+            &problem(
+                &x,
+                Target::Indices(Labels::I64(&labels)),
+                None,
+                Activation::None,
+            ),
+            &Term::None,
+        )
         .sums;
         // I: class 0 gets p0[1] = 0.6; class 1 gets p1[0] + p1[2] = 0.8 + 0.5.
         let expected = [0.6, 1.3, 1.3, 1.7, 1.0, 2.0];
@@ -500,12 +624,15 @@ mod tests {
         }
         // The ignored middle pixel counts nowhere.
         let valid = [1.0, 0.0, 1.0];
-        let sums = forward(&problem(
-            &x,
-            Target::Indices(Labels::I32(&[1, 0, 1])),
-            Some(&valid),
-            Activation::None,
-        ))
+        let sums = forward(
+            &problem(
+                &x,
+                Target::Indices(Labels::I32(&[1, 0, 1])),
+                Some(&valid),
+                Activation::None,
+            ),
+            &Term::None,
+        )
         .sums;
         let expected = [0.0, 1.3, 0.7, 1.3, 0.0, 2.0];
         for (a, b) in sums.iter().zip(expected) {
@@ -545,11 +672,11 @@ mod tests {
                     terms: Terms::Squared,
                 };
                 let run = |isa| {
-                    let (sums, mut probs) = forward_storing_on(isa, &problem);
-                    assert_eq!(sums, forward_on(isa, &problem, None));
+                    let (sums, mut probs) = forward_storing_on(isa, &problem, &Term::None);
+                    assert_eq!(sums, forward_on(isa, &problem, &Term::None, None));
                     let mut dx = vec![0.0; x.len()];
-                    backward_on(isa, &problem, &grad, &mut dx, false);
-                    backward_on(isa, &problem, &grad, &mut probs, true);
+                    backward_on(isa, &problem, &Term::None, &grad, &mut dx, false);
+                    backward_on(isa, &problem, &Term::None, &grad, &mut probs, true);
                     (sums, dx, probs)
                 };
                 let (sums, dx, from_probs) = run(Isa::Baseline);
@@ -625,16 +752,16 @@ mod tests {
                 }
             }
         }
-        let (fused, mut stored) = forward_storing(&problem);
-        assert_eq!(fused, forward(&problem));
+        let (fused, mut stored) = forward_storing(&problem, &Term::None);
+        assert_eq!(fused, forward(&problem, &Term::None));
         for (a, b) in fused.sums.iter().zip(&sums) {
             assert!(
                 (*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0),
                 "{a} vs {b}"
             );
         }
-        let recomputed = backward(&problem, &grad);
-        backward_stored(&problem, &grad, &mut stored);
+        let recomputed = backward(&problem, &Term::None, &grad);
+        backward_stored(&problem, &Term::None, &grad, &mut stored);
         for ((a, s), b) in recomputed.iter().zip(&stored).zip(&dx) {
             assert!((*a as f64 - b).abs() < 1e-5 && (*s as f64 - b).abs() < 1e-5);
         }
@@ -646,7 +773,7 @@ mod tests {
         let dense = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
         let labels = [1i64, 0, 1];
         fn valid(x: &[f32], target: Target) -> bool {
-            forward(&problem(x, target, None, Activation::Softmax)).valid_data
+            forward(&problem(x, target, None, Activation::Softmax), &Term::None).valid_data
         }
         assert!(valid(&x, Target::Dense(&dense)));
         assert!(valid(&x, Target::Indices(Labels::I64(&labels))));
@@ -686,17 +813,17 @@ mod tests {
                     let mut p = problem(&x, target, valid, activation);
                     p.terms = terms;
                     let objective = |x: &[f32]| {
-                        let sums = forward(&Problem { x, ..p }).sums;
+                        let sums = forward(&Problem { x, ..p }, &Term::None).sums;
                         sums.iter()
                             .zip(&grad)
                             .map(|(s, g)| (s * g) as f64)
                             .sum::<f64>()
                     };
-                    let dx = backward(&p, &grad);
+                    let dx = backward(&p, &Term::None, &grad);
                     // The same gradient from the probabilities stored by the forward pass.
-                    let (with_probs, mut stored) = forward_storing(&p);
-                    assert_eq!(with_probs, forward(&p));
-                    backward_stored(&Problem { x: &[], ..p }, &grad, &mut stored);
+                    let (with_probs, mut stored) = forward_storing(&p, &Term::None);
+                    assert_eq!(with_probs, forward(&p, &Term::None));
+                    backward_stored(&Problem { x: &[], ..p }, &Term::None, &grad, &mut stored);
                     for (a, b) in stored.iter().zip(&dx) {
                         assert!((a - b).abs() < 1e-6, "{activation:?}: {stored:?} vs {dx:?}");
                     }

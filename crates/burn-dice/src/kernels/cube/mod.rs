@@ -28,8 +28,8 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use super::backend::{run, split, Forward, FusedOp, TargetPrim};
-use super::input::{Extra, ExtraSums, PreparedTarget, Stats, Terms, Verdict};
+use super::backend::{run, unstack, Forward, FusedOp, TargetPrim};
+use super::input::{Extra, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
 use crate::downcast::{first_backend, inner_float, is_backend};
 #[cfg(feature = "wgpu")]
@@ -440,21 +440,14 @@ pub(super) fn class_stats<B: Backend>(
     let backward = Op::StatsBackward { spec, values };
     let outputs = on_cube_backends!(K => launch::<B, K>(input, target, weight, forward, backward))?;
     let mut outputs = outputs.into_iter();
-    let sums = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(outputs.next()?));
+    let stacked = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(outputs.next()?));
     let verdict = match outputs.next() {
         Some(v) => Verdict::Device(Tensor::from_primitive(TensorPrimitive::Float(v))),
         None => Verdict::Unchecked,
     };
-    let [_, b, c] = sums.dims();
-    let row = |r: usize| sums.clone().narrow(0, r, 1).reshape([b, c]);
-    let extra = match term {
-        ExtraTerm::None => ExtraSums::None,
-        // Summed over the classes: the sample's loss and normalizer.
-        ExtraTerm::Ce { .. } => ExtraSums::Ce([3, 4].map(|r| row(r).sum_dim(1).reshape([b]))),
-        ExtraTerm::Focal { .. } => ExtraSums::Focal(row(3)),
-    };
+    let (sums, extra) = unstack(stacked, extra);
     Some(Stats {
-        sums: split(sums.narrow(0, 0, 3)),
+        sums,
         verdict,
         extra: Some(extra),
     })
