@@ -49,7 +49,7 @@
 //! the outputs back as `B`'s. Below it, the CPU kernels work on slices (`cpu/`: `stats.rs`,
 //! `ce.rs`, `focal.rs` on `common.rs`, `jobs.rs`, `isa.rs`) and the CubeCL kernels on device
 //! buffers (`cube/`: `stats.rs`, `ce.rs`, `focal.rs` on `common.rs`). The losses hand the
-//! flattened input and target to [`class_stats`] once (on the generic path, to [`extra_sums`]
+//! flattened input and target to `class_stats` once (on the generic path, to `extra_sums`
 //! too); nothing below this module calls back into the losses, the targets or the checks.
 //!
 //! # Data checks
