@@ -32,10 +32,10 @@ pub(super) fn class_weight<F: Float>(
     w
 }
 
-/// `lse = ln Σ_c e^(x_c)` from the pixel's softmax normalizer.
+/// `lse = ln Σ_c e^(x_c)` of each lane from the pixels' softmax normalizers.
 #[cube]
-pub(super) fn log_sum_exp(norm: Norm) -> f32 {
-    norm.max - norm.inv_sum.ln()
+pub(super) fn log_sum_exp<N: Size>(norms: Norms<N>) -> Vector<f32, N> {
+    norms.max - norms.inv_sum.ln()
 }
 
 /// The smoothed target `t' = (1 − ε)·t + ε/C` (`smooth` = `ε/C`).

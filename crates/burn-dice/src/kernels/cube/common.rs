@@ -3,10 +3,13 @@
 //! launch geometry and the launch count.
 //!
 //! Layout (as on the CPU): `x` is `[batch, class, pixels]` row-major; a dense target has the
-//! same layout; class indices and the validity weights are `[batch, pixels]`. The reductions
-//! run in two launches:
+//! same layout; class indices and the validity weights are `[batch, pixels]`. Every tensor
+//! of pixels is read in vectors of `N` adjacent pixels ([`lanes_for`]: 4 `f32` values, 128
+//! bits, where `pixels` allows it), as burn's element-wise kernels read theirs; the math then
+//! runs per lane, in `f32`. The reductions run in two launches:
 //! 1. each cube takes a tile of consecutive pixels of one sample (every class): its threads
-//!    walk the tile in steps of a cube's width ([`cube_size`]) of pixels (adjacent threads, adjacent addresses),
+//!    walk the tile in steps of a cube's width ([`cube_size`]) of vectors (adjacent threads,
+//!    adjacent addresses),
 //!    accumulate in `f32` registers, then [`cube_reduce`] combines the threads' values (plane
 //!    operations where the device has them, else a shared-memory tree) and the cube writes one
 //!    partial result per (class, statistic), and with the data checks its partial verdict, into
@@ -59,43 +62,63 @@ pub(super) struct Norm {
 /// longer ones stay loops, so that a kernel for 100 classes does not compile to 100 copies.
 pub(super) const UNROLL_CLASSES: usize = 16;
 
-/// The normalizer of the pixel whose class-0 logit is at `row0` (classes `pixels` apart); a
-/// neutral one (max 0, 1/sum 1) unless `activation` is softmax.
+/// The softmax normalizers of a vector of `N` adjacent pixels (one per lane), whose class-0
+/// logits are the vector at `row0` (classes `vectors` apart); neutral ones (max 0, 1/sum 1)
+/// unless `activation` is softmax.
+#[derive(CubeType, Clone, Copy)]
+pub(super) struct Norms<N: Size> {
+    pub max: Vector<f32, N>,
+    pub inv_sum: Vector<f32, N>,
+}
+
+/// The [`Norms`] of the pixels whose class-0 logits are the vector at `row0` (classes `vectors`
+/// apart).
 ///
 /// One pass over the classes (the online softmax of Milakov & Gimelshein, "Online normalizer
-/// calculation for softmax", 2018): the running largest logit `m` and `s = Σ e^(x_c − m)`
-/// over the classes seen so far, `s` rescaled by `e^(m − x_c)` when `x_c` is the new largest.
-/// One exponential per class and each logit read once, where the two-pass form (the largest
-/// first, then the sum) reads every logit twice.
+/// calculation for softmax", 2018): per lane, the running largest logit `m` and
+/// `s = Σ e^(x_c − m)` over the classes seen so far, `s` rescaled by `e^(m − x_c)` when `x_c`
+/// is the new largest. One exponential per class and each logit read once (one vector load
+/// per class), where the two-pass form (the largest first, then the sum) reads every logit
+/// twice.
 #[cube]
-pub(super) fn softmax_norm<F: Float>(
-    x: &Tensor<F>,
+pub(super) fn softmax_norms<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
     row0: usize,
-    pixels: usize,
+    vectors: usize,
     #[comptime] classes: usize,
     #[comptime] activation: u32,
-) -> Norm {
-    let mut norm = Norm {
-        max: 0.0f32,
-        inv_sum: 1.0f32,
-    };
+) -> Norms<N> {
+    let mut max = Vector::<f32, N>::new(0.0f32);
+    let mut inv_sum = Vector::<f32, N>::new(1.0f32);
     if comptime![activation == ACT_SOFTMAX] {
-        let mut max = f32::cast_from(x[row0]);
-        let mut sum = 1.0f32;
+        max = Vector::<f32, N>::cast_from(x[row0]);
+        let mut sum = Vector::<f32, N>::new(1.0f32);
         #[unroll(classes <= UNROLL_CLASSES)]
         for c in 1..classes {
-            let v = f32::cast_from(x[row0 + c * pixels]);
-            if v > max {
-                sum = sum * (max - v).exp() + 1.0f32;
-                max = v;
-            } else {
-                sum += (v - max).exp();
+            let v = Vector::<f32, N>::cast_from(x[row0 + c * vectors]);
+            #[unroll]
+            for lane in 0..x.vector_size() {
+                let (m, s, vl) = (max[lane], sum[lane], v[lane]);
+                if vl > m {
+                    sum[lane] = s * (m - vl).exp() + 1.0f32;
+                    max[lane] = vl;
+                } else {
+                    sum[lane] = s + (vl - m).exp();
+                }
             }
         }
-        norm.max = max;
-        norm.inv_sum = 1.0f32 / sum;
+        inv_sum = Vector::<f32, N>::new(1.0f32) / sum;
     }
-    norm
+    Norms::<N> { max, inv_sum }
+}
+
+/// The [`Norm`] of lane `lane` of `norms`.
+#[cube]
+pub(super) fn lane_norm<N: Size>(norms: &Norms<N>, lane: usize) -> Norm {
+    Norm {
+        max: norms.max[lane],
+        inv_sum: norms.inv_sum[lane],
+    }
 }
 
 /// The probability of logit `v` under `activation` (softmax: with the pixel's `norm`).
@@ -600,6 +623,27 @@ impl<R: CubeRuntime> Data<R> {
         [s[0], s[1], s[2]]
     }
 
+    /// The lanes of the kernels' vector loads along the pixel axis ([`lanes_for`]): as many
+    /// as the client loads at once of the input's type and of the class indices' (its
+    /// `io_optimized_vector_sizes`, as burn's element-wise kernels: 4 `f32`/`i32` values,
+    /// 128 bits, on lavapipe).
+    pub fn lanes(&self) -> usize {
+        let client = &self.x.client;
+        let widest = |t: &CubeTensor<R>| {
+            client
+                .io_optimized_vector_sizes(t.dtype.size())
+                .next()
+                .unwrap_or(1)
+        };
+        let mut widest_all = widest(&self.x);
+        if let Some(labels) = &self.labels {
+            widest_all = widest_all.min(widest(labels));
+        }
+        #[cfg(test)]
+        let widest_all = widest_all.min(tests::LANES_LIMIT.load(Ordering::Relaxed));
+        lanes_for(self.dims()[2], widest_all)
+    }
+
     /// One channel (comptime `single` in the kernels): the cross-entropy is the binary one.
     pub fn single_channel(&self) -> bool {
         self.dims()[1] == 1
@@ -618,53 +662,79 @@ impl<R: CubeRuntime> Data<R> {
     }
 }
 
-/// The weight of pixel `n` of sample `b` (1 without weights).
+/// The weights of the vector of pixels at `at` of `valid` (`[batch, 1, pixels]`; 1 without
+/// weights).
 #[cube]
-pub(super) fn weight<F: Float>(
-    valid: &Tensor<F>,
-    b: usize,
-    n: usize,
-    pixels: usize,
+pub(super) fn weights_of<F: Float, N: Size>(
+    valid: &Tensor<Vector<F, N>>,
+    at: usize,
     #[comptime] has_valid: bool,
-) -> f32 {
-    let mut w = 1.0f32;
+) -> Vector<f32, N> {
+    let mut w = Vector::<f32, N>::new(1.0f32);
     if has_valid {
-        w = f32::cast_from(valid[b * pixels + n]);
+        w = Vector::<f32, N>::cast_from(valid[at]);
     }
     w
 }
 
-/// The class index of pixel `n` of sample `b`, as `f32` (0 for a dense target).
+/// The class indices of the vector of pixels at `at` of `labels` (`[batch, 1, pixels]`), as
+/// `f32` (0 for a dense target).
 #[cube]
-pub(super) fn label<I: Numeric>(
-    labels: &Tensor<I>,
-    b: usize,
-    n: usize,
-    pixels: usize,
+pub(super) fn labels_of<I: Numeric, N: Size>(
+    labels: &Tensor<Vector<I, N>>,
+    at: usize,
     #[comptime] dense: bool,
-) -> f32 {
-    let mut l = 0.0f32;
+) -> Vector<f32, N> {
+    let mut l = Vector::<f32, N>::new(0.0f32);
     if !dense {
-        l = f32::cast_from(labels[b * pixels + n]);
+        l = Vector::<f32, N>::cast_from(labels[at]);
     }
     l
 }
 
-/// The target of the class whose element is at `at` (dense), or of class `c` for the class
-/// index `label`.
+/// The dense target's vector at `at` (0 for class indices).
 #[cube]
-pub(super) fn target_at<F: Float>(
-    dense: &Tensor<F>,
+pub(super) fn dense_of<F: Float, N: Size>(
+    dense: &Tensor<Vector<F, N>>,
     at: usize,
-    label: f32,
+    #[comptime] is_dense: bool,
+) -> Vector<f32, N> {
+    let mut t = Vector::<f32, N>::new(0.0f32);
+    if is_dense {
+        t = Vector::<f32, N>::cast_from(dense[at]);
+    }
+    t
+}
+
+/// The target of class `c` at lane `lane`: the dense target's value `dense[lane]`, or the
+/// one-hot of the class index `labels[lane]`.
+#[cube]
+pub(super) fn target<N: Size>(
+    dense: Vector<f32, N>,
+    labels: Vector<f32, N>,
+    lane: usize,
     c: usize,
     #[comptime] is_dense: bool,
 ) -> f32 {
     if is_dense {
-        f32::cast_from(dense[at])
+        dense[lane]
     } else {
-        one_hot(label, c)
+        one_hot(labels[lane], c)
     }
+}
+
+/// The pixels a kernel thread reads with one load (the lanes of its vectors) for `pixels`
+/// pixels per class when the device loads at most `widest` values of every tensor at once:
+/// the largest power of two up to `widest` that divides `pixels`. The rows of the classes
+/// start `pixels` apart, so a vector may not straddle two of them: there is no tail, a row
+/// length that 4 does not divide takes pairs or single values throughout. (Segmentation
+/// images and volumes have even sides almost always.)
+pub(super) fn lanes_for(pixels: usize, widest: usize) -> usize {
+    let mut lanes = widest.max(1);
+    while lanes > 1 && !pixels.is_multiple_of(lanes) {
+        lanes /= 2;
+    }
+    lanes
 }
 
 #[cfg(test)]
@@ -676,6 +746,33 @@ pub(super) mod tests {
     /// threads (a device with a lower limit) on one that allows 256. Process-wide: a cube size
     /// changes how the sums are grouped, not their values beyond rounding.
     pub(in crate::kernels) static CUBE_LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    /// Caps [`Data::lanes`] in tests, to run a shape whose rows allow vector loads with
+    /// narrower ones (or none). Process-wide, as [`CUBE_LIMIT`].
+    pub(in crate::kernels) static LANES_LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    #[test]
+    fn lanes_divide_the_rows() {
+        // (pixels, widest) -> lanes
+        let cases = [
+            ((4096, 4), 4),
+            ((20, 4), 4),
+            ((30, 4), 2),
+            ((35, 4), 1),
+            ((6, 8), 2),
+            ((24, 8), 8),
+            ((1, 4), 1),
+            ((12, 1), 1),
+            ((12, 0), 1),
+        ];
+        for ((pixels, widest), lanes) in cases {
+            assert_eq!(
+                lanes_for(pixels, widest),
+                lanes,
+                "{pixels} pixels, {widest} wide"
+            );
+        }
+    }
 
     #[test]
     fn cube_size_is_the_largest_power_of_two_the_device_allows() {

@@ -464,8 +464,16 @@ mod tests {
     type Ad<B> = Autodiff<B>;
 
     /// Shapes that cover the kernels' geometry: one block; many cubes per sample with a
-    /// partial last tile; more classes than a thread keeps in registers at once.
-    const SHAPES: [[usize; 4]; 3] = [SMALL, [2, 3, 67, 129], [2, 11, 9, 13]];
+    /// partial last tile; more classes than a thread keeps in registers at once; each with
+    /// scalar loads (an odd number of pixels) and with vector loads (`Data::lanes`: 4 for
+    /// 64 × 130 pixels, 2 for 6 × 5).
+    const SHAPES: [[usize; 4]; 5] = [
+        SMALL,
+        [2, 3, 67, 129],
+        [2, 3, 64, 130],
+        [2, 11, 9, 13],
+        [2, 11, 6, 5],
+    ];
 
     /// The default wgpu device once an adapter has been seen to work. Without one the test
     /// says so on stderr and does not run (a fresh machine without a Vulkan driver), unless
@@ -613,6 +621,53 @@ mod tests {
             ),
             "{message}"
         );
+    }
+
+    /// The vector loads the kernels take on this adapter: 4 `f32` where the pixels allow it,
+    /// else narrower, else none. The shapes of `SHAPES` then run the vector path through the
+    /// comparisons above (a lane count the kernel did not use would read the wrong pixels).
+    #[test]
+    fn vector_loads_follow_the_rows() {
+        use burn::tensor::Int;
+        let Some(device) = device() else { return };
+        let data = |pixels: usize| {
+            let x = Tensor::<WgpuCube, 3>::zeros([2, 3, pixels], &device);
+            let labels = Tensor::<WgpuCube, 3, Int>::zeros([2, 1, pixels], &device);
+            Data {
+                x: x.into_primitive().tensor(),
+                dense: None,
+                labels: Some(labels.into_primitive()),
+                valid: None,
+            }
+        };
+        let widest = {
+            let client = <burn_wgpu::WgpuRuntime as cubecl::Runtime>::client(&device);
+            let widest = client.io_optimized_vector_sizes(4).next().unwrap();
+            widest
+        };
+        assert!(
+            widest >= 4,
+            "lavapipe and GPUs load 128 bits; this adapter: {widest}"
+        );
+        assert_eq!(data(64 * 130).lanes(), 4);
+        assert_eq!(data(30).lanes(), 2);
+        assert_eq!(data(35).lanes(), 1);
+        // One shape whose rows take 4 lanes, run with 2 and with scalar loads (as on a device
+        // that loads less at once): every width gives the generic path's values. (The only
+        // test that narrows them, so the asserts above see the device's widths.)
+        use std::sync::atomic::Ordering;
+        let limit = &super::common::tests::LANES_LIMIT;
+        let result = std::panic::catch_unwind(|| {
+            for lanes in [2, 1] {
+                limit.store(lanes, Ordering::Relaxed);
+                assert_eq!(data(96).lanes(), lanes);
+                compare_on::<Ad<WgpuCube>>(&device, [2, 3, 8, 12]);
+            }
+        });
+        limit.store(usize::MAX, Ordering::Relaxed);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     #[test]

@@ -96,25 +96,31 @@ pub(crate) struct TermValues {
     pub alpha: f32,
 }
 
-/// The cross-entropy's `lse` of the pixel whose class-0 logit is at `row0` (0 unless the extra
-/// term is the multi-class cross-entropy): from the activation's normalizer `norm` when the
-/// activation is the softmax, else computed here.
+/// The cross-entropy's `lse` of each lane of the pixels whose class-0 logits are the vector at
+/// `row0` (0 unless the extra term is the multi-class cross-entropy): from the activation's
+/// normalizers `norms` when the activation is the softmax, else computed here.
 #[cube]
-fn ce_log_sum_exp<F: Float>(
-    x: &Tensor<F>,
+fn ce_log_sum_exp<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
     row0: usize,
-    pixels: usize,
+    vectors: usize,
     #[comptime] classes: usize,
-    norm: Norm,
+    norms: Norms<N>,
     #[comptime] spec: StatsSpec,
     #[comptime] single: bool,
-) -> f32 {
-    let mut lse = 0.0f32;
+) -> Vector<f32, N> {
+    let mut lse = Vector::<f32, N>::new(0.0f32);
     if comptime![spec.extra.is_ce() && !single] {
         if comptime![spec.activation == ACT_SOFTMAX] {
-            lse = ce::log_sum_exp(norm);
+            lse = ce::log_sum_exp::<N>(norms);
         } else {
-            lse = ce::log_sum_exp(softmax_norm::<F>(x, row0, pixels, classes, ACT_SOFTMAX));
+            lse = ce::log_sum_exp::<N>(softmax_norms::<F, N>(
+                x,
+                row0,
+                vectors,
+                classes,
+                ACT_SOFTMAX,
+            ));
         }
     }
     lse
@@ -123,19 +129,22 @@ fn ce_log_sum_exp<F: Float>(
 /// Per cube: its partial sums of each class and, with `check`, its partial verdict, laid out
 /// as [`Partials`] says (`width` = classes, `stats` = the rows of `spec.extra`). The classes
 /// are taken `classes_at_once.size` at a time; `single`: the input has one channel.
+///
+/// The pixels are read `N` at a time ([`Data::lanes`]): a thread's step is one vector of each
+/// class (`vectors` = pixels / `N` per class row), the math runs per lane on `f32`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 // `(0.0..=1.0).contains` is not a CubeCL expression: the comparisons stay written out.
 #[allow(clippy::manual_range_contains)]
-fn stats_forward_kernel<F: Float, I: Numeric>(
-    x: &Tensor<F>,
-    dense: &Tensor<F>,
-    labels: &Tensor<I>,
-    valid: &Tensor<F>,
+fn stats_forward_kernel<F: Float, I: Numeric, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    dense: &Tensor<Vector<F, N>>,
+    labels: &Tensor<Vector<I, N>>,
+    valid: &Tensor<Vector<F, N>>,
     weights: &Tensor<F>,
     partial: &mut Tensor<f32>,
     #[comptime] classes: usize,
-    pixels: usize,
+    vectors: usize,
     per_thread: usize,
     pos_weight: f32,
     label_smoothing: f32,
@@ -154,6 +163,7 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
     let group = classes_at_once.size;
     let groups = classes_at_once.count;
     let rows = comptime![spec.extra.rows()];
+    let lanes = x.vector_size();
     let batch = CUBE_COUNT_Y as usize;
     let b = CUBE_POS_Y as usize;
     let tile = CUBE_POS_X as usize;
@@ -182,76 +192,88 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
         }
         for j in 0..per_thread {
             let n = start + j * cube + tid;
-            if n < pixels {
-                let row0 = b * classes * pixels + n;
-                let w = weight::<F>(valid, b, n, pixels, has_valid);
-                let l = label::<I>(labels, b, n, pixels, is_dense);
+            if n < vectors {
+                let row0 = b * classes * vectors + n;
+                let wv = weights_of::<F, N>(valid, b * vectors + n, has_valid);
+                let lv = labels_of::<I, N>(labels, b * vectors + n, is_dense);
                 if comptime![check && !is_dense && gi == 0] {
-                    if l > verdict[2] {
-                        verdict[2] = l;
-                    }
-                    if -l > verdict[3] {
-                        verdict[3] = -l;
+                    #[unroll]
+                    for lane in 0..lanes {
+                        let l = lv[lane];
+                        if l > verdict[2] {
+                            verdict[2] = l;
+                        }
+                        if -l > verdict[3] {
+                            verdict[3] = -l;
+                        }
                     }
                 }
-                let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
-                let lse = ce_log_sum_exp::<F>(x, row0, pixels, classes, norm, spec, single);
+                let norms = softmax_norms::<F, N>(x, row0, vectors, classes, spec.activation);
+                let lse = ce_log_sum_exp::<F, N>(x, row0, vectors, classes, norms, spec, single);
                 #[unroll]
                 for g in 0..group {
                     let c = comptime![g0 + g];
                     let k = comptime![rows * g];
                     if c < classes {
-                        let at = row0 + c * pixels;
-                        let v = f32::cast_from(x[at]);
-                        let t = target_at::<F>(dense, at, l, c, is_dense);
-                        if check {
-                            if v.is_nan() || v.is_inf() {
-                                verdict[0] += 1.0f32;
-                            }
-                            if comptime![is_dense] {
-                                // NaN fails both comparisons: test it apart.
-                                if t.is_nan() || t < 0.0f32 || t > 1.0f32 {
-                                    verdict[1] += 1.0f32;
+                        let at = row0 + c * vectors;
+                        let xv = Vector::<f32, N>::cast_from(x[at]);
+                        let tv = dense_of::<F, N>(dense, at, is_dense);
+                        let w_c = ce::class_weight::<F>(
+                            weights,
+                            c,
+                            comptime![spec.extra.has_class_weight()],
+                        );
+                        #[unroll]
+                        for lane in 0..lanes {
+                            let v = xv[lane];
+                            let w = wv[lane];
+                            let t = target::<N>(tv, lv, lane, c, is_dense);
+                            if check {
+                                if v.is_nan() || v.is_inf() {
+                                    verdict[0] += 1.0f32;
+                                }
+                                if comptime![is_dense] {
+                                    // NaN fails both comparisons: test it apart.
+                                    if t.is_nan() || t < 0.0f32 || t > 1.0f32 {
+                                        verdict[1] += 1.0f32;
+                                    }
                                 }
                             }
-                        }
-                        let pw = activate(v, norm, spec.activation) * w;
-                        let tw = t * w;
-                        if comptime![spec.terms == Terms::SoftL1] {
-                            acc[k] += soft_intersection(pw, tw);
-                            acc[k + 1] += pw.abs();
-                            acc[k + 2] += tw.abs();
-                        } else if comptime![spec.terms == Terms::Squared] {
-                            acc[k] += pw * tw;
-                            acc[k + 1] += pw * pw;
-                            acc[k + 2] += tw * tw;
-                        } else {
-                            acc[k] += pw * tw;
-                            acc[k + 1] += pw;
-                            acc[k + 2] += tw;
-                        }
-                        if comptime![spec.extra.is_ce() && single] {
-                            acc[k + 3] += ce::binary(v, t, pos_weight) * w;
-                            acc[k + 4] += w;
-                        }
-                        if comptime![spec.extra.is_ce() && !single] {
-                            let w_c = ce::class_weight::<F>(
-                                weights,
-                                c,
-                                comptime![spec.extra.has_class_weight()],
-                            );
-                            let ts = ce::smoothed(t, eps, smooth);
-                            acc[k + 3] += ce::term(v, lse, ts, w_c) * w;
-                            // norm = v·w_y (class indices), v (dense: counted once, at class 0).
-                            if comptime![!is_dense] {
-                                acc[k + 4] += w_c * t * w;
-                            } else if comptime![c == 0] {
+                            let norm = lane_norm::<N>(&norms, lane);
+                            let pw = activate(v, norm, spec.activation) * w;
+                            let tw = t * w;
+                            if comptime![spec.terms == Terms::SoftL1] {
+                                acc[k] += soft_intersection(pw, tw);
+                                acc[k + 1] += pw.abs();
+                                acc[k + 2] += tw.abs();
+                            } else if comptime![spec.terms == Terms::Squared] {
+                                acc[k] += pw * tw;
+                                acc[k + 1] += pw * pw;
+                                acc[k + 2] += tw * tw;
+                            } else {
+                                acc[k] += pw * tw;
+                                acc[k + 1] += pw;
+                                acc[k + 2] += tw;
+                            }
+                            if comptime![spec.extra.is_ce() && single] {
+                                acc[k + 3] += ce::binary(v, t, pos_weight) * w;
                                 acc[k + 4] += w;
                             }
-                        }
-                        if comptime![spec.extra.is_focal()] {
-                            let has_alpha = comptime![spec.extra.has_alpha()];
-                            acc[k + 3] += focal::loss(v, t, gamma, alpha, has_alpha) * w;
+                            if comptime![spec.extra.is_ce() && !single] {
+                                let ts = ce::smoothed(t, eps, smooth);
+                                acc[k + 3] += ce::term(v, lse[lane], ts, w_c) * w;
+                                // norm = v·w_y (class indices), v (dense: counted once, at
+                                // class 0).
+                                if comptime![!is_dense] {
+                                    acc[k + 4] += w_c * t * w;
+                                } else if comptime![c == 0] {
+                                    acc[k + 4] += w;
+                                }
+                            }
+                            if comptime![spec.extra.is_focal()] {
+                                let has_alpha = comptime![spec.extra.has_alpha()];
+                                acc[k + 3] += focal::loss(v, t, gamma, alpha, has_alpha) * w;
+                            }
                         }
                     }
                 }
@@ -285,20 +307,21 @@ fn stats_forward_kernel<F: Float, I: Numeric>(
 }
 
 /// `∂L/∂x` from `grad` = `∂L/∂` the forward's output (`[rows, batch, class]`): one thread per
-/// pixel, every class.
+/// vector of `N` pixels ([`Data::lanes`]; `vectors` = pixels / `N` per class row), every
+/// class.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn stats_backward_kernel<F: Float, I: Numeric>(
-    x: &Tensor<F>,
-    dense: &Tensor<F>,
-    labels: &Tensor<I>,
-    valid: &Tensor<F>,
+fn stats_backward_kernel<F: Float, I: Numeric, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    dense: &Tensor<Vector<F, N>>,
+    labels: &Tensor<Vector<I, N>>,
+    valid: &Tensor<Vector<F, N>>,
     weights: &Tensor<F>,
     grad: &Tensor<f32>,
-    dx: &mut Tensor<F>,
+    dx: &mut Tensor<Vector<F, N>>,
     batch: usize,
     #[comptime] classes: usize,
-    pixels: usize,
+    vectors: usize,
     pos_weight: f32,
     label_smoothing: f32,
     gamma: f32,
@@ -310,107 +333,145 @@ fn stats_backward_kernel<F: Float, I: Numeric>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let pos = ABSOLUTE_POS;
-    if pos >= batch * pixels {
+    if pos >= batch * vectors {
         terminate!();
     }
-    let b = pos / pixels;
-    let n = pos % pixels;
-    let row0 = b * classes * pixels + n;
+    let lanes = x.vector_size();
+    let b = pos / vectors;
+    let n = pos % vectors;
+    let row0 = b * classes * vectors + n;
     // The distance between two rows of `grad`; row 3 is the extra term's loss.
     let stride = batch * classes;
-    let w = weight::<F>(valid, b, n, pixels, has_valid);
-    let l = label::<I>(labels, b, n, pixels, is_dense);
-    let norm = softmax_norm::<F>(x, row0, pixels, classes, spec.activation);
-    let lse = ce_log_sum_exp::<F>(x, row0, pixels, classes, norm, spec, single);
+    let wv = weights_of::<F, N>(valid, b * vectors + n, has_valid);
+    let lv = labels_of::<I, N>(labels, b * vectors + n, is_dense);
+    let norms = softmax_norms::<F, N>(x, row0, vectors, classes, spec.activation);
+    let lse = ce_log_sum_exp::<F, N>(x, row0, vectors, classes, norms, spec, single);
     let eps = label_smoothing;
     let smooth = eps / comptime![classes as f32];
     let has_weight = comptime![spec.extra.has_class_weight()];
-    // `r = Σ_k p_k ∂L/∂p_k` for the softmax, refined once: `refine = Σ_k p_k (∂L/∂p_k − r)`
-    // (exactly 0 up to 1e-14 where every `∂L/∂p_k` is equal; see the CPU kernel's
-    // `backward_job`).
-    let mut r = 0.0f32;
-    let mut refine = 0.0f32;
+    // Per lane, `r = Σ_k p_k ∂L/∂p_k` for the softmax, refined once:
+    // `refine = Σ_k p_k (∂L/∂p_k − r)` (exactly 0 up to 1e-14 where every `∂L/∂p_k` is equal;
+    // see the CPU kernel's `backward_job`).
+    let mut r = Vector::<f32, N>::new(0.0f32);
+    let mut refine = Vector::<f32, N>::new(0.0f32);
     if comptime![spec.activation == ACT_SOFTMAX] {
-        #[unroll(classes <= UNROLL_CLASSES)]
-        for c in 0..classes {
-            let at = row0 + c * pixels;
-            let p = activate(f32::cast_from(x[at]), norm, spec.activation);
-            let t = target_at::<F>(dense, at, l, c, is_dense);
-            r += p * d_prob(grad, p, t, w, b * classes + c, stride, spec);
-        }
-        #[unroll(classes <= UNROLL_CLASSES)]
-        for c in 0..classes {
-            let at = row0 + c * pixels;
-            let p = activate(f32::cast_from(x[at]), norm, spec.activation);
-            let t = target_at::<F>(dense, at, l, c, is_dense);
-            refine += p * (d_prob(grad, p, t, w, b * classes + c, stride, spec) - r);
-        }
+        let zero = Vector::<f32, N>::new(0.0f32);
+        let pixel = (row0, vectors, b * classes, stride);
+        r = softmax_dot::<F, N>(
+            x, dense, grad, lv, wv, norms, zero, pixel, classes, spec, is_dense,
+        );
+        refine = softmax_dot::<F, N>(
+            x, dense, grad, lv, wv, norms, r, pixel, classes, spec, is_dense,
+        );
     }
-    // The cross-entropy's softmax couples the classes: `total = Σ_c g_c w_c t'_c`.
-    let mut total = 0.0f32;
+    // The cross-entropy's softmax couples the classes: `total = Σ_c g_c w_c t'_c` per lane.
+    let mut total = Vector::<f32, N>::new(0.0f32);
     if comptime![spec.extra.is_ce() && !single] {
         #[unroll(classes <= UNROLL_CLASSES)]
         for c in 0..classes {
-            let t = target_at::<F>(dense, row0 + c * pixels, l, c, is_dense);
+            let tv = dense_of::<F, N>(dense, row0 + c * vectors, is_dense);
             let g = grad[3 * stride + b * classes + c];
-            total +=
-                g * ce::class_weight::<F>(weights, c, has_weight) * ce::smoothed(t, eps, smooth);
+            let gw = g * ce::class_weight::<F>(weights, c, has_weight);
+            #[unroll]
+            for lane in 0..lanes {
+                let t = target::<N>(tv, lv, lane, c, is_dense);
+                total[lane] = total[lane] + gw * ce::smoothed(t, eps, smooth);
+            }
         }
     }
     #[unroll(classes <= UNROLL_CLASSES)]
     for c in 0..classes {
-        let at = row0 + c * pixels;
-        let v = f32::cast_from(x[at]);
-        let p = activate(v, norm, spec.activation);
-        let t = target_at::<F>(dense, at, l, c, is_dense);
-        let dp = d_prob(grad, p, t, w, b * classes + c, stride, spec);
-        let mut out = dp;
-        if comptime![spec.activation == ACT_SIGMOID] {
-            out = dp * p * (1.0f32 - p);
-        }
-        if comptime![spec.activation == ACT_SOFTMAX] {
-            out = p * ((dp - r) - refine);
-        }
+        let at = row0 + c * vectors;
+        let xv = Vector::<f32, N>::cast_from(x[at]);
+        let tv = dense_of::<F, N>(dense, at, is_dense);
+        let (g_i, g_p) = (grad[b * classes + c], grad[stride + b * classes + c]);
+        // The term's loss is summed with the pixel's weight `w`: its row of `grad`.
+        let mut g = 0.0f32;
         if comptime![spec.extra.rows() > 3] {
-            // The term's loss is summed with the pixel's weight `w`.
-            let g = grad[3 * stride + b * classes + c];
+            g = grad[3 * stride + b * classes + c];
+        }
+        let w_c = ce::class_weight::<F>(weights, c, has_weight);
+        let mut out = Vector::<F, N>::empty();
+        #[unroll]
+        for lane in 0..lanes {
+            let v = xv[lane];
+            let w = wv[lane];
+            let p = activate(v, lane_norm::<N>(&norms, lane), spec.activation);
+            let t = target::<N>(tv, lv, lane, c, is_dense);
+            let dp = d_prob(g_i, g_p, p, t, w, spec);
+            let mut o = dp;
+            if comptime![spec.activation == ACT_SIGMOID] {
+                o = dp * p * (1.0f32 - p);
+            }
+            if comptime![spec.activation == ACT_SOFTMAX] {
+                o = p * ((dp - r[lane]) - refine[lane]);
+            }
             if comptime![spec.extra.is_ce() && single] {
-                out += w * g * ce::d_binary(v, t, pos_weight);
+                o += w * g * ce::d_binary(v, t, pos_weight);
             }
             if comptime![spec.extra.is_ce() && !single] {
                 // The cross-entropy's softmax: the activation's when it is the softmax.
                 let mut q = p;
                 if comptime![spec.activation != ACT_SOFTMAX] {
-                    q = (v - lse).exp();
+                    q = (v - lse[lane]).exp();
                 }
-                let w_c = ce::class_weight::<F>(weights, c, has_weight);
                 let ts = ce::smoothed(t, eps, smooth);
-                out += w * ce::d_term(q, g, w_c, ts, total);
+                o += w * ce::d_term(q, g, w_c, ts, total[lane]);
             }
             if comptime![spec.extra.is_focal()] {
                 let has_alpha = comptime![spec.extra.has_alpha()];
-                out += w * g * focal::d_loss(v, t, gamma, alpha, has_alpha);
+                o += w * g * focal::d_loss(v, t, gamma, alpha, has_alpha);
             }
+            out[lane] = F::cast_from(o);
         }
-        dx[at] = F::cast_from(out);
+        dx[at] = out;
     }
 }
 
-/// `∂L/∂p` of one element: `g_I·t·w² + g_P·w·(2pw or 1)` (with `soft_label`:
-/// `g_I·w·(sgn pw − sgn(pw − tw))/2 + g_P·w·sgn pw`), with `bc` = `b·classes + c` and
-/// `stride` = `batch·classes` (the distance between the rows of `grad`).
+/// Per lane, `Σ_c p_c (∂L/∂p_c − shift)` over the classes of the pixels whose class indices
+/// are `lv`, weights `wv`, normalizers `norms`: with `shift` 0 the softmax backward's
+/// `r = Σ_k p_k ∂L/∂p_k`, with `shift` = `r` its refinement. `pixel`: the vector of class 0
+/// (`row0`), the vectors of a class row, `b · classes`, the distance between the rows of
+/// `grad`.
 #[cube]
-fn d_prob(
+#[allow(clippy::too_many_arguments)]
+fn softmax_dot<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    dense: &Tensor<Vector<F, N>>,
     grad: &Tensor<f32>,
-    p: f32,
-    t: f32,
-    w: f32,
-    bc: usize,
-    stride: usize,
+    lv: Vector<f32, N>,
+    wv: Vector<f32, N>,
+    norms: Norms<N>,
+    shift: Vector<f32, N>,
+    pixel: (usize, usize, usize, usize),
+    #[comptime] classes: usize,
     #[comptime] spec: StatsSpec,
-) -> f32 {
-    let g_i = grad[bc];
-    let g_p = grad[stride + bc];
+    #[comptime] is_dense: bool,
+) -> Vector<f32, N> {
+    let (row0, vectors, bc0, stride) = pixel;
+    let mut dot = Vector::<f32, N>::new(0.0f32);
+    #[unroll(classes <= UNROLL_CLASSES)]
+    for c in 0..classes {
+        let at = row0 + c * vectors;
+        let xv = Vector::<f32, N>::cast_from(x[at]);
+        let tv = dense_of::<F, N>(dense, at, is_dense);
+        let (g_i, g_p) = (grad[bc0 + c], grad[stride + bc0 + c]);
+        #[unroll]
+        for lane in 0..x.vector_size() {
+            let p = activate(xv[lane], lane_norm::<N>(&norms, lane), spec.activation);
+            let t = target::<N>(tv, lv, lane, c, is_dense);
+            let dp = d_prob(g_i, g_p, p, t, wv[lane], spec);
+            dot[lane] = dot[lane] + p * (dp - shift[lane]);
+        }
+    }
+    dot
+}
+
+/// `∂L/∂p` of one element: `g_I·t·w² + g_P·w·(2pw or 1)` (with `soft_label`:
+/// `g_I·w·(sgn pw − sgn(pw − tw))/2 + g_P·w·sgn pw`), with `g_I`, `g_P` the gradients of its
+/// (sample, class)'s `I` and `P`.
+#[cube]
+fn d_prob(g_i: f32, g_p: f32, p: f32, t: f32, w: f32, #[comptime] spec: StatsSpec) -> f32 {
     // (∂I/∂p, ∂P/∂p), as `Terms::d_soft` and the CPU kernel's `pixel_grads`.
     let mut d_i = t * w * w;
     let mut d_p = w;
@@ -461,7 +522,9 @@ pub(crate) fn forward<R: CubeRuntime>(
     let [batch, classes, pixels] = data.dims();
     let rows = spec.extra.rows();
     let cube = client_cube(&data.x.client);
-    let tiling = Tiling::new(batch, pixels, cube);
+    let lanes = data.lanes();
+    let vectors = pixels / lanes;
+    let tiling = Tiling::new(batch, vectors, cube);
     let partials = Partials {
         batch,
         tiles: tiling.tiles,
@@ -475,8 +538,10 @@ pub(crate) fn forward<R: CubeRuntime>(
     counted();
     // SAFETY: no access is out of bounds, and every loop ends (`per_thread` iterations):
     // - `x`, `dense` (`[batch, class, pixels]`, contiguous, `Data`), `labels`, `valid`
-    //   (`[batch, pixels]`) are read at pixel `n < pixels` of sample `b < batch` (the cube
-    //   count's y is `batch`) and class `c < classes`, each under its own `if`; `dense`,
+    //   (`[batch, pixels]`) are read in vectors of `lanes` values (`lanes` divides `pixels`,
+    //   `lanes_for`, so a class row is `vectors` whole vectors) at vector `n < vectors` of
+    //   sample `b < batch` (the cube count's y is `batch`) and class `c < classes`, each under
+    //   its own `if`; `dense`,
     //   `labels`, `valid`, `weights` (bound to `x` when absent) only where the comptime flags
     //   say the tensor was given; `weights` (`[class]`) at `c < classes`;
     // - `partial` is `Partials::len` = `batch · tiles · (classes · rows + 4 if check)` values,
@@ -492,6 +557,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             &data.x.client,
             tiling.cube_count(batch),
             CubeDim::new_1d(cube as u32),
+            lanes,
             args.x,
             args.dense,
             args.labels,
@@ -499,7 +565,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             weights.into_tensor_arg(),
             partial.clone().into_tensor_arg(),
             classes,
-            pixels,
+            vectors,
             tiling.per_thread,
             values.pos_weight,
             values.label_smoothing,
@@ -536,13 +602,16 @@ pub(crate) fn backward<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let [batch, classes, pixels] = data.dims();
     let dx = empty_like(&data.x, vec![batch, classes, pixels], data.x.dtype);
-    let (count, dim) = elementwise(&data.x.client, batch * pixels);
+    let lanes = data.lanes();
+    let vectors = pixels / lanes;
+    let (count, dim) = elementwise(&data.x.client, batch * vectors);
     let args = data.args();
     let weights = weights.unwrap_or_else(|| data.x.clone());
     counted();
-    // SAFETY: every thread past `batch · pixels` leaves first; the others read `x`, `dense`
+    // SAFETY: every thread past `batch · vectors` leaves first; the others read `x`, `dense`
     // (contiguous `[batch, class, pixels]`), `labels`, `valid` (`[batch, pixels]`) and write
-    // `dx` (`[batch, class, pixels]`) at their pixel of each class `c < classes`, read `grad`
+    // `dx` (`[batch, class, pixels]`) in vectors of `lanes` values (`lanes` divides `pixels`,
+    // `lanes_for`) at their vector of each class `c < classes`, read `grad`
     // (contiguous `[rows, batch, class]`) at `(row < rows, b, c)` (rows 3 and 4 only where the
     // comptime extra term has them), and `weights` (`[class]`) at `c` only with class weights;
     // the absent tensors are bound to `x` and never read (comptime flags). The loops run over
@@ -552,6 +621,7 @@ pub(crate) fn backward<R: CubeRuntime>(
             &data.x.client,
             count,
             dim,
+            lanes,
             args.x,
             args.dense,
             args.labels,
@@ -561,7 +631,7 @@ pub(crate) fn backward<R: CubeRuntime>(
             dx.clone().into_tensor_arg(),
             batch,
             classes,
-            pixels,
+            vectors,
             values.pos_weight,
             values.label_smoothing,
             values.gamma,
