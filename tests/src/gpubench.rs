@@ -29,6 +29,12 @@ use crate::crosscheck::noise;
 /// The losses benchmarked.
 pub const LOSSES: [&str; 5] = ["Dice", "GeneralizedDice", "Tversky", "DiceCE", "DiceFocal"];
 
+/// The floor every loss in burn pays, timed beside the losses: `x.mean()` (burn ops only), one
+/// reduction over the input with its autodiff node and, backward, the input's gradient. What
+/// a loss costs above it is its own work; what it costs below the bandwidth it should reach is
+/// burn's per-call overhead (graph, fusion stream, launches), which a loss cannot remove.
+pub const FLOOR: &str = "Floor";
+
 /// A benchmark case.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchCase {
@@ -42,8 +48,9 @@ pub struct BenchCase {
     pub sigmoid: bool,
 }
 
-/// The cases: MONAI's three anchors and a larger 3-D case.
-pub const CASES: [BenchCase; 4] = [
+/// The cases: MONAI's three anchors, a larger 3-D case, and (not run by default) one large
+/// enough that the memory traffic outweighs the per-call overhead on a data-centre GPU.
+pub const CASES: [BenchCase; 5] = [
     BenchCase {
         id: 'a',
         name: "sigmoid dense [8,1,256,256]",
@@ -66,6 +73,12 @@ pub const CASES: [BenchCase; 4] = [
         id: 'd',
         name: "softmax indices 3-D [2,4,128,128,128]",
         shape: [2, 4, 128, 128, 128],
+        sigmoid: false,
+    },
+    BenchCase {
+        id: 'e',
+        name: "softmax indices 3-D [8,8,128,128,128]",
+        shape: [8, 8, 128, 128, 128],
         sigmoid: false,
     },
 ];
@@ -135,6 +148,7 @@ fn loss_fn<B: AutodiffBackend, const D: usize>(
         "Tversky" => tv.forward(x, t),
         "DiceCE" => ce.forward(x, t),
         "DiceFocal" => fo.forward(x, t),
+        FLOOR => x.mean(),
         other => panic!("unknown loss {other}"),
     }
 }
@@ -266,8 +280,14 @@ pub fn bench_losses<B: AutodiffBackend>(
             4 * n / case.shape[1] as u64
         };
         let bytes = 2 * (4 * n + target) + 4 * n;
-        for loss in LOSSES {
-            for generic in [false, true] {
+        for loss in LOSSES.into_iter().chain([FLOOR]) {
+            // The floor is burn ops whatever the backend: one path.
+            let paths: &[bool] = if loss == FLOOR {
+                &[true]
+            } else {
+                &[false, true]
+            };
+            for &generic in paths {
                 let run = || match case.shape[4] {
                     1 => time_one::<B, 4>(loss, case, reps, device, in_use),
                     _ => time_one::<B, 5>(loss, case, reps, device, in_use),
@@ -278,7 +298,9 @@ pub fn bench_losses<B: AutodiffBackend>(
                 let timing = LossTiming {
                     loss: loss.to_string(),
                     case: case.name.to_string(),
-                    path: if generic {
+                    path: if loss == FLOOR {
+                        "floor".into()
+                    } else if generic {
                         "generic".into()
                     } else {
                         format!("{:?}", path::<B>()).to_lowercase()

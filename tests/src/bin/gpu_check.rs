@@ -7,8 +7,11 @@
 //! shapes data set. Writes a JSON report and exits non-zero if any check fails.
 //!
 //! ```text
-//! gpu-check [REPORT] [EPOCHS] [--cases abcd] [--reps N] [--unet-size S] [--no-train]
+//! gpu-check [REPORT] [EPOCHS] [--cases abcd] [--reps N] [--unet-size S] [--no-unet] [--no-train]
 //! ```
+//! `--no-unet` skips the U-Net step (it takes most of a lavapipe run), `--no-train` the
+//! training. The report is written after each part (with `"complete": false` until the end),
+//! so a run cut short by a time limit still leaves what it measured.
 //! `BURN_DICE_PEAK_GBPS` gives the device's peak memory bandwidth (GB/s), for the fraction of
 //! it each loss achieves.
 
@@ -35,6 +38,7 @@ struct Args {
     cases: String,
     reps: usize,
     unet_size: usize,
+    unet: bool,
     train: bool,
 }
 
@@ -46,6 +50,7 @@ impl Args {
             cases: "abcd".into(),
             reps: 20,
             unet_size: 128,
+            unet: true,
             train: true,
         };
         let mut positional = 0;
@@ -61,6 +66,7 @@ impl Args {
                 "--unet-size" => {
                     args.unet_size = value("--unet-size").parse().expect("--unet-size: a number")
                 }
+                "--no-unet" => args.unet = false,
                 "--no-train" => args.train = false,
                 _ if positional == 0 => {
                     args.report = a;
@@ -75,6 +81,14 @@ impl Args {
         }
         args
     }
+}
+
+/// Writes the report; `complete` is false for the parts written before the run ends.
+fn write_report(path: &str, report: &serde_json::Value, complete: bool) {
+    let mut report = report.clone();
+    report["complete"] = json!(complete);
+    std::fs::write(path, serde_json::to_string_pretty(&report).expect("json"))
+        .expect("write the report");
 }
 
 fn main() {
@@ -162,9 +176,21 @@ fn main() {
         }
     );
     let cross_ok = cross_ok && tree.iter().flatten().all(|c| c.ok);
+    let mut report = json!({
+        "pass": parity_ok && cross_ok,
+        "device": format!("{device:?}"),
+        "peak_gbps": peak_gbps,
+        "parity": parity,
+        "wgpu_vs_ndarray": cross,
+        "plane_reductions": planes,
+        "wgpu_vs_ndarray_plane_reductions_off": tree,
+    });
+    write_report(&args.report, &report, false);
 
     let in_use = || wgpu_bytes_in_use(&device);
     let timings = bench_losses::<WgpuAutodiff>(&args.cases, args.reps, peak_gbps, &device, &in_use);
+    report["loss_timings"] = json!(timings);
+    write_report(&args.report, &report, false);
 
     let bench_args = BenchArgs {
         steps: 10,
@@ -173,6 +199,7 @@ fn main() {
     };
     let steps: Vec<_> = [true, false]
         .into_iter()
+        .filter(|_| args.unet)
         .map(|checks| {
             let step = unet::bench::measure_with::<WgpuAutodiff>(&bench_args, checks, &device);
             println!(
@@ -188,6 +215,8 @@ fn main() {
             json!({"check_inputs": checks, "step": step})
         })
         .collect();
+    report["unet_step"] = json!(steps);
+    write_report(&args.report, &report, false);
 
     let (train_ok, train_json) = if args.train {
         let shapes = Shapes::default();
@@ -223,24 +252,10 @@ fn main() {
     };
 
     let pass = parity_ok && cross_ok && train_ok;
-    let report = json!({
-        "pass": pass,
-        "device": format!("{device:?}"),
-        "peak_gbps": peak_gbps,
-        "parity": parity,
-        "wgpu_vs_ndarray": cross,
-        "plane_reductions": planes,
-        "wgpu_vs_ndarray_plane_reductions_off": tree,
-        "loss_timings": timings,
-        "unet_step": steps,
-        "unet_training": train_json,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    std::fs::write(
-        &args.report,
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .expect("write the report");
+    report["pass"] = json!(pass);
+    report["unet_training"] = train_json;
+    report["seconds"] = json!(started.elapsed().as_secs_f64());
+    write_report(&args.report, &report, true);
     println!(
         "{} — report in {}",
         if pass { "PASS" } else { "FAIL" },
