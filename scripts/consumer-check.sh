@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A user's view of the crate as published: `cargo package -p burn-dice` packs it, then
-# tests/consumer, a crate outside the workspace,
-# compiles the README's snippets against the packed crate (unpacked into
-# tests/consumer/burn-dice/) twice:
+# A user's view of the crate as published: `cargo package` packs burn-dice and the burn-free
+# core it depends on (burn-dice-core, published beside it), then tests/consumer, a crate outside
+# the workspace, compiles the README's snippets against the packed crates (unpacked into
+# tests/consumer/burn-dice/ and tests/consumer/burn-dice-core/, the latter patched in for the
+# crates.io version the packed manifest names) twice:
 #   cpu  burn-dice with its default features (the usage snippet on burn-ndarray);
 #   gpu  default-features = false with only `wgpu` and `train` (the Learner snippet on burn-wgpu).
 # Prints how many crates each set-up builds. Run by .ci/run; needs no GPU.
@@ -13,12 +14,13 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 # --no-verify: cargo's verification would build the packed crate with its dependencies a second
 # time (unoptimized, outside the workspace's profiles); the consumer's `cpu` check below compiles
 # the same packed crate with the same (default) features.
-cargo package -p burn-dice --allow-dirty --no-verify
+cargo package -p burn-dice-core -p burn-dice --allow-dirty --no-verify
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
-packed="$target_dir/package/burn-dice-$version.crate"
-rm -rf tests/consumer/burn-dice
-mkdir -p tests/consumer/burn-dice
-tar -xzf "$packed" -C tests/consumer/burn-dice --strip-components=1
+for crate in burn-dice burn-dice-core; do
+  rm -rf "tests/consumer/$crate"
+  mkdir -p "tests/consumer/$crate"
+  tar -xzf "$target_dir/package/$crate-$version.crate" -C "tests/consumer/$crate" --strip-components=1
+done
 # The workspace's versions, so that the consumer builds what the tests tested.
 cp Cargo.lock tests/consumer/Cargo.lock
 manifest=tests/consumer/Cargo.toml

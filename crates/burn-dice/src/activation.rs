@@ -54,6 +54,17 @@ impl Activation {
     }
 }
 
+/// The kernels' activation (the burn-free core's, shared by both release lines).
+impl From<Activation> for burn_dice_core::Activation {
+    fn from(a: Activation) -> Self {
+        match a {
+            Activation::None => burn_dice_core::Activation::None,
+            Activation::Sigmoid => burn_dice_core::Activation::Sigmoid,
+            Activation::Softmax => burn_dice_core::Activation::Softmax,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,7 +88,7 @@ pub(crate) fn class_stats<B: Backend>(
 }
 
 /// Per sample, the sum of the pixel cross-entropies and the sum of their weights (`[batch]`
-/// each) of the logits `input` (formulas: `cpu/ce.rs`).
+/// each) of the logits `input` (formulas: `burn-dice-core/src/cpu/ce.rs`).
 pub(crate) fn ce_sums<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,
@@ -148,7 +148,7 @@ pub(crate) fn ce_sums<B: Backend>(
 }
 
 /// Per (sample, class), the sigmoid focal term summed over the pixels that count, `[batch,
-/// class]` (formulas: `cpu/focal.rs`).
+/// class]` (formulas: `burn-dice-core/src/cpu/focal.rs`).
 pub(crate) fn focal_sums<B: Backend>(
     input: Tensor<B, 3>,
     target: &PreparedTarget<B>,

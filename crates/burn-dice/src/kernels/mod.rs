@@ -2,13 +2,13 @@
 //!
 //! Every loss of the family starts from per-(sample, class) statistics of its input (the
 //! activation, then `I = Σ p·t`, `P = Σ p`, `T = Σ t`, or the forms of
-//! `input::Terms` with `squared_pred` or `soft_label`); `DiceCELoss` and `DiceFocalLoss` add a
+//! `burn_dice_core::Terms` with `squared_pred` or `soft_label`); `DiceCELoss` and `DiceFocalLoss` add a
 //! per-pixel term (cross-entropy, focal). Three implementations compute them, siblings below
 //! this module, and nothing beneath it calls back up into the losses:
 //!
 //! | backend `B` (plain or under `Autodiff`) | statistics, CE and focal terms | data checks of `check_inputs` |
 //! |---|---|---|
-//! | `NdArray<f32>` (feature `ndarray`), `Flex` (feature `flex`); both default | [`KernelPath::Cpu`]: fused CPU kernels (`cpu/`) | in the kernel pass, on the host: a failure panics in the call |
+//! | `NdArray<f32>` (feature `ndarray`), `Flex` (feature `flex`); both default | [`KernelPath::Cpu`]: fused CPU kernels (`burn_dice_core::cpu`, read through `cpu/`) | in the kernel pass, on the host: a failure panics in the call |
 //! | burn-wgpu's `Wgpu<f32>` (`Fusion<CubeBackend<WgpuRuntime, f32, i32, u32>>`) and `CubeBackend<WgpuRuntime, f32, i32, u32>` (feature `wgpu`); the same on CUDA (feature `cuda`) | [`KernelPath::Cube`]: fused CubeCL kernels (`cube/`) | in the kernel pass, on the device: read back without waiting (see below) |
 //! | every other backend or element type, checkpointing other than burn's default, a target or mask that requires a gradient | [`KernelPath::Generic`]: burn ops (`generic.rs`) | burn ops, read back as on the device |
 //!
@@ -30,7 +30,7 @@
 //! Both kernel families compute, in one pass over the input, the activation and the sums of
 //! every class of every sample, and register a custom backward (burn-autodiff's `Backward`) that
 //! writes the input's gradient in one more pass from the closed form
-//! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)` (see `cpu/stats.rs` for the derivation).
+//! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)` (see `burn-dice-core/src/cpu/stats.rs` for the derivation).
 //! The CPU kernels store the probabilities for the backward pass (they become the gradient's
 //! buffer); the CubeCL kernels recompute them, which costs arithmetic a GPU has to spare and
 //! saves a write of the input's size. The cross-entropy and focal terms of `DiceCELoss` and
@@ -39,15 +39,17 @@
 //! data once forward and once backward (2 launches forward, 1 backward, as every loss). The CPU
 //! kernels do the same: the term reads each block of the statistics' pass while it is in the
 //! cache, and its gradient is added to the statistics' in their one backward pass
-//! (`cpu/stats.rs`, `PixelTerm`). The generic path is the readable reference every kernel is
+//! (`burn-dice-core/src/cpu/stats.rs`, `PixelTerm`). The generic path is the readable reference every kernel is
 //! tested against.
 //!
 //! Both families run on one skeleton (`backend.rs`): an operation says how it computes its
 //! outputs and its input's gradient on one concrete backend (a `FusedOp`), and `backend::run`
 //! does the rest for every loss: the run-time backend check (`B` is that backend, plain or
 //! under `Autodiff`), the move into its primitives, the autodiff node with its backward, and
-//! the outputs back as `B`'s. Below it, the CPU kernels work on slices (`cpu/`: `stats.rs`,
-//! `ce.rs`, `focal.rs` on `common.rs`, `jobs.rs`, `isa.rs`) and the CubeCL kernels on device
+//! the outputs back as `B`'s. Below it, the CPU kernels work on slices (the burn-free core
+//! that both release lines share, `burn_dice_core::cpu`: `stats.rs`, `ce.rs`, `focal.rs` on
+//! `common.rs`, `jobs.rs`, `isa.rs`; `cpu/` here reads the backends' tensors as slices for
+//! them) and the CubeCL kernels on device
 //! buffers (`cube/`: `stats.rs`, `ce.rs`, `focal.rs` on `common.rs`). The losses hand the
 //! flattened input and target to `class_stats` once (on the generic path, to `extra_sums`
 //! too); nothing below this module calls back into the losses, the targets or the checks.

@@ -2,16 +2,9 @@
 //! statistics with the cross-entropy or focal term in the same pass) as a [`FusedOp`] of the
 //! shared skeleton, and the run-time choice of backend.
 //!
-//! The kernels themselves work on slices, generic over nothing but the instruction set:
-//! `stats.rs`, `ce.rs` and `focal.rs`, on the math, activation, loading and checks of
-//! `common.rs`, cut into jobs by `jobs.rs` and compiled per instruction set by `isa.rs`.
-
-mod ce;
-mod common;
-mod focal;
-mod isa;
-mod jobs;
-mod stats;
+//! The kernels themselves work on slices, generic over nothing but the instruction set, and
+//! live in the burn-free core that both release lines share ([`burn_dice_core::cpu`]): this
+//! module only reads the backends' tensors as slices and wraps the results back.
 
 use std::borrow::Cow;
 
@@ -29,10 +22,7 @@ use super::backend::{run, unstack, Forward, FusedOp, TargetPrim};
 use super::input::{Extra, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
 use crate::downcast::{first_backend, is_backend};
-use ce::CeProblem;
-use common::{Labels, Problem, Target};
-use focal::FocalProblem;
-use stats::Term;
+use burn_dice_core::cpu::{self as slices, CeProblem, FocalProblem, Labels, Problem, Target, Term};
 
 /// `$body` with `$t` each CPU backend built in (burn-flex with the `flex` feature, then
 /// burn-ndarray with `ndarray`), until one gives `Some`.
@@ -235,7 +225,7 @@ fn with_problem<B: CpuBackend, R>(
         batch,
         classes,
         pixels,
-        activation: spec.activation,
+        activation: spec.activation.into(),
         terms: spec.terms,
     }))
 }
@@ -281,10 +271,10 @@ impl<T: CpuBackend> FusedOp<T> for StatsOp {
         let (sums, probs) = with_problem::<T, _>(Some(&x), &target, valid.as_ref(), spec, |p| {
             let term = self.term.term(p);
             if store {
-                let (sums, probs) = stats::forward_storing(p, &term);
+                let (sums, probs) = slices::forward_storing(p, &term);
                 (sums, Some(probs))
             } else {
-                (stats::forward(p, &term), None)
+                (slices::forward(p, &term), None)
             }
         })?;
         let [b, c, _] = spec.dims;
@@ -321,10 +311,10 @@ impl<T: CpuBackend> FusedOp<T> for StatsOp {
             let term = op.term.term(p);
             match probs {
                 Some(mut probs) => {
-                    stats::backward_stored(p, &term, &grad, &mut probs);
+                    slices::backward_stored(p, &term, &grad, &mut probs);
                     probs
                 }
-                None => stats::backward(p, &term, &grad),
+                None => slices::backward(p, &term, &grad),
             }
         })
         .expect("the forward pass read the same tensors");

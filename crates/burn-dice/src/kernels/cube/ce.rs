@@ -5,7 +5,7 @@
 //! Per pixel, with `w` the class weights (ones without `ce_weight`), `ε` the label smoothing,
 //! `C` the class count, `v` the validity weight, `t` the target of each class (one-hot for class
 //! indices), `t' = (1 − ε)·t + ε/C` and `log p = x − lse`, `lse = max + ln Σ_c e^(x_c − max)`
-//! (the formulas of `cpu/ce.rs`, written per class):
+//! (the formulas of `burn-dice-core/src/cpu/ce.rs`, written per class):
 //! - `loss = v·Σ_c ℓ_c` with `ℓ_c = −w_c·t'_c·log p_c` (for class indices `y` this is
 //!   `−(1 − ε)·w_y·log p_y − ε/C·Σ_c w_c log p_c`);
 //! - `norm = v·Σ_c w_c·t_c = v·w_y` for class indices, `v` for dense targets;

@@ -4,7 +4,7 @@
 //! pass backward.
 //!
 //! Per element, with `t` the per-channel target (one-hot for class indices), `v` the validity
-//! weight, `s = 2t − 1`, `z = −s·x`, `ls = ln σ` (the formulas of `cpu/focal.rs`):
+//! weight, `s = 2t − 1`, `z = −s·x`, `ls = ln σ` (the formulas of `burn-dice-core/src/cpu/focal.rs`):
 //! `bce = x − x·t − ls(x)`, `m = e^(γ·ls(z))` (`(1 − p_t)^γ`), `a = α·t + (1 − α)(1 − t)` (or 1),
 //! `loss = a·m·bce`, and `∂loss/∂x = a·m·(σ(x) − t − γ·s·σ(−z)·bce)`.
 

@@ -6,16 +6,18 @@
 //! indices and the validity weights are `[batch, pixels]`. Every kernel walks its pixels in
 //! blocks of [`BLOCK`] (see `jobs.rs`), each class of a block in a scratch row of `BLOCK`.
 
-use crate::activation::Activation;
-use crate::kernels::input::Terms;
+use crate::Activation;
+use crate::Terms;
 
 /// Pixels per block.
 pub(super) const BLOCK: usize = 256;
 
 /// Class-index labels of either integer width.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Labels<'a> {
+pub enum Labels<'a> {
+    /// 64-bit class indices.
     I64(&'a [i64]),
+    /// 32-bit class indices.
     I32(&'a [i32]),
 }
 
@@ -42,7 +44,7 @@ impl Labels<'_> {
 
 /// What the statistics are taken against.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Target<'a> {
+pub enum Target<'a> {
     /// `[batch, class, pixels]`.
     Dense(&'a [f32]),
     /// `[batch, pixels]`.
@@ -51,15 +53,22 @@ pub(super) enum Target<'a> {
 
 /// One statistics problem.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Problem<'a> {
+pub struct Problem<'a> {
+    /// The input, `[batch, class, pixels]` (empty for a backward pass that does not read it).
     pub x: &'a [f32],
+    /// The target, dense or class indices.
     pub target: Target<'a>,
     /// `[batch, pixels]` weights (0/1: the pixels that count), or every pixel.
     pub valid: Option<&'a [f32]>,
+    /// Samples.
     pub batch: usize,
+    /// Classes (channels).
     pub classes: usize,
+    /// Pixels (voxels) per class of a sample.
     pub pixels: usize,
+    /// The activation applied to `x` before the statistics.
     pub activation: Activation,
+    /// Which per-pixel terms the statistics sum.
     pub terms: Terms,
 }
 

@@ -15,9 +15,12 @@ use super::stats::PixelTerm;
 /// One focal problem: the data of `base` (its activation and `terms` are not read) and
 /// the options of the term.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct FocalProblem<'a> {
+pub struct FocalProblem<'a> {
+    /// The input, target and validity weights (the same as the statistics').
     pub base: Problem<'a>,
+    /// `γ`, the focusing exponent.
     pub gamma: f32,
+    /// `α`, the weight of the positive class, or no weighting.
     pub alpha: Option<f32>,
 }
 
@@ -133,9 +136,9 @@ impl PixelTerm for FocalProblem<'_> {
 mod tests {
     use super::super::common::Labels;
     use super::*;
-    use crate::activation::Activation;
-    use crate::kernels::cpu::stats::{self, Term};
-    use crate::kernels::input::Terms;
+    use crate::cpu::stats::{self, Term};
+    use crate::Activation;
+    use crate::Terms;
 
     /// Per (sample, class) `Σ v·loss`, `[batch, class]`: the term's row of the statistics'
     /// pass.

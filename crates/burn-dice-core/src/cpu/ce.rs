@@ -20,12 +20,14 @@ use super::stats::PixelTerm;
 /// One cross-entropy problem: the data of `base` (its activation and `terms` are not
 /// read) and the options of the term.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct CeProblem<'a> {
+pub struct CeProblem<'a> {
+    /// The input, target and validity weights (the same as the statistics').
     pub base: Problem<'a>,
     /// One weight per class (`ce_weight`), or ones.
     pub class_weight: Option<&'a [f32]>,
     /// The weight of the positive term of the single-channel case.
     pub pos_weight: f32,
+    /// `ε`: the target becomes `(1 − ε)·t + ε/C`.
     pub label_smoothing: f32,
 }
 
@@ -246,9 +248,9 @@ impl PixelTerm for CeProblem<'_> {
 mod tests {
     use super::super::common::Labels;
     use super::*;
-    use crate::activation::Activation;
-    use crate::kernels::cpu::stats::{self, Term};
-    use crate::kernels::input::Terms;
+    use crate::cpu::stats::{self, Term};
+    use crate::Activation;
+    use crate::Terms;
 
     /// Per sample `[Σ loss, Σ norm]`, `[2, batch]`: the term's rows of the statistics' pass,
     /// summed over the classes.

@@ -13,8 +13,8 @@ use super::common::{activate, block_bad, load_aux, Problem, Target, BLOCK};
 use super::focal::FocalProblem;
 use super::isa::{dispatch, kernel_job, Isa, Kernel};
 use super::jobs::{blocks, job_rows, jobs, run_jobs, Job};
-use crate::activation::Activation;
-use crate::kernels::input::Terms;
+use crate::Activation;
+use crate::Terms;
 
 /// Independent `f32` accumulators per sum.
 const LANES: usize = 16;
@@ -73,7 +73,7 @@ impl PixelTerm for NoTerm {
 
 /// The term a statistics pass sums beside `I`, `P` and `T`, with its options and the same data.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Term<'a> {
+pub enum Term<'a> {
     /// None.
     None,
     /// The cross-entropy: 2 rows, the sample's `Σ loss` and `Σ norm` in class 0 (0 elsewhere).
@@ -313,7 +313,7 @@ fn forward_job<const FMA: bool, E: PixelTerm>(
 
 /// What the forward pass returns.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Sums {
+pub struct Sums {
     /// The three `[batch, class]` tables and the term's rows, stacked: `[3 + rows, batch,
     /// class]`.
     pub sums: Vec<f32>,
@@ -323,12 +323,12 @@ pub(super) struct Sums {
 }
 
 /// The statistics of `problem` and the sums of `term` (whose data is `problem`'s).
-pub(super) fn forward(problem: &Problem, term: &Term) -> Sums {
+pub fn forward(problem: &Problem, term: &Term) -> Sums {
     forward_on(Isa::best(), problem, term, None)
 }
 
 /// [`forward`], and the probabilities (the input's size), for [`backward_stored`].
-pub(super) fn forward_storing(problem: &Problem, term: &Term) -> (Sums, Vec<f32>) {
+pub fn forward_storing(problem: &Problem, term: &Term) -> (Sums, Vec<f32>) {
     forward_storing_on(Isa::best(), problem, term)
 }
 
@@ -395,7 +395,7 @@ fn forward_on(
 /// or `2·p·w²` ([`Terms::Squared`]); with [`Terms::SoftL1`], `∂I/∂p = w·(sgn pw − sgn(pw −
 /// tw))/2` and `∂P/∂p = w·sgn pw` ([`Terms::d_soft`]); then through the activation: sigmoid
 /// `p(1 − p)`, softmax `p_c (dp_c − Σ_k p_k dp_k)`.
-pub(super) fn backward(problem: &Problem, term: &Term, grad: &[f32]) -> Vec<f32> {
+pub fn backward(problem: &Problem, term: &Term, grad: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0f32; problem.x.len()];
     backward_on(Isa::best(), problem, term, grad, &mut dx, false);
     dx
@@ -404,7 +404,7 @@ pub(super) fn backward(problem: &Problem, term: &Term, grad: &[f32]) -> Vec<f32>
 /// [`backward`] from the probabilities that [`forward`] stored in `probs`, overwritten in
 /// place by the gradient: no activation to recompute and no new buffer. `problem.x` is read
 /// only by a `term`.
-pub(super) fn backward_stored(problem: &Problem, term: &Term, grad: &[f32], probs: &mut [f32]) {
+pub fn backward_stored(problem: &Problem, term: &Term, grad: &[f32], probs: &mut [f32]) {
     backward_on(Isa::best(), problem, term, grad, probs, true);
 }
 
@@ -581,8 +581,8 @@ kernel_job!(BackwardJob<'a, 'b, 't, 'u, 'g, 'o, 'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::cpu::common::Labels;
-    use crate::kernels::cpu::jobs::{JOB, PARALLEL_MIN};
+    use crate::cpu::common::Labels;
+    use crate::cpu::jobs::{JOB, PARALLEL_MIN};
 
     fn problem<'a>(
         x: &'a [f32],

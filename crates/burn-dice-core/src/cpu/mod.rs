@@ -1,0 +1,20 @@
+//! The fused CPU kernels, on slices: generic over nothing but the instruction set.
+//!
+//! `stats.rs` (the per-(sample, class) statistics, forward and backward), `ce.rs` and `focal.rs`
+//! (the terms of `DiceCELoss` and `DiceFocalLoss`, summed in the same pass) on the math,
+//! activation, loading and checks of `common.rs`, cut into jobs by `jobs.rs` and compiled per
+//! instruction set by `isa.rs`. A caller describes its tensors as a [`Problem`] (and a [`Term`]),
+//! runs [`forward`] (or [`forward_storing`] when a backward pass follows) and later
+//! [`backward_stored`] or [`backward`].
+
+mod ce;
+mod common;
+mod focal;
+mod isa;
+mod jobs;
+mod stats;
+
+pub use ce::CeProblem;
+pub use common::{Labels, Problem, Target};
+pub use focal::FocalProblem;
+pub use stats::{backward, backward_stored, forward, forward_storing, Sums, Term};

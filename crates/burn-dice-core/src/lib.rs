@@ -1,0 +1,32 @@
+//! The burn-free core of [burn-dice](https://crates.io/crates/burn-dice): what both of its
+//! release lines (burn-dice 0.1 on burn 0.21, burn-dice 0.2 on burn 0.22) compute without
+//! burn, written once.
+//!
+//! - [`Terms`]: the per-pixel terms of the three statistics `I = Σ p·t`, `P`, `T` of Milletari
+//!   et al., "V-Net" (2016), in the forms MONAI's `compute_tp_fp_fn` sums (`squared_pred`,
+//!   `soft_label`).
+//! - [`cpu`]: the fused CPU kernels on slices: the per-(sample, class) statistics with the
+//!   activation, the cross-entropy or focal term of `DiceCELoss` / `DiceFocalLoss` in the same
+//!   pass, the data checks, and their backward passes; parallel on rayon, compiled per
+//!   instruction set (AVX2/FMA, AVX-512 where the CPU has them, chosen at run time).
+//!
+//! Each line of burn-dice reads its backend's tensors as slices, calls these kernels, and wraps
+//! the result back into tensors with a custom backward; this crate has no public API promise of
+//! its own beyond what those lines need.
+
+pub mod cpu;
+mod terms;
+
+pub use terms::{sgn, Terms};
+
+/// The activation a kernel applies to the input before it takes the statistics (each line's
+/// public `Activation` maps onto it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// The input is used as is.
+    None,
+    /// Element-wise logistic sigmoid.
+    Sigmoid,
+    /// Softmax over the class dimension.
+    Softmax,
+}
