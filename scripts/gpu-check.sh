@@ -6,7 +6,7 @@
 # a JSON report.
 #
 #   scripts/gpu-check.sh build            build it here (release, stripped) into .gpu/gpu-check
-#   scripts/gpu-check.sh run [REPORT] [EPOCHS] [--cases abcd] [--reps N] [--unet-size S] [--no-unet] [--no-train]
+#   scripts/gpu-check.sh run [REPORT] [EPOCHS] [--cases abcd] [--reps N] [--unet-size S] [--rounds N] [--no-unet] [--no-train]
 #                                         run it (here on lavapipe, or on a GPU machine)
 #
 # The binary needs no Rust toolchain and no network: the fixtures are embedded. On a machine
@@ -52,7 +52,7 @@ case "${1:-}" in
     "$bin" "$report" "$epochs" "$@"
     ;;
   *)
-    echo "usage: $0 build | run [REPORT] [EPOCHS] [--cases abcd] [--reps N] [--unet-size S] [--no-unet] [--no-train]" >&2
+    echo "usage: $0 build | run [REPORT] [EPOCHS] [--cases abcd] [--reps N] [--unet-size S] [--rounds N] [--no-unet] [--no-train]" >&2
     exit 2
     ;;
 esac

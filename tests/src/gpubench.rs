@@ -96,6 +96,10 @@ pub struct LossTiming {
     pub forward_ms: f64,
     /// Forward and backward, ms per call.
     pub forward_backward_ms: f64,
+    /// Forward and backward, each call waited for on its own (`Backend::sync` after it): the
+    /// fastest, median and slowest of `reps` calls, ms. Their spread tells a steady state from
+    /// one disturbed by allocations or other work.
+    pub forward_backward_synced_ms: [f64; 3],
     /// Bytes a forward and backward pass must move.
     pub bytes: u64,
     /// Achieved bandwidth of the forward and backward pass, GB/s.
@@ -188,7 +192,7 @@ fn time_one<B: AutodiffBackend, const D: usize>(
     reps: usize,
     device: &B::Device,
     in_use: &dyn Fn() -> Option<u64>,
-) -> (f64, f64, Option<f64>, Option<[u64; 2]>, u64) {
+) -> Timed {
     let (x, t) = case_data::<B, D>(case, device);
     let f = loss_fn::<B, D>(loss, case.sigmoid, device);
     let logits_bytes = 4.0 * x.shape().num_elements() as f64;
@@ -218,6 +222,20 @@ fn time_one<B: AutodiffBackend, const D: usize>(
     };
     let forward = timed(false);
     let both = timed(true);
+    let mut synced: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            step(true);
+            B::sync(device).expect("sync");
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    synced.sort_by(f64::total_cmp);
+    let synced = [
+        synced[0],
+        synced[synced.len() / 2],
+        synced[synced.len() - 1],
+    ];
     // Extra memory: the device memory in use after the forward pass (with its autodiff graph
     // and what it saved) and after the backward pass (with the gradients), beyond what was in
     // use before; the larger of the two is a lower bound of the pass's peak.
@@ -257,7 +275,24 @@ fn time_one<B: AutodiffBackend, const D: usize>(
         drop(f(x.clone(), t.clone()));
     }
     let readbacks = burn_dice::checks::readbacks() - before;
-    (forward, both, memory, launches, readbacks)
+    Timed {
+        forward,
+        both,
+        synced,
+        memory,
+        launches,
+        readbacks,
+    }
+}
+
+/// What [`time_one`] measured (see [`LossTiming`]).
+struct Timed {
+    forward: f64,
+    both: f64,
+    synced: [f64; 3],
+    memory: Option<f64>,
+    launches: Option<[u64; 2]>,
+    readbacks: u64,
 }
 
 /// Every loss on `cases` (by id), with the kernels and on the generic path; `peak_gbps` the
@@ -292,8 +327,14 @@ pub fn bench_losses<B: AutodiffBackend>(
                     1 => time_one::<B, 4>(loss, case, reps, device, in_use),
                     _ => time_one::<B, 5>(loss, case, reps, device, in_use),
                 };
-                let (forward_ms, forward_backward_ms, memory, launches, readbacks) =
-                    if generic { generic_only(run) } else { run() };
+                let Timed {
+                    forward: forward_ms,
+                    both: forward_backward_ms,
+                    synced,
+                    memory,
+                    launches,
+                    readbacks,
+                } = if generic { generic_only(run) } else { run() };
                 let gb_per_s = bytes as f64 / (forward_backward_ms * 1e-3) / 1e9;
                 let timing = LossTiming {
                     loss: loss.to_string(),
@@ -307,6 +348,7 @@ pub fn bench_losses<B: AutodiffBackend>(
                     },
                     forward_ms,
                     forward_backward_ms,
+                    forward_backward_synced_ms: synced,
                     bytes,
                     gb_per_s,
                     peak_fraction: peak_gbps.map(|p| gb_per_s / p),
@@ -315,7 +357,8 @@ pub fn bench_losses<B: AutodiffBackend>(
                     readbacks,
                 };
                 println!(
-                    "{:<16} {}) {:<8} fwd {:>9.3} ms  fwd+bwd {:>9.3} ms  {:>8.1} GB/s{}{}",
+                    "{:<16} {}) {:<8} fwd {:>9.3} ms  fwd+bwd {:>9.3} ms  {:>8.1} GB/s{}{}\n\
+                     {:<16} {}) {:<8} fwd+bwd each waited for: min {:.3} median {:.3} max {:.3} ms",
                     timing.loss,
                     case.id,
                     timing.path,
@@ -326,6 +369,12 @@ pub fn bench_losses<B: AutodiffBackend>(
                         .peak_fraction
                         .map_or(String::new(), |f| format!(" ({:.1} % of peak)", 100.0 * f)),
                     memory.map_or(String::new(), |m| format!("  extra memory {m:.2}x logits")),
+                    timing.loss,
+                    case.id,
+                    timing.path,
+                    synced[0],
+                    synced[1],
+                    synced[2],
                 );
                 if let Some([fwd, bwd]) = launches {
                     println!(

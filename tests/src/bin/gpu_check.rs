@@ -7,9 +7,10 @@
 //! shapes data set. Writes a JSON report and exits non-zero if any check fails.
 //!
 //! ```text
-//! gpu-check [REPORT] [EPOCHS] [--cases abcd] [--reps N] [--unet-size S] [--no-unet] [--no-train]
+//! gpu-check [REPORT] [EPOCHS] [--cases abcd] [--reps N] [--unet-size S] [--rounds N] [--no-unet] [--no-train]
 //! ```
-//! `--no-unet` skips the U-Net step (it takes most of a lavapipe run), `--no-train` the
+//! `--rounds N` runs the loss benchmark N times over in the same process. `--no-unet` skips the
+//! U-Net step (it takes most of a lavapipe run), `--no-train` the
 //! training. The report is written after each part (with `"complete": false` until the end),
 //! so a run cut short by a time limit still leaves what it measured.
 //! `BURN_DICE_PEAK_GBPS` gives the device's peak memory bandwidth (GB/s), for the fraction of
@@ -40,6 +41,7 @@ struct Args {
     unet_size: usize,
     unet: bool,
     train: bool,
+    rounds: usize,
 }
 
 impl Args {
@@ -52,6 +54,7 @@ impl Args {
             unet_size: 128,
             unet: true,
             train: true,
+            rounds: 1,
         };
         let mut positional = 0;
         let mut it = std::env::args().skip(1);
@@ -67,6 +70,7 @@ impl Args {
                     args.unet_size = value("--unet-size").parse().expect("--unet-size: a number")
                 }
                 "--no-unet" => args.unet = false,
+                "--rounds" => args.rounds = value("--rounds").parse().expect("--rounds: a number"),
                 "--no-train" => args.train = false,
                 _ if positional == 0 => {
                     args.report = a;
@@ -188,7 +192,21 @@ fn main() {
     write_report(&args.report, &report, false);
 
     let in_use = || wgpu_bytes_in_use(&device);
-    let timings = bench_losses::<WgpuAutodiff>(&args.cases, args.reps, peak_gbps, &device, &in_use);
+    // `--rounds N`: the whole loss benchmark N times over, in the same process (a row that is
+    // slow only in the first round was warming up).
+    let mut timings = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("loss benchmark, round {round} of {}", args.rounds);
+        }
+        timings.extend(bench_losses::<WgpuAutodiff>(
+            &args.cases,
+            args.reps,
+            peak_gbps,
+            &device,
+            &in_use,
+        ));
+    }
     report["loss_timings"] = json!(timings);
     write_report(&args.report, &report, false);
 
