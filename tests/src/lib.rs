@@ -8,46 +8,15 @@ use burn_dice::{
     DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, DiceTarget, GeneralizedDiceLossConfig,
     TverskyLossConfig,
 };
-use serde::Deserialize;
+pub use burn_dice_core::testing::{
+    grad_err, merge_json, missing, parse_config, rel_err, required, worst_rel_err, Case,
+    FixtureFile, XorShift,
+};
 
 pub mod crosscheck;
 pub mod gpubench;
 pub mod parity;
 pub mod props;
-
-/// A seeded xorshift64 generator: the tests' random cases and data are the same on every run.
-#[derive(Debug, Clone)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    /// A generator whose sequence depends only on `seed` (any value, 0 included).
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A value in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// A value in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// A fair coin.
-    pub fn bool(&mut self) -> bool {
-        self.below(2) == 1
-    }
-}
 
 /// The CPU test backend with autodiff.
 pub type NdArrayAutodiff = burn_autodiff::Autodiff<burn_ndarray::NdArray<f32>>;
@@ -95,104 +64,49 @@ pub const SOFT_FIXTURES: [(&str, &str); 6] = [
     ),
 ];
 
-/// A fixture file.
-#[derive(Debug, Deserialize)]
-pub struct FixtureFile {
-    /// MONAI version that produced the references.
-    pub monai_version: String,
-    /// The cases.
-    pub cases: Vec<Case>,
-}
-
-/// One MONAI reference case.
-#[derive(Debug, Deserialize)]
-pub struct Case {
-    /// Unique name.
-    pub name: String,
-    /// The burn-dice config, in its own serde form.
-    pub config: serde_json::Value,
-    /// Input shape `[batch, class, *spatial]`.
-    pub shape: Vec<usize>,
-    /// `"dense"` or `"index"`.
-    pub target_kind: String,
-    /// Input values, row-major.
-    pub input: Vec<f64>,
-    /// Target values, row-major (class indices for `"index"`).
-    pub target: Vec<f64>,
-    /// MONAI's reduced loss.
-    pub loss: f64,
-    /// Shape of `per_class`.
-    pub per_class_shape: Vec<usize>,
-    /// MONAI's unreduced loss.
-    pub per_class: Vec<f64>,
-    /// MONAI's gradient of `loss` with respect to the input.
-    pub grad: Vec<f64>,
-    /// Spatial mask (masked Dice only).
-    #[serde(default)]
-    pub mask: Option<Vec<f64>>,
-    /// Shape of `mask`.
-    #[serde(default)]
-    pub mask_shape: Option<Vec<usize>>,
-}
-
-/// `defaults` (a serialized config) with the fields of `fixture` written over it, recursively
-/// (nested configs keep the defaults of the fields the fixture does not name).
-pub fn merge_json(defaults: &mut serde_json::Value, fixture: &serde_json::Value) {
-    match (defaults.as_object_mut(), fixture.as_object()) {
-        (Some(d), Some(f)) => {
-            for (key, value) in f {
-                match d.get_mut(key) {
-                    Some(slot) if slot.is_object() && value.is_object() => merge_json(slot, value),
-                    _ => {
-                        d.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-        }
-        _ => *defaults = fixture.clone(),
-    }
-}
-
-/// Parses a fixture config into burn-dice config `C` over `C`'s defaults.
-pub fn parse_config<C: serde::Serialize + serde::de::DeserializeOwned>(
-    defaults: C,
-    fixture: &serde_json::Value,
-    name: &str,
-) -> C {
-    let mut config = serde_json::to_value(defaults).expect("config serializes");
-    merge_json(&mut config, fixture);
-    serde_json::from_value(config).unwrap_or_else(|e| panic!("{name}: config does not parse: {e}"))
-}
-
-impl Case {
+/// The burn side of a MONAI [`Case`]: its config as each loss's, its tensors on a backend.
+pub trait CaseTensors {
     /// The case's config, parsed as burn-dice's own serde form (fields the fixture does not
     /// name keep their defaults).
-    pub fn dice_config(&self) -> DiceLossConfig {
+    fn dice_config(&self) -> DiceLossConfig;
+    /// The case's config as a [`GeneralizedDiceLossConfig`].
+    fn generalized_dice_config(&self) -> GeneralizedDiceLossConfig;
+    /// The case's config as a [`TverskyLossConfig`].
+    fn tversky_config(&self) -> TverskyLossConfig;
+    /// The case's config as a [`DiceCELossConfig`].
+    fn dice_ce_config(&self) -> DiceCELossConfig;
+    /// The case's config as a [`DiceFocalLossConfig`].
+    fn dice_focal_config(&self) -> DiceFocalLossConfig;
+    /// The spatial mask of rank `D` (masked Dice cases).
+    fn mask<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D>;
+    /// Input tensor of rank `D`.
+    fn input<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D>;
+    /// Target of rank `D`: dense float or class indices `[batch, 1, *spatial]`.
+    fn target<B: Backend, const D: usize>(&self, device: &B::Device) -> DiceTarget<B, D>;
+}
+
+impl CaseTensors for Case {
+    fn dice_config(&self) -> DiceLossConfig {
         parse_config(DiceLossConfig::new(), &self.config, &self.name)
     }
 
-    /// The case's config as a [`GeneralizedDiceLossConfig`].
-    pub fn generalized_dice_config(&self) -> GeneralizedDiceLossConfig {
+    fn generalized_dice_config(&self) -> GeneralizedDiceLossConfig {
         parse_config(GeneralizedDiceLossConfig::new(), &self.config, &self.name)
     }
 
-    /// The case's config as a [`TverskyLossConfig`].
-    pub fn tversky_config(&self) -> TverskyLossConfig {
+    fn tversky_config(&self) -> TverskyLossConfig {
         parse_config(TverskyLossConfig::new(), &self.config, &self.name)
     }
 
-    /// The case's config as a [`DiceCELossConfig`].
-    pub fn dice_ce_config(&self) -> DiceCELossConfig {
+    fn dice_ce_config(&self) -> DiceCELossConfig {
         parse_config(DiceCELossConfig::new(), &self.config, &self.name)
     }
 
-    /// The case's config as a [`DiceFocalLossConfig`].
-    pub fn dice_focal_config(&self) -> DiceFocalLossConfig {
+    fn dice_focal_config(&self) -> DiceFocalLossConfig {
         parse_config(DiceFocalLossConfig::new(), &self.config, &self.name)
     }
 
-    /// The spatial mask of rank `D` (masked Dice cases).
-    pub fn mask<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+    fn mask<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
         let (mask, shape) = self
             .mask
             .clone()
@@ -201,16 +115,14 @@ impl Case {
         Tensor::from_data(TensorData::new(mask, shape), device)
     }
 
-    /// Input tensor of rank `D`.
-    pub fn input<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+    fn input<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
         Tensor::from_data(
             TensorData::new(self.input.clone(), self.shape.clone()),
             device,
         )
     }
 
-    /// Target of rank `D`: dense float or class indices `[batch, 1, *spatial]`.
-    pub fn target<B: Backend, const D: usize>(&self, device: &B::Device) -> DiceTarget<B, D> {
+    fn target<B: Backend, const D: usize>(&self, device: &B::Device) -> DiceTarget<B, D> {
         match self.target_kind.as_str() {
             "dense" => DiceTarget::Dense(Tensor::from_data(
                 TensorData::new(self.target.clone(), self.shape.clone()),
@@ -232,7 +144,7 @@ impl Case {
 
 /// Parses the embedded DiceLoss fixtures.
 pub fn dice_loss_fixtures() -> FixtureFile {
-    serde_json::from_str(DICE_LOSS_FIXTURES).expect("fixture JSON parses")
+    FixtureFile::parse(DICE_LOSS_FIXTURES)
 }
 
 /// Parses one of the embedded family fixture files by name (see [`FAMILY_FIXTURES`] and
@@ -243,7 +155,7 @@ pub fn family_fixtures(name: &str) -> FixtureFile {
         .chain(&SOFT_FIXTURES)
         .find(|(n, _)| *n == name)
         .unwrap_or_else(|| panic!("no fixture file {name}"));
-    serde_json::from_str(json).expect("fixture JSON parses")
+    FixtureFile::parse(json)
 }
 
 /// Reads a tensor back as `f64` values.
@@ -254,56 +166,9 @@ pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
         .expect("float data")
 }
 
-/// Relative error of `got` against `expected`, with an absolute floor of `floor`.
-pub fn rel_err(got: f64, expected: f64, floor: f64) -> f64 {
-    if got.is_nan() && expected.is_nan() {
-        return 0.0;
-    }
-    (got - expected).abs() / expected.abs().max(floor)
-}
-
-/// Worst relative error of two equally long slices (`floor` as in [`rel_err`]).
-pub fn worst_rel_err(got: &[f64], expected: &[f64], floor: f64) -> f64 {
-    assert_eq!(got.len(), expected.len(), "lengths differ");
-    got.iter()
-        .zip(expected)
-        .map(|(&g, &e)| rel_err(g, e, floor))
-        .fold(0.0, f64::max)
-}
-
-/// Worst error of a gradient, relative to the largest reference component (gradient entries
-/// close to 0 are compared on the scale of the whole gradient).
-pub fn grad_err(got: &[f64], expected: &[f64]) -> f64 {
-    let scale = expected
-        .iter()
-        .fold(0.0f64, |m, v| m.max(v.abs()))
-        .max(1e-12);
-    assert_eq!(got.len(), expected.len(), "lengths differ");
-    got.iter()
-        .zip(expected)
-        .map(|(g, e)| (g - e).abs() / scale)
-        .fold(0.0, f64::max)
-}
-
 /// burn-wgpu with autodiff.
 #[cfg(feature = "wgpu")]
 pub type WgpuAutodiff = burn_autodiff::Autodiff<burn_wgpu::Wgpu>;
-
-/// Whether `BURN_DICE_REQUIRE` (a comma-separated list; `.ci/run` sets `wgpu,mri-data`) names
-/// `what`: a test that needs it then fails when the machine lacks it, instead of skipping.
-pub fn required(what: &str) -> bool {
-    std::env::var("BURN_DICE_REQUIRE").is_ok_and(|v| v.split(',').any(|w| w.trim() == what))
-}
-
-/// A test needs `what`, which this machine lacks (`why`, with what to install): it fails when
-/// [`required`] asks for `what`, and otherwise says on stderr that it did not run (shown with
-/// `cargo test -- --nocapture`) so that the caller can return.
-pub fn missing(what: &str, why: &str) {
-    if required(what) {
-        panic!("{why} (BURN_DICE_REQUIRE asks for `{what}`)");
-    }
-    eprintln!("skipped, needs `{what}`: {why}");
-}
 
 /// The default wgpu device, after checking once that an adapter works. Without one: `None`
 /// (with [`missing`]'s message, which names what to install), or a failure where

@@ -3,7 +3,7 @@
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
-use crate::{grad_err, rel_err, values, worst_rel_err, Case, FixtureFile};
+use crate::{grad_err, rel_err, values, worst_rel_err, Case, CaseTensors, FixtureFile};
 
 /// Relative tolerance on losses (f32 against MONAI's float64).
 pub const LOSS_TOL: f64 = 1e-5;

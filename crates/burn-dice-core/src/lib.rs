@@ -16,6 +16,8 @@
 
 pub mod cpu;
 mod terms;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use terms::{sgn, Terms};
 
