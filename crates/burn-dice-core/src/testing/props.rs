@@ -1,6 +1,6 @@
 //! The random cases of the property tests and their f64 reference, without burn: a [`Case`]
 //! (shape, target kind, options, seeds), its data ([`Case::data`]), the activation and the
-//! `DiceLoss` formula as plain f64 loops ([`probabilities`], [`reference`]), the comparisons and
+//! `DiceLoss` formula as plain f64 loops ([`probabilities`], [`reference()`]), the comparisons and
 //! their tolerances. Each release line's property tests build tensors from the same data, run
 //! its losses, and compare with these.
 
