@@ -8,18 +8,20 @@
 //! - [`cpu`]: the fused CPU kernels on slices: the per-(sample, class) statistics with the
 //!   activation, the cross-entropy or focal term of `DiceCELoss` / `DiceFocalLoss` in the same
 //!   pass, the data checks, and their backward passes; parallel on rayon, compiled per
-//!   instruction set (AVX2/FMA, AVX-512 where the CPU has them, chosen at run time).
+//!   instruction set (AVX2/FMA, AVX-512 where the CPU has them, chosen at run time). Feature
+//!   `cpu` (on in burn-dice with its CPU backends' kernels).
 //!
 //! Each line of burn-dice reads its backend's tensors as slices, calls these kernels, and wraps
 //! the result back into tensors with a custom backward; this crate has no public API promise of
 //! its own beyond what those lines need.
 
+#[cfg(feature = "cpu")]
 pub mod cpu;
 mod terms;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use terms::{sgn, Terms};
+pub use terms::Terms;
 
 /// The activation a kernel applies to the input before it takes the statistics (each line's
 /// public `Activation` maps onto it).

@@ -64,7 +64,7 @@ impl Terms {
 /// `sgn v` with `sgn 0 = 0` (and `sgn NaN = 0`), branch-free.
 // The CPU kernels' (the CubeCL kernels of each line have their own).
 #[inline(always)]
-pub fn sgn(v: f32) -> f32 {
+fn sgn(v: f32) -> f32 {
     f32::from(u8::from(v > 0.0)) - f32::from(u8::from(v < 0.0))
 }
 
