@@ -10,8 +10,9 @@
 //!
 //! Bytes that must move: a forward pass has to read the input and the target once; a forward
 //! and backward pass has to read them twice (the backward needs the forward's `[batch, class]`
-//! result before it can start) and write the gradient once. Achieved bandwidth = those bytes /
-//! time, reported against the device's peak when it is known.
+//! result before it can start) and write the gradient once (the floor row, `x.mean()`, reads
+//! the input once and writes its gradient). Achieved bandwidth = those bytes / time, reported
+//! against the device's peak when it is known.
 
 use std::time::Instant;
 
@@ -314,7 +315,7 @@ pub fn bench_losses<B: AutodiffBackend>(
         } else {
             4 * n / case.shape[1] as u64
         };
-        let bytes = 2 * (4 * n + target) + 4 * n;
+        let loss_bytes = 2 * (4 * n + target) + 4 * n;
         for loss in LOSSES.into_iter().chain([FLOOR]) {
             // The floor is burn ops whatever the backend: one path.
             let paths: &[bool] = if loss == FLOOR {
@@ -322,6 +323,9 @@ pub fn bench_losses<B: AutodiffBackend>(
             } else {
                 &[false, true]
             };
+            // What the row must move: a loss reads the input and target twice and writes the
+            // gradient; the floor reads the input once and writes its gradient.
+            let bytes = if loss == FLOOR { 2 * 4 * n } else { loss_bytes };
             for &generic in paths {
                 let run = || match case.shape[4] {
                     1 => time_one::<B, 4>(loss, case, reps, device, in_use),
