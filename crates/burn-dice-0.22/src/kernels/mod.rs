@@ -1,0 +1,118 @@
+//! The one place that chooses what computes the family's terms on a device.
+//!
+//! Every loss of the family starts from per-(sample, class) statistics of its input (the
+//! activation, then `I = Σ p·t`, `P = Σ p`, `T = Σ t`, or the forms of
+//! `burn_dice_core::Terms` with `squared_pred` or `soft_label`); `DiceCELoss` and
+//! `DiceFocalLoss` add a per-pixel term (cross-entropy, focal). What computes them is chosen at
+//! run time from the input's [`Device`] and [`DType`]:
+//!
+//! | device (plain or `.autodiff()`) | statistics, CE and focal terms | data checks of `check_inputs` |
+//! |---|---|---|
+//! | every device and element type | [`KernelPath::Generic`]: burn ops (`generic.rs`) | burn ops; read back at once on the CPU, without waiting on a device backend (see `crate::checks`) |
+//!
+//! Everything after the statistics (smoothing, weights, each loss's formula, the reduction) is
+//! burn ops on `[batch, class]` tensors on every path, so every option of every loss is
+//! covered by every path, and its gradient comes from autodiff. The sums and everything
+//! computed from them are `f32` for half-precision inputs (`numerics::compute_dtype`); the
+//! loss comes back in the input's type.
+//!
+//! [`path`] tells which one runs for a device and element type; [`generic_only`] switches the
+//! kernels off on a thread (to compare, or to rule them out).
+
+pub(crate) mod generic;
+pub(crate) mod input;
+
+use std::cell::Cell;
+
+use burn::backend::DispatchDevice;
+use burn::tensor::{DType, Device, Tensor};
+
+use crate::activation::Activation;
+use input::{Extra, ExtraSums, PreparedTarget, Stats, Terms, Verdict};
+
+thread_local! {
+    static GENERIC_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the kernels switched off on this thread: every loss takes the generic burn-ops
+/// path inside it (to compare a kernel with the reference, or to rule the kernels out).
+pub fn generic_only<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GENERIC_ONLY.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GENERIC_ONLY.with(|g| g.replace(true)));
+    f()
+}
+
+/// What computes the statistics (and the cross-entropy and focal terms) on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KernelPath {
+    /// burn ops: every device and element type.
+    Generic,
+}
+
+/// The path a loss takes for an input on `device` of element type `dtype` when computed now
+/// on this thread.
+pub fn path(device: &Device, dtype: DType) -> KernelPath {
+    let _ = (device, dtype, GENERIC_ONLY.with(|g| g.get()));
+    KernelPath::Generic
+}
+
+/// Whether `device`'s read-backs are there at once: `Some(true)` for the CPU backends,
+/// `Some(false)` for the CubeCL backends, `None` for one not known here (the data checks then
+/// learn it from the first read-back).
+pub(crate) fn reads_back_at_once(device: &Device) -> Option<bool> {
+    match device.clone().without_autodiff().as_dispatch() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => Some(true),
+        _ => None,
+    }
+}
+
+/// Whether the statistics pass on `device` for `dtype` checks the data it reads, so that the
+/// losses whose first pass it is can leave the data checks to it.
+pub(crate) fn checks_in_pass(device: &Device, dtype: DType) -> bool {
+    path(device, dtype) != KernelPath::Generic
+}
+
+/// Whether a failed check of the statistics pass on `device` is known on the host at once (a
+/// CPU kernel), so that the data checks can be run again with burn ops for the exact message.
+/// Asked only where the pass checks the data (`checks_in_pass`).
+pub(crate) fn checks_on_host(device: &Device) -> bool {
+    reads_back_at_once(device) == Some(true)
+}
+
+/// The three `[batch, class]` sums of `input` (`[batch, class, pixels]`, raw) after
+/// `activation` against `target`, of the per-pixel `terms`; with `check`, a kernel also checks
+/// the data it reads (the generic path never does: its verdict is [`Verdict::Unchecked`]).
+/// A kernel computes the `extra` term in the same pass ([`Stats::extra`]); on the generic path
+/// [`extra_sums`] computes it once the verdict is settled.
+pub(crate) fn class_stats(
+    input: Tensor<3>,
+    target: &PreparedTarget,
+    activation: Activation,
+    terms: Terms,
+    check: bool,
+    extra: &Extra,
+    loss: &str,
+) -> Stats {
+    let _ = (check, extra);
+    Stats {
+        sums: generic::class_stats(input, target, activation, terms, loss),
+        verdict: Verdict::Unchecked,
+        extra: None,
+    }
+}
+
+/// The sums of the `extra` term with burn ops, in a pass of their own: for the generic path.
+pub(crate) fn extra_sums(input: Tensor<3>, target: &PreparedTarget, extra: &Extra) -> ExtraSums {
+    match extra {
+        Extra::None => ExtraSums::None,
+        Extra::Ce(options) => ExtraSums::Ce(generic::ce_sums(input, target, options)),
+        Extra::Focal(options) => ExtraSums::Focal(generic::focal_sums(input, target, *options)),
+    }
+}
