@@ -8,7 +8,20 @@
 //!
 //! | device (plain or `.autodiff()`) | statistics, CE and focal terms | data checks of `check_inputs` |
 //! |---|---|---|
-//! | every device and element type | [`KernelPath::Generic`]: burn ops (`generic.rs`) | burn ops; read back at once on the CPU, without waiting on a device backend (see `crate::checks`) |
+//! | burn-flex (`Device::flex()`, feature `flex`, on by default), `f32` input, `f32` dense target and mask or `i64`/`i32` class indices | [`KernelPath::Cpu`]: the fused CPU kernels of the burn-free core (`burn_dice_core::cpu`), through the backend extension of `cpu.rs` | in the kernel pass, on the host: a failure panics in the call |
+//! | every other device or element type (NdArray, LibTorch, Remote, the CubeCL devices for now; `f16`/`bf16`/`f64`), a target or mask that requires a gradient | [`KernelPath::Generic`]: burn ops (`generic.rs`) | burn ops; read back at once on the CPU, without waiting on a device backend (see `crate::checks`) |
+//!
+//! The kernels are a burn 0.22 backend extension (`cpu.rs`, `#[backend_extension]`), routed by
+//! burn's dispatch to `Flex` and `Autodiff<Flex>` (whatever the checkpointing strategy). Burn
+//! panics when an extension is called for a backend it does not list, so [`path`] checks the
+//! device and the element types first and sends everything else to the generic path.
+//!
+//! The kernel computes, in one pass over the input, the activation and the sums of every class
+//! of every sample (and the cross-entropy or focal term of `DiceCELoss` / `DiceFocalLoss`),
+//! and its autodiff node writes the input's gradient in one more pass from the closed form
+//! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)` (see `burn-dice-core/src/cpu/stats.rs`). It
+//! stores the probabilities for the backward pass, which become the gradient's buffer. The
+//! generic path is the readable reference the kernel is tested against.
 //!
 //! Everything after the statistics (smoothing, weights, each loss's formula, the reduction) is
 //! burn ops on `[batch, class]` tensors on every path, so every option of every loss is
@@ -19,12 +32,15 @@
 //! [`path`] tells which one runs for a device and element type; [`generic_only`] switches the
 //! kernels off on a thread (to compare, or to rule them out).
 
+#[cfg(feature = "flex")]
+mod cpu;
 pub(crate) mod generic;
 pub(crate) mod input;
+#[cfg(all(test, feature = "flex"))]
+mod tests;
 
 use std::cell::Cell;
 
-use burn::backend::DispatchDevice;
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::activation::Activation;
@@ -53,24 +69,45 @@ pub fn generic_only<R>(f: impl FnOnce() -> R) -> R {
 pub enum KernelPath {
     /// burn ops: every device and element type.
     Generic,
+    /// The fused CPU kernels (burn-flex, `f32`).
+    Cpu,
 }
 
 /// The path a loss takes for an input on `device` of element type `dtype` when computed now
 /// on this thread.
 pub fn path(device: &Device, dtype: DType) -> KernelPath {
-    let _ = (device, dtype, GENERIC_ONLY.with(|g| g.get()));
-    KernelPath::Generic
+    if GENERIC_ONLY.with(|g| g.get()) || dtype != DType::F32 {
+        return KernelPath::Generic;
+    }
+    if on_flex(device) {
+        KernelPath::Cpu
+    } else {
+        KernelPath::Generic
+    }
 }
 
-/// Whether `device`'s read-backs are there at once: `Some(true)` for the CPU backends,
-/// `Some(false)` for the CubeCL backends, `None` for one not known here (the data checks then
-/// learn it from the first read-back).
-pub(crate) fn reads_back_at_once(device: &Device) -> Option<bool> {
-    match device.clone().without_autodiff().as_dispatch() {
-        #[cfg(feature = "flex")]
-        DispatchDevice::Flex(_) => Some(true),
-        _ => None,
+/// Whether `device` is a burn-flex device (plain or with autodiff) and the Flex kernels are
+/// compiled in (feature `flex`).
+fn on_flex(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::DispatchDevice;
+        matches!(
+            device.clone().without_autodiff().as_dispatch(),
+            DispatchDevice::Flex(_)
+        )
     }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// Whether `device`'s read-backs are there at once: `Some(true)` for burn-flex, `None` for
+/// any other device (the data checks then learn it from its first read-back).
+pub(crate) fn reads_back_at_once(device: &Device) -> Option<bool> {
+    on_flex(device).then_some(true)
 }
 
 /// Whether the statistics pass on `device` for `dtype` checks the data it reads, so that the
@@ -100,12 +137,34 @@ pub(crate) fn class_stats(
     extra: &Extra,
     loss: &str,
 ) -> Stats {
+    // The CPU kernels always check the data they read (at no cost): `check` is for kernels
+    // whose checks cost a read-back.
     let _ = (check, extra);
+    #[cfg(feature = "flex")]
+    if path(&input.device(), input.dtype()) == KernelPath::Cpu {
+        if let Some(stats) = cpu::class_stats(&input, target, activation, terms, extra) {
+            return stats;
+        }
+    }
     Stats {
         sums: generic::class_stats(input, target, activation, terms, loss),
         verdict: Verdict::Unchecked,
         extra: None,
     }
+}
+
+/// Splits a kernel's `[3 + rows, batch, class]` output into the three statistics and the sums
+/// of the `extra` term.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+fn unstack(stacked: Tensor<3>, extra: &Extra) -> ([Tensor<2>; 3], ExtraSums) {
+    let [_, b, c] = stacked.dims();
+    let row = |r: usize| stacked.clone().narrow(0, r, 1).reshape([b, c]);
+    let extra = match extra {
+        Extra::None => ExtraSums::None,
+        Extra::Ce(_) => ExtraSums::Ce([3, 4].map(|r| row(r).sum_dim(1).reshape([b]))),
+        Extra::Focal(_) => ExtraSums::Focal(row(3)),
+    };
+    ([0, 1, 2].map(row), extra)
 }
 
 /// The sums of the `extra` term with burn ops, in a pass of their own: for the generic path.

@@ -1,6 +1,7 @@
 //! Shared helpers of the burn 0.22 line's integration tests: the MONAI fixtures (the one set
 //! in the repository's `tests/fixtures`, embedded), tensors of a fixture case, the parity run.
-#![allow(dead_code)]
+// Each test binary uses a part of these helpers.
+#![allow(dead_code, unused_imports)]
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dice::{
@@ -12,6 +13,7 @@ pub use burn_dice_core::testing::{
 };
 
 pub mod parity;
+pub mod props;
 
 /// `tests/fixtures/dice_loss.json`, written by `tests/fixtures/gen.py` from MONAI.
 pub const DICE_LOSS_FIXTURES: &str = include_str!("../../../../tests/fixtures/dice_loss.json");

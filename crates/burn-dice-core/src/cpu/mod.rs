@@ -12,9 +12,11 @@ mod common;
 mod focal;
 mod isa;
 mod jobs;
+mod spec;
 mod stats;
 
 pub use ce::CeProblem;
 pub use common::{Labels, Problem, Target};
 pub use focal::FocalProblem;
+pub use spec::{Spec, TermSpec};
 pub use stats::{backward, backward_stored, forward, forward_storing, Sums, Term};
