@@ -15,6 +15,7 @@
 //! the result back into tensors with a custom backward; this crate has no public API promise of
 //! its own beyond what those lines need.
 
+pub mod checks;
 #[cfg(feature = "cpu")]
 pub mod cpu;
 mod terms;

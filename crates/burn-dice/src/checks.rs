@@ -125,45 +125,9 @@ impl<B: Backend> Checks<B> {
     }
 }
 
-/// What a kernel's device verdict (see `kernels::input::Verdict::Device`) is checked against.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct VerdictContext {
-    /// Channels of the input.
-    pub channels: usize,
-    /// Class indices (rather than a dense target) were checked.
-    pub labels: bool,
-    /// Valid class indices are `0..n_labels`.
-    pub n_labels: usize,
-    /// The ignored label.
-    pub ignore_index: Option<usize>,
-}
-
-/// The message for a class index `value` outside `0..n_labels`.
-pub(crate) fn label_message(loss: &str, value: i64, context: VerdictContext) -> String {
-    format!(
-        "{loss}: `target` holds class index {value}, expected 0..{} (input has {} channel(s)){}",
-        context.n_labels,
-        context.channels,
-        match context.ignore_index {
-            Some(ii) => format!(" or the ignore_index {ii}"),
-            None => String::new(),
-        }
-    )
-}
-
-/// The message for dense target values that are not in `[0, 1]` (NaN and infinities included)
-/// in argument `name`.
-pub(crate) fn dense_target_message(loss: &str, name: &str) -> String {
-    format!(
-        "{loss}: dense `{name}` holds NaN, infinite values or values outside [0, 1]; expected \
-         one-hot, soft labels or probabilities in [0, 1]"
-    )
-}
-
-/// The message for non-finite values in argument `name`.
-fn finite_message(loss: &str, name: &str) -> String {
-    format!("{loss}: `{name}` holds NaN or infinite values; expected finite numbers")
-}
+pub(crate) use burn_dice_core::checks::{
+    dense_target_message, finite_message, label_message, VerdictContext,
+};
 
 /// Reads back a kernel's verdict `[non-finite input values, non-finite target values, largest
 /// class index, smallest class index]` and panics, in this call or a later one (see the module
@@ -489,116 +453,10 @@ fn block_on<F: Future + ?Sized>(mut reading: Pin<&mut F>) -> F::Output {
     }
 }
 
-/// An invalid config field, as [`DiceLossConfig::validate`](crate::DiceLossConfig::validate)
-/// and the other configs' `validate` / `try_init` report it: the config, the field (a nested
-/// config's field as `dice.smooth_nr`), the value it holds and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The config type, e.g. `DiceLossConfig`.
-    pub config: String,
-    /// The field, e.g. `smooth_dr` or `weight[2]`.
-    pub field: String,
-    /// The value it holds, as written in the message.
-    pub value: String,
-    /// What the field must be.
-    pub expected: String,
-}
-
-impl ConfigError {
-    fn new(loss: &str, field: &str, value: impl std::fmt::Debug, expected: &str) -> Self {
-        Self {
-            config: format!("{loss}Config"),
-            field: field.to_string(),
-            // `Debug`: the shortest form that reads back as the same number (`-1e-300`).
-            value: format!("{value:?}").trim_matches('"').to_string(),
-            expected: expected.to_string(),
-        }
-    }
-
-    /// The error of a nested config (`field` of `loss`'s config), reported as `loss`'s.
-    pub(crate) fn within(self, loss: &str, field: &str) -> Self {
-        Self {
-            config: format!("{loss}Config"),
-            field: format!("{field}.{}", self.field),
-            ..self
-        }
-    }
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: `{}` must be {}, got {}",
-            self.config, self.field, self.expected, self.value
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The value of `init` for a config that `validate`s: burn's convention, a panic with the
-/// error's message.
-pub(crate) fn or_panic<T>(result: Result<T, ConfigError>) -> T {
-    result.unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A smoothing term must be finite and non-negative.
-pub(crate) fn check_smoothing(loss: &str, name: &str, value: f64) -> Result<(), ConfigError> {
-    check_non_negative(loss, name, value)
-}
-
-/// Class weights (config field `name`) must be non-empty, finite and non-negative.
-pub(crate) fn check_weights(loss: &str, name: &str, weight: &[f32]) -> Result<(), ConfigError> {
-    if weight.is_empty() {
-        return Err(ConfigError::new(
-            loss,
-            name,
-            "an empty list",
-            "a list of one weight per class",
-        ));
-    }
-    match weight
-        .iter()
-        .enumerate()
-        .find(|(_, w)| !(w.is_finite() && **w >= 0.0))
-    {
-        Some((i, w)) => Err(ConfigError::new(
-            loss,
-            &format!("{name}[{i}]"),
-            w,
-            "finite and >= 0",
-        )),
-        None => Ok(()),
-    }
-}
-
-/// A coefficient must be finite and non-negative.
-pub(crate) fn check_non_negative(loss: &str, name: &str, value: f64) -> Result<(), ConfigError> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(ConfigError::new(loss, name, value, "finite and >= 0"))
-    }
-}
-
-/// A coefficient must be finite and positive.
-pub(crate) fn check_positive(loss: &str, name: &str, value: f64) -> Result<(), ConfigError> {
-    if value.is_finite() && value > 0.0 {
-        Ok(())
-    } else {
-        Err(ConfigError::new(loss, name, value, "finite and > 0"))
-    }
-}
-
-/// A value must lie in `[0, 1]`.
-pub(crate) fn check_unit(loss: &str, name: &str, value: f64) -> Result<(), ConfigError> {
-    if (0.0..=1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::new(loss, name, value, "in [0, 1]"))
-    }
-}
+pub use burn_dice_core::checks::ConfigError;
+pub(crate) use burn_dice_core::checks::{
+    check_non_negative, check_positive, check_smoothing, check_unit, check_weights, or_panic,
+};
 
 /// Logs MONAI's warning for `include_background = false` on one channel, once per process.
 pub(crate) fn warn_single_channel_background(loss: &str) {
