@@ -22,7 +22,7 @@ use super::backend::{run, unstack, Forward, FusedOp, TargetPrim};
 use super::input::{Extra, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
 use crate::downcast::{first_backend, is_backend};
-use burn_dice_core::cpu::{self as slices, CeProblem, FocalProblem, Labels, Problem, Target, Term};
+use burn_dice_core::cpu::{self as slices, Labels, Problem, Spec, Target, TermSpec};
 
 /// `$body` with `$t` each CPU backend built in (burn-flex with the `flex` feature, then
 /// burn-ndarray with `ndarray`), until one gives `Some`.
@@ -122,71 +122,25 @@ impl CpuBackend for Flex {
     }
 }
 
-/// Shape and options of one statistics problem.
-#[derive(Debug, Clone, Copy)]
-struct Spec {
-    dims: [usize; 3],
-    activation: Activation,
-    terms: Terms,
-}
-
-/// The options of the term summed in the statistics' pass ([`Term`]), owned.
-#[derive(Debug, Clone)]
-enum TermSpec {
-    None,
-    Ce {
-        class_weight: Option<Vec<f32>>,
-        pos_weight: f32,
-        label_smoothing: f32,
-    },
-    Focal {
-        gamma: f32,
-        alpha: Option<f32>,
-    },
-}
-
-impl TermSpec {
-    /// The options of `extra` (class weights read from host memory: no synchronization).
-    fn new<B: Backend>(extra: &Extra<B>) -> Self {
-        match extra {
-            Extra::None => TermSpec::None,
-            Extra::Ce(options) => TermSpec::Ce {
-                class_weight: options.class_weight.as_ref().map(|w| {
-                    w.to_data()
-                        .convert::<f32>()
-                        .into_vec::<f32>()
-                        .expect("f32 weights")
-                }),
-                pos_weight: options.pos_weight,
-                label_smoothing: options.label_smoothing as f32,
-            },
-            Extra::Focal(options) => TermSpec::Focal {
-                gamma: options.gamma as f32,
-                alpha: options.alpha.map(|a| a as f32),
-            },
-        }
-    }
-
-    /// The kernels' term on the data of `base`.
-    fn term<'a>(&'a self, base: &Problem<'a>) -> Term<'a> {
-        match self {
-            TermSpec::None => Term::None,
-            TermSpec::Ce {
-                class_weight,
-                pos_weight,
-                label_smoothing,
-            } => Term::Ce(CeProblem {
-                base: *base,
-                class_weight: class_weight.as_deref(),
-                pos_weight: *pos_weight,
-                label_smoothing: *label_smoothing,
+/// The owned options of the `extra` term (class weights read from host memory: no
+/// synchronization).
+fn term_spec<B: Backend>(extra: &Extra<B>) -> TermSpec {
+    match extra {
+        Extra::None => TermSpec::None,
+        Extra::Ce(options) => TermSpec::Ce {
+            class_weight: options.class_weight.as_ref().map(|w| {
+                w.to_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .expect("f32 weights")
             }),
-            TermSpec::Focal { gamma, alpha } => Term::Focal(FocalProblem {
-                base: *base,
-                gamma: *gamma,
-                alpha: *alpha,
-            }),
-        }
+            pos_weight: options.pos_weight,
+            label_smoothing: options.label_smoothing as f32,
+        },
+        Extra::Focal(options) => TermSpec::Focal {
+            gamma: options.gamma as f32,
+            alpha: options.alpha.map(|a| a as f32),
+        },
     }
 }
 
@@ -197,7 +151,7 @@ fn with_problem<B: CpuBackend, R>(
     x: Option<&B::FloatTensorPrimitive>,
     target: &TargetPrim<B>,
     valid: Option<&B::FloatTensorPrimitive>,
-    spec: Spec,
+    spec: &Spec,
     f: impl FnOnce(&Problem) -> R,
 ) -> Option<R> {
     let xs = match x {
@@ -217,26 +171,15 @@ fn with_problem<B: CpuBackend, R>(
         (_, Some(l)) => Target::Indices(l.as_labels()),
         _ => unreachable!("one target kind"),
     };
-    let [batch, classes, pixels] = spec.dims;
-    Some(f(&Problem {
-        x: &xs,
-        target,
-        valid: valid.as_deref(),
-        batch,
-        classes,
-        pixels,
-        activation: spec.activation.into(),
-        terms: spec.terms,
-    }))
+    Some(f(&spec.problem(&xs, target, valid.as_deref())))
 }
 
 /// The statistics and the term of the extra loss in one pass: the stacked `[3 + rows, batch,
-/// class]` sums (see [`Term`] for the rows), and on the host whether the data passed the
+/// class]` sums (see [`burn_dice_core::cpu::Term`] for the rows), and on the host whether the data passed the
 /// checks.
 #[derive(Debug, Clone)]
 struct StatsOp {
     spec: Spec,
-    term: TermSpec,
 }
 
 /// What the backward pass of a [`StatsOp`] starts from.
@@ -263,13 +206,13 @@ impl<T: CpuBackend> FusedOp<T> for StatsOp {
         valid: Option<FloatTensor<T>>,
         tracked: bool,
     ) -> Option<Forward<T, Self>> {
-        let spec = self.spec;
+        let spec = &self.spec;
         // Tracked: store the probabilities for the backward pass, which then needs no
         // activation and no buffer of its own (they become the gradient). With no activation
         // `p = x`: the input is kept instead (and for a term, which reads it).
-        let store = tracked && spec.activation != Activation::None;
+        let store = tracked && spec.activation != burn_dice_core::Activation::None;
         let (sums, probs) = with_problem::<T, _>(Some(&x), &target, valid.as_ref(), spec, |p| {
-            let term = self.term.term(p);
+            let term = spec.term(p);
             if store {
                 let (sums, probs) = slices::forward_storing(p, &term);
                 (sums, Some(probs))
@@ -281,7 +224,7 @@ impl<T: CpuBackend> FusedOp<T> for StatsOp {
         let rows = sums.sums.len() / (b * c);
         let out = T::from_floats(sums.sums, &[rows, b, c]);
         let state = tracked.then(|| {
-            let keep_x = probs.is_none() || !matches!(self.term, TermSpec::None);
+            let keep_x = probs.is_none() || spec.term != TermSpec::None;
             Saved {
                 x: keep_x.then_some(x),
                 probs,
@@ -307,8 +250,8 @@ impl<T: CpuBackend> FusedOp<T> for StatsOp {
             op,
         } = saved;
         let grad = T::floats(&grad).expect("the gradient of an f32 output is f32");
-        let dx = with_problem::<T, _>(x.as_ref(), &target, valid.as_ref(), op.spec, |p| {
-            let term = op.term.term(p);
+        let dx = with_problem::<T, _>(x.as_ref(), &target, valid.as_ref(), &op.spec, |p| {
+            let term = op.spec.term(p);
             match probs {
                 Some(mut probs) => {
                     slices::backward_stored(p, &term, &grad, &mut probs);
@@ -338,10 +281,10 @@ pub(super) fn class_stats<B: Backend>(
     let op = StatsOp {
         spec: Spec {
             dims: input.dims(),
-            activation,
+            activation: activation.into(),
             terms,
+            term: term_spec(extra),
         },
-        term: TermSpec::new(extra),
     };
     let (mut out, valid_data) = on_cpu_backends!(T => run::<B, T, _>(input, target, &op))?;
     let out = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(out.remove(0)));
