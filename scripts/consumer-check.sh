@@ -6,6 +6,9 @@
 # crates.io version the packed manifest names) twice:
 #   cpu  burn-dice with its default features (the usage snippet on burn-ndarray);
 #   gpu  default-features = false with only `wgpu` and `train` (the Learner snippet on burn-wgpu).
+# Then the burn 0.22 line the same way: burn-dice 0.2 packed from crates/burn-dice-0.22 and
+# unpacked into tests/consumer-0.22/ (with the packed core), which compiles the 0.22 README
+# snippet with the default features.
 # Prints how many crates each set-up builds. Run by .ci/run; needs no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +33,19 @@ for set in cpu gpu; do
   echo "consumer --features $set: $crates crates"
   cargo check --manifest-path "$manifest" --features "$set" --target-dir "$target_dir/consumer"
 done
+
+# The burn 0.22 line (its own workspace and lock file).
+version22=$(sed -n 's/^version = "\(.*\)"$/\1/p' crates/burn-dice-0.22/Cargo.toml | head -1)
+cargo package --manifest-path crates/burn-dice-0.22/Cargo.toml --allow-dirty --no-verify \
+  --target-dir "$target_dir/burn-0.22"
+rm -rf tests/consumer-0.22/burn-dice tests/consumer-0.22/burn-dice-core
+mkdir -p tests/consumer-0.22/burn-dice
+tar -xzf "$target_dir/burn-0.22/package/burn-dice-$version22.crate" -C tests/consumer-0.22/burn-dice \
+  --strip-components=1
+cp -r tests/consumer/burn-dice-core tests/consumer-0.22/burn-dice-core
+cp crates/burn-dice-0.22/Cargo.lock tests/consumer-0.22/Cargo.lock
+manifest=tests/consumer-0.22/Cargo.toml
+crates=$(cargo tree --manifest-path "$manifest" -e normal,build --prefix none \
+  | sed 's/ (\*)$//' | sort -u | wc -l)
+echo "consumer of burn-dice $version22 (burn 0.22): $crates crates"
+cargo check --manifest-path "$manifest" --target-dir "$target_dir/consumer-0.22"
