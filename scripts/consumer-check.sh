@@ -36,8 +36,10 @@ done
 
 # The burn 0.22 line (its own workspace and lock file).
 version22=$(sed -n 's/^version = "\(.*\)"$/\1/p' crates/burn-dice-0.22/Cargo.toml | head -1)
+# --exclude-lockfile: cargo would resolve a lock file for the packed crate against crates.io,
+# where burn-dice-core is not published yet (a library's lock file is not used by its users).
 cargo package --manifest-path crates/burn-dice-0.22/Cargo.toml --allow-dirty --no-verify \
-  --target-dir "$target_dir/burn-0.22"
+  --exclude-lockfile --target-dir "$target_dir/burn-0.22"
 rm -rf tests/consumer-0.22/burn-dice tests/consumer-0.22/burn-dice-core
 mkdir -p tests/consumer-0.22/burn-dice
 tar -xzf "$target_dir/burn-0.22/package/burn-dice-$version22.crate" -C tests/consumer-0.22/burn-dice \
