@@ -466,3 +466,29 @@ pub(crate) fn deferred_checks_on(device: &Device) {
         }
     }
 }
+
+/// The data checks on a device that does not read back at once (burn-wgpu, where an adapter
+/// works): the same messages as on the CPU, the first checked call of a thread waiting for its
+/// verdict, later ones reported at a later call or at `wait_for_checks`.
+#[cfg(feature = "wgpu")]
+#[test]
+fn deferred_checks_on_wgpu() {
+    use burn::tensor::DeviceKind;
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let probe = device.clone();
+    let works = std::panic::catch_unwind(move || {
+        let _ = Tensor::<1>::from_floats([1.0, 2.0], &probe)
+            .sum()
+            .into_scalar::<f32>();
+    });
+    if works.is_err() {
+        burn_dice_core::testing::missing(
+            "wgpu",
+            "no GPU adapter works (without a GPU: `apt-get install -y libvulkan1 \
+             mesa-vulkan-drivers`, Mesa's lavapipe)",
+        );
+        return;
+    }
+    deferred_checks_on(&device);
+    deferred_checks_on(&device.autodiff());
+}

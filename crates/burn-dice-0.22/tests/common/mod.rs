@@ -173,7 +173,51 @@ pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
         .expect("float data")
 }
 
-/// The devices every numeric test runs on: burn-flex with autodiff.
+/// The devices every numeric test runs on, with autodiff: burn-flex, and with the `wgpu`
+/// feature burn-wgpu where an adapter works (see [`wgpu_device`]).
 pub fn devices() -> Vec<(&'static str, Device)> {
-    vec![("flex", Device::flex().autodiff())]
+    let mut devices = vec![("flex", Device::flex().autodiff())];
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = wgpu_device() {
+        devices.push(("wgpu", device.autodiff()));
+    }
+    devices
+}
+
+/// The default wgpu device, after checking once that an adapter works. Without one: `None`
+/// (with `missing`'s message, which names what to install), or a failure where
+/// `BURN_DICE_REQUIRE` asks for `wgpu`; never wgpu's own panic deep in the runtime.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> Option<Device> {
+    use burn::tensor::DeviceKind;
+    use std::sync::OnceLock;
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let status = CHECKED.get_or_init(|| {
+        let d = device.clone();
+        std::panic::catch_unwind(move || {
+            let t = Tensor::<1>::from_floats([1.0, 2.0], &d);
+            let _ = t.sum().into_scalar::<f32>();
+        })
+        .map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    match status {
+        Ok(()) => Some(device),
+        Err(e) => {
+            burn_dice_core::testing::missing(
+                "wgpu",
+                &format!(
+                    "no GPU adapter works ({e}). On a machine without a GPU install Mesa's \
+                     software Vulkan driver: `apt-get install -y libvulkan1 mesa-vulkan-drivers` \
+                     (lavapipe)"
+                ),
+            );
+            None
+        }
+    }
 }
