@@ -322,7 +322,7 @@ impl<B: DiceKernelBackend + StatsBackward, C: CheckpointStrategy> DiceKernelBack
 }
 
 /// Whether `dtype` is an element type of class indices the kernels read.
-pub(super) fn reads_labels(dtype: DType) -> bool {
+fn reads_labels(dtype: DType) -> bool {
     matches!(dtype, DType::I64 | DType::I32)
 }
 

@@ -473,20 +473,14 @@ pub(crate) fn deferred_checks_on(device: &Device) {
 #[cfg(feature = "wgpu")]
 #[test]
 fn deferred_checks_on_wgpu() {
-    use burn::tensor::DeviceKind;
-    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
     let probe = device.clone();
-    let works = std::panic::catch_unwind(move || {
+    let works = burn_dice_core::testing::gpu_adapter_works(move || {
         let _ = Tensor::<1>::from_floats([1.0, 2.0], &probe)
             .sum()
             .into_scalar::<f32>();
     });
-    if works.is_err() {
-        burn_dice_core::testing::missing(
-            "wgpu",
-            "no GPU adapter works (without a GPU: `apt-get install -y libvulkan1 \
-             mesa-vulkan-drivers`, Mesa's lavapipe)",
-        );
+    if !works {
         return;
     }
     deferred_checks_on(&device);

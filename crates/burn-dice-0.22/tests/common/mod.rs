@@ -184,40 +184,17 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     devices
 }
 
-/// The default wgpu device, after checking once that an adapter works. Without one: `None`
-/// (with `missing`'s message, which names what to install), or a failure where
-/// `BURN_DICE_REQUIRE` asks for `wgpu`; never wgpu's own panic deep in the runtime.
+/// The default wgpu device where an adapter works (see
+/// `burn_dice_core::testing::gpu_adapter_works`, which says why not, or fails under
+/// `BURN_DICE_REQUIRE`, in each test that asks): `None` where none does.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_device() -> Option<Device> {
-    use burn::tensor::DeviceKind;
-    use std::sync::OnceLock;
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    let device = Device::wgpu(DeviceKind::DefaultDevice);
-    let status = CHECKED.get_or_init(|| {
-        let d = device.clone();
-        std::panic::catch_unwind(move || {
-            let t = Tensor::<1>::from_floats([1.0, 2.0], &d);
-            let _ = t.sum().into_scalar::<f32>();
-        })
-        .map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        })
+    let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+    let probe = device.clone();
+    let works = burn_dice_core::testing::gpu_adapter_works(move || {
+        let _ = Tensor::<1>::from_floats([1.0, 2.0], &probe)
+            .sum()
+            .into_scalar::<f32>();
     });
-    match status {
-        Ok(()) => Some(device),
-        Err(e) => {
-            burn_dice_core::testing::missing(
-                "wgpu",
-                &format!(
-                    "no GPU adapter works ({e}). On a machine without a GPU install Mesa's \
-                     software Vulkan driver: `apt-get install -y libvulkan1 mesa-vulkan-drivers` \
-                     (lavapipe)"
-                ),
-            );
-            None
-        }
-    }
+    works.then_some(device)
 }

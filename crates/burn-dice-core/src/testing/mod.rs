@@ -171,6 +171,32 @@ pub fn missing(what: &str, why: &str) {
     eprintln!("skipped, needs `{what}`: {why}");
 }
 
+/// Whether a GPU adapter works: `probe` runs a tiny computation on the device and panics where
+/// none does. Without one, [`missing`] says so (naming what to install on a machine without a
+/// GPU) or fails where `BURN_DICE_REQUIRE` asks for `wgpu`; never the runtime's own panic deep in
+/// a test. One copy for every wgpu test of both release lines.
+pub fn gpu_adapter_works(probe: impl FnOnce() + std::panic::UnwindSafe) -> bool {
+    match std::panic::catch_unwind(probe) {
+        Ok(()) => true,
+        Err(e) => {
+            let e = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            missing(
+                "wgpu",
+                &format!(
+                    "no GPU adapter works ({e}). On a machine without a GPU install Mesa's \
+                     software Vulkan driver: `apt-get install -y libvulkan1 mesa-vulkan-drivers` \
+                     (lavapipe)"
+                ),
+            );
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
