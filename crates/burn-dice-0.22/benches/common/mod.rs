@@ -18,6 +18,9 @@ pub enum Case {
     SoftmaxIndices,
     /// c) softmax, class-index target, `[2, 4, 64, 64, 64]`.
     SoftmaxIndices3d,
+    /// d) softmax, class-index target, `[2, 4, 128, 128, 128]` (a GPU's case: the 0.21
+    /// line's `docs/gpu.md` case d).
+    SoftmaxIndices3dLarge,
 }
 
 impl Case {
@@ -32,6 +35,7 @@ impl Case {
             Case::SigmoidDense => "a sigmoid dense [8,1,256,256]",
             Case::SoftmaxIndices => "b softmax indices [8,4,128,128]",
             Case::SoftmaxIndices3d => "c softmax indices 3-D [2,4,64,64,64]",
+            Case::SoftmaxIndices3dLarge => "d softmax indices 3-D [2,4,128,128,128]",
         }
     }
 
@@ -40,6 +44,7 @@ impl Case {
             Case::SigmoidDense => "a",
             Case::SoftmaxIndices => "b",
             Case::SoftmaxIndices3d => "c",
+            Case::SoftmaxIndices3dLarge => "d",
         }
     }
 
@@ -56,6 +61,7 @@ impl Case {
             Case::SigmoidDense => 8 * 256 * 256,
             Case::SoftmaxIndices => 8 * 4 * 128 * 128,
             Case::SoftmaxIndices3d => 2 * 4 * 64 * 64 * 64,
+            Case::SoftmaxIndices3dLarge => 2 * 4 * 128 * 128 * 128,
         }
     }
 }
@@ -106,6 +112,7 @@ pub fn inputs<const D: usize>(case: Case, device: &Device) -> Inputs<D> {
         Case::SigmoidDense => vec![8, 1, 256, 256],
         Case::SoftmaxIndices => vec![8, 4, 128, 128],
         Case::SoftmaxIndices3d => vec![2, 4, 64, 64, 64],
+        Case::SoftmaxIndices3dLarge => vec![2, 4, 128, 128, 128],
     };
     assert_eq!(dims.len(), D, "rank of {case:?}");
     let shape: [usize; D] = dims.clone().try_into().expect("rank checked");

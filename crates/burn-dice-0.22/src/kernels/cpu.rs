@@ -22,42 +22,15 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{backend_extension, Backend, Dispatch, ExtensionType, Flex};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::{DType, Element, Tensor, TensorData};
 use burn_dice_core::cpu::{self as slices, Labels, Spec, Target, TermSpec};
 
+use super::ext::{KernelMask, KernelTarget};
 use super::input::{Extra, FlatTarget, PreparedTarget, Stats, Terms, Verdict};
 use super::unstack;
 use crate::activation::Activation;
-
-/// The target of a kernel call, as a backend's primitives.
-#[derive(ExtensionType, Debug, Clone)]
-pub enum KernelTarget<B: Backend> {
-    /// A dense target of the input's shape, `[batch, class, pixels]`.
-    Dense(FloatTensor<B>),
-    /// Class indices, `[batch, 1, pixels]`.
-    Indices(IntTensor<B>),
-}
-
-/// The pixels that count, as a backend's primitive (a backend extension takes no
-/// `Option` of a tensor).
-#[derive(ExtensionType, Debug, Clone)]
-pub enum KernelMask<B: Backend> {
-    /// Every pixel.
-    All,
-    /// `[batch, 1, pixels]` weights (0/1).
-    Valid(FloatTensor<B>),
-}
-
-impl<B: Backend> KernelMask<B> {
-    fn into_option(self) -> Option<FloatTensor<B>> {
-        match self {
-            KernelMask::All => None,
-            KernelMask::Valid(v) => Some(v),
-        }
-    }
-}
 
 /// The fused statistics pass, as a backend extension: `Flex` and `Autodiff<Flex>` (feature
 /// `flex`). Called only for `f32` inputs, dense targets and masks and `i32`/`i64` class

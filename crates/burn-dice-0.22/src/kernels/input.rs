@@ -35,7 +35,7 @@ impl PreparedTarget {
 
     /// Whether a dense target or the mask requires a gradient: the kernels give gradients to
     /// the input only, so such targets take the generic path.
-    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "flex", feature = "wgpu")), allow(dead_code))]
     pub fn tracked(&self) -> bool {
         let dense = match &self.target {
             FlatTarget::Dense(t) => t.is_require_grad(),

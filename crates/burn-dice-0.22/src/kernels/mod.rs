@@ -9,19 +9,24 @@
 //! | device (plain or `.autodiff()`) | statistics, CE and focal terms | data checks of `check_inputs` |
 //! |---|---|---|
 //! | burn-flex (`Device::flex()`, feature `flex`, on by default), `f32` input, `f32` dense target and mask or `i64`/`i32` class indices | [`KernelPath::Cpu`]: the fused CPU kernels of the burn-free core (`burn_dice_core::cpu`), through the backend extension of `cpu.rs` | in the kernel pass, on the host: a failure panics in the call |
-//! | every other device or element type (NdArray, LibTorch, Remote, the CubeCL devices for now; `f16`/`bf16`/`f64`), a target or mask that requires a gradient | [`KernelPath::Generic`]: burn ops (`generic.rs`) | burn ops; read back at once on the CPU, without waiting on a device backend (see `crate::checks`) |
+//! | burn-wgpu (`Device::wgpu(..)`, feature `wgpu`; with or without burn-fusion), `f32` input, `f32` dense target, mask and `ce_weight` or `i64`/`i32` class indices | [`KernelPath::Cube`]: the fused CubeCL kernels (`cube/`), through the backend extensions of `cube/mod.rs` | in the kernel pass, on the device: the verdict is read back without waiting (see `crate::checks`) |
+//! | every other device or element type (NdArray, LibTorch, Remote, the other CubeCL runtimes: CUDA, ROCm, Metal, cubecl-cpu; `f16`/`bf16`/`f64`), a target or mask that requires a gradient | [`KernelPath::Generic`]: burn ops (`generic.rs`) | burn ops; read back at once on the CPU, without waiting on a device backend (see `crate::checks`) |
 //!
-//! The kernels are a burn 0.22 backend extension (`cpu.rs`, `#[backend_extension]`), routed by
-//! burn's dispatch to `Flex` and `Autodiff<Flex>` (whatever the checkpointing strategy). Burn
-//! panics when an extension is called for a backend it does not list, so [`path`] checks the
-//! device and the element types first and sends everything else to the generic path.
+//! The kernels are burn 0.22 backend extensions (`#[backend_extension]`), routed by burn's
+//! dispatch to `Flex` and `Autodiff<Flex>` (`cpu.rs`), and to `CubeBackend`,
+//! `Fusion<CubeBackend>` and `Autodiff` of them (`cube/mod.rs`), whatever the checkpointing
+//! strategy. Burn panics when an extension is called for a backend it does not list, so
+//! [`path`] checks the device and the element types first and sends everything else to the
+//! generic path. The CubeCL kernels are generic over the runtime, but are taken on wgpu only:
+//! it is the runtime they are tested on (lavapipe in CI, an NVIDIA GPU through Vulkan).
 //!
 //! The kernel computes, in one pass over the input, the activation and the sums of every class
 //! of every sample (and the cross-entropy or focal term of `DiceCELoss` / `DiceFocalLoss`),
 //! and its autodiff node writes the input's gradient in one more pass from the closed form
-//! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)` (see `burn-dice-core/src/cpu/stats.rs`). It
-//! stores the probabilities for the backward pass, which become the gradient's buffer. The
-//! generic path is the readable reference the kernel is tested against.
+//! `∂L/∂x = act'(x) · (∂L/∂I · t + ∂L/∂P · ∂P/∂p)` (see `burn-dice-core/src/cpu/stats.rs`). The
+//! CPU kernel stores the probabilities for the backward pass, which become the gradient's
+//! buffer; the CubeCL one recomputes them (see `cube/stats.rs`). The generic path is the
+//! readable reference the kernels are tested against.
 //!
 //! Everything after the statistics (smoothing, weights, each loss's formula, the reduction) is
 //! burn ops on `[batch, class]` tensors on every path, so every option of every loss is
@@ -34,6 +39,10 @@
 
 #[cfg(feature = "flex")]
 mod cpu;
+#[cfg(feature = "wgpu")]
+mod cube;
+#[cfg(any(feature = "flex", feature = "wgpu"))]
+mod ext;
 pub(crate) mod generic;
 pub(crate) mod input;
 #[cfg(all(test, feature = "flex"))]
@@ -71,6 +80,8 @@ pub enum KernelPath {
     Generic,
     /// The fused CPU kernels (burn-flex, `f32`).
     Cpu,
+    /// The fused CubeCL kernels (burn-wgpu, `f32`).
+    Cube,
 }
 
 /// The path a loss takes for an input on `device` of element type `dtype` when computed now
@@ -81,10 +92,29 @@ pub fn path(device: &Device, dtype: DType) -> KernelPath {
     }
     if on_flex(device) {
         KernelPath::Cpu
+    } else if on_cube(device) {
+        KernelPath::Cube
     } else {
         KernelPath::Generic
     }
 }
+
+/// Whether `device` is a device the CubeCL kernels run on (plain or with autodiff; feature
+/// `wgpu`): a burn-wgpu device.
+fn on_cube(device: &Device) -> bool {
+    #[cfg(feature = "wgpu")]
+    {
+        cube::cube_device(device).is_some()
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+#[cfg(feature = "wgpu")]
+pub use cube::{launches, plane_reductions, set_plane_reductions};
 
 /// Whether `device` is a burn-flex device (plain or with autodiff) and the Flex kernels are
 /// compiled in (feature `flex`).
@@ -104,10 +134,18 @@ fn on_flex(device: &Device) -> bool {
     }
 }
 
-/// Whether `device`'s read-backs are there at once: `Some(true)` for burn-flex, `None` for
-/// any other device (the data checks then learn it from its first read-back).
+/// Whether `device`'s read-backs are there at once: `Some(true)` for burn-flex, `Some(false)`
+/// for the devices of the CubeCL kernels (a GPU queue, even where the adapter is a CPU, as
+/// lavapipe, whose read-backs may be done by the time they are first polled), `None` for any
+/// other device (the data checks then learn it from its first read-back).
 pub(crate) fn reads_back_at_once(device: &Device) -> Option<bool> {
-    on_flex(device).then_some(true)
+    if on_flex(device) {
+        Some(true)
+    } else if on_cube(device) {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// Whether the statistics pass on `device` for `dtype` checks the data it reads, so that the
@@ -138,13 +176,19 @@ pub(crate) fn class_stats(
     loss: &str,
 ) -> Stats {
     // The CPU kernels always check the data they read (at no cost): `check` is for kernels
-    // whose checks cost a read-back.
+    // whose checks cost a read-back (the CubeCL ones).
     let _ = (check, extra);
-    #[cfg(feature = "flex")]
-    if path(&input.device(), input.dtype()) == KernelPath::Cpu {
-        if let Some(stats) = cpu::class_stats(&input, target, activation, terms, extra) {
-            return stats;
-        }
+    let kernel = match path(&input.device(), input.dtype()) {
+        KernelPath::Generic => None,
+        #[cfg(feature = "flex")]
+        KernelPath::Cpu => cpu::class_stats(&input, target, activation, terms, extra),
+        #[cfg(feature = "wgpu")]
+        KernelPath::Cube => cube::class_stats(&input, target, activation, terms, check, extra),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("`path` chooses the paths that are compiled in"),
+    };
+    if let Some(stats) = kernel {
+        return stats;
     }
     Stats {
         sums: generic::class_stats(input, target, activation, terms, loss),
@@ -155,7 +199,7 @@ pub(crate) fn class_stats(
 
 /// Splits a kernel's `[3 + rows, batch, class]` output into the three statistics and the sums
 /// of the `extra` term.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "flex", feature = "wgpu")), allow(dead_code))]
 fn unstack(stacked: Tensor<3>, extra: &Extra) -> ([Tensor<2>; 3], ExtraSums) {
     let [_, b, c] = stacked.dims();
     let row = |r: usize| stacked.clone().narrow(0, r, 1).reshape([b, c]);

@@ -42,7 +42,8 @@ struct HostData {
     x: TensorData,
     probs: TensorData,
     dense: TensorData,
-    /// Soft labels in `[0, 1)`, for `soft_label`.
+    /// Soft labels in `[0, 1)`, for `soft_label`, clear of the predictions (see
+    /// `burn_dice_core::testing::soft_targets_clear_of_predictions`).
     soft: TensorData,
     labels: TensorData,
     mask: TensorData,
@@ -54,14 +55,25 @@ impl HostData {
         let lshape = [b, 1, h, w];
         let d = Device::flex();
         let float = |s: [usize; 4], dist| Tensor::<4>::random(s, dist, &d).into_data();
+        let x = float(shape, Distribution::Normal(0.0, 2.0));
+        // Without an activation the input is a probability map: logits of either sign
+        // would make `P` cancel towards 0 and the ratio ill-conditioned in f32.
+        let probs = float(shape, Distribution::Uniform(0.05, 1.0));
+        let values = |t: &TensorData| t.try_to_vec::<f32>().expect("f32 data");
+        let mut soft = values(&float(shape, Distribution::Uniform(0.0, 1.0)));
+        burn_dice_core::testing::soft_targets_clear_of_predictions(
+            &mut soft,
+            &values(&x),
+            &values(&probs),
+            [b, c, h * w],
+            1e-3,
+        );
         Self {
             shape,
-            x: float(shape, Distribution::Normal(0.0, 2.0)),
-            // Without an activation the input is a probability map: logits of either sign
-            // would make `P` cancel towards 0 and the ratio ill-conditioned in f32.
-            probs: float(shape, Distribution::Uniform(0.05, 1.0)),
+            x,
+            probs,
             dense: float(shape, Distribution::Bernoulli(0.4)),
-            soft: float(shape, Distribution::Uniform(0.0, 1.0)),
+            soft: TensorData::new(soft, shape.to_vec()),
             // Labels 0..=c; label c is ignored below.
             labels: Tensor::<4, Int>::random(
                 lshape,
@@ -467,12 +479,11 @@ pub(crate) fn deferred_checks_on(device: &Device) {
     }
 }
 
-/// The data checks on a device that does not read back at once (burn-wgpu, where an adapter
-/// works): the same messages as on the CPU, the first checked call of a thread waiting for its
-/// verdict, later ones reported at a later call or at `wait_for_checks`.
+/// The default burn-wgpu device where an adapter works (see
+/// `burn_dice_core::testing::gpu_adapter_works`, which says why not, or fails under
+/// `BURN_DICE_REQUIRE`): `None` where none does.
 #[cfg(feature = "wgpu")]
-#[test]
-fn deferred_checks_on_wgpu() {
+pub(crate) fn wgpu_device() -> Option<Device> {
     let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
     let probe = device.clone();
     let works = burn_dice_core::testing::gpu_adapter_works(move || {
@@ -480,9 +491,5 @@ fn deferred_checks_on_wgpu() {
             .sum()
             .into_scalar::<f32>();
     });
-    if !works {
-        return;
-    }
-    deferred_checks_on(&device);
-    deferred_checks_on(&device.autodiff());
+    works.then_some(device)
 }

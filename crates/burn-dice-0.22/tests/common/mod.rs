@@ -176,12 +176,12 @@ pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
 /// The devices every numeric test runs on, with autodiff: burn-flex, and with the `wgpu`
 /// feature burn-wgpu where an adapter works (see [`wgpu_device`]).
 pub fn devices() -> Vec<(&'static str, Device)> {
-    let mut devices = vec![("flex", Device::flex().autodiff())];
+    let flex = ("flex", Device::flex().autodiff());
     #[cfg(feature = "wgpu")]
     if let Some(device) = wgpu_device() {
-        devices.push(("wgpu", device.autodiff()));
+        return vec![flex, ("wgpu", device.autodiff())];
     }
-    devices
+    vec![flex]
 }
 
 /// The default wgpu device where an adapter works (see

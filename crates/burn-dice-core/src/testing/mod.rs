@@ -45,6 +45,49 @@ impl XorShift {
     }
 }
 
+/// Moves the soft targets `soft` (`[b, c, n]`, in `[0, 1)`) at least `gap` away from every
+/// prediction a kernel test makes of them: the sigmoid and the softmax (over `c`) of the
+/// logits `x`, and the probabilities `probs` (`[b, c, n]` each). With `soft_label` the
+/// gradient has a step where `p·w = t·w` (`sgn(pw − tw)`), so a `p` within f32 rounding of its
+/// `t` may fall on either side of it in f32 and in f64: a gradient that differs by a whole
+/// term, by chance (about once in five runs of 10⁶ random soft targets), though both are
+/// right. A moved target is shifted by `2·gap` (wrapping in `[0, 1)`) until it is clear.
+pub fn soft_targets_clear_of_predictions(
+    soft: &mut [f32],
+    x: &[f32],
+    probs: &[f32],
+    [b, c, n]: [usize; 3],
+    gap: f32,
+) {
+    assert!(
+        soft.len() == b * c * n && x.len() == soft.len() && probs.len() == soft.len(),
+        "soft targets, logits and probabilities of [{b}, {c}, {n}]"
+    );
+    for s in 0..b {
+        for i in 0..n {
+            let at = |k: usize| (s * c + k) * n + i;
+            let max = (0..c).map(|k| x[at(k)] as f64).fold(f64::MIN, f64::max);
+            let sum: f64 = (0..c).map(|k| (x[at(k)] as f64 - max).exp()).sum();
+            for k in 0..c {
+                let v = x[at(k)] as f64;
+                let preds = [
+                    1.0 / (1.0 + (-v).exp()),
+                    (v - max).exp() / sum,
+                    probs[at(k)] as f64,
+                ];
+                let t = &mut soft[at(k)];
+                // At most one shift per prediction (each shift moves `2·gap`).
+                for _ in 0..=preds.len() {
+                    if preds.iter().all(|&p| (p - *t as f64).abs() >= gap as f64) {
+                        break;
+                    }
+                    *t = (*t + 2.0 * gap).rem_euclid(1.0);
+                }
+            }
+        }
+    }
+}
+
 /// A fixture file.
 #[derive(Debug, Deserialize)]
 pub struct FixtureFile {
@@ -200,6 +243,30 @@ pub fn gpu_adapter_works(probe: impl FnOnce() + std::panic::UnwindSafe) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soft_targets_are_moved_clear_of_every_prediction() {
+        // One sample, two classes (logits `[0, 1, -2]` and `[0, 1, 2]`), three pixels.
+        let x = [0.0f32, 1.0, -2.0, 0.0, 1.0, 2.0];
+        let probs = [0.9f32, 0.9, 0.3, 0.9, 0.9, 0.9];
+        // On σ(0); on the softmax of equal logits; on a probability; on σ(0); clear; clear.
+        let mut soft = [0.5f32, 0.5, 0.3, 0.5, 0.2, 0.4];
+        let before = soft;
+        soft_targets_clear_of_predictions(&mut soft, &x, &probs, [1, 2, 3], 1e-3);
+        let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
+        for (i, (&t, &old)) in soft.iter().zip(&before).enumerate() {
+            let (k, px) = (i / 3, i % 3);
+            let softmax = 1.0 / (1.0 + (x[(1 - k) * 3 + px] - x[i]).exp());
+            for p in [sigmoid(x[i]), softmax, probs[i]] {
+                assert!(
+                    (p - t).abs() >= 1e-3 - 1e-6,
+                    "target {i}: {t} vs {p} (was {old})"
+                );
+            }
+            assert!((0.0..1.0).contains(&t), "target {i}: {t}");
+            assert_eq!(t == old, i >= 4, "target {i} moved: {old} -> {t}");
+        }
+    }
 
     #[test]
     fn xorshift_is_seeded_and_in_range() {
