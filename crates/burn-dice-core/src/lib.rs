@@ -18,6 +18,7 @@
 pub mod checks;
 #[cfg(feature = "cpu")]
 pub mod cpu;
+pub mod gpu;
 mod terms;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -42,7 +42,8 @@ struct HostData {
     x: TensorData,
     probs: TensorData,
     dense: TensorData,
-    /// Soft labels in `[0, 1)`, for `soft_label`.
+    /// Soft labels in `[0, 1)`, for `soft_label`, clear of the predictions (see
+    /// `burn_dice_core::testing::soft_targets_clear_of_predictions`).
     soft: TensorData,
     labels: TensorData,
     mask: TensorData,
@@ -55,14 +56,25 @@ impl HostData {
         let lshape = [b, 1, h, w];
         let d = Default::default();
         let float = |s: [usize; 4], dist| Tensor::<H, 4>::random(s, dist, &d).into_data();
+        let x = float(shape, Distribution::Normal(0.0, 2.0));
+        // Without an activation the input is a probability map: logits of either sign
+        // would make `P` cancel towards 0 and the ratio ill-conditioned in f32.
+        let probs = float(shape, Distribution::Uniform(0.05, 1.0));
+        let values = |t: &TensorData| t.to_vec::<f32>().expect("f32 data");
+        let mut soft = values(&float(shape, Distribution::Uniform(0.0, 1.0)));
+        burn_dice_core::testing::soft_targets_clear_of_predictions(
+            &mut soft,
+            &values(&x),
+            &values(&probs),
+            [b, c, h * w],
+            1e-3,
+        );
         Self {
             shape,
-            x: float(shape, Distribution::Normal(0.0, 2.0)),
-            // Without an activation the input is a probability map: logits of either sign
-            // would make `P` cancel towards 0 and the ratio ill-conditioned in f32.
-            probs: float(shape, Distribution::Uniform(0.05, 1.0)),
+            x,
+            probs,
             dense: float(shape, Distribution::Bernoulli(0.4)),
-            soft: float(shape, Distribution::Uniform(0.0, 1.0)),
+            soft: TensorData::new(soft, shape.to_vec()),
             // Labels 0..=c; label c is ignored below.
             labels: Tensor::<H, 4, Int>::random(
                 lshape,

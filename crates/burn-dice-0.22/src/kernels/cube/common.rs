@@ -32,24 +32,9 @@ use cubecl::features::Plane;
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
-/// Threads per cube of the reductions where the device allows it (see [`cube_size`]).
-pub(super) const MAX_CUBE: usize = 256;
-/// The fewest threads per cube the reductions take: [`cube_reduce`]'s last step gives a value
-/// (at most 5 rows × [`CLASS_GROUP`] classes) a thread each. Vulkan guarantees 128.
-const MIN_CUBE: usize = 64;
-/// The reductions aim at about this many cubes in all (enough to fill a large GPU several
-/// times over), with at least one pixel per thread.
-const TARGET_CUBES: usize = 1024;
-/// Classes whose sums a thread keeps in registers at once; more classes are taken in groups of
-/// this many (the softmax normalizer is then recomputed per group, from cache).
-pub(super) const CLASS_GROUP: usize = 8;
-
-/// The activation, as a comptime code.
-pub(super) const ACT_NONE: u32 = 0;
-/// See [`ACT_NONE`].
-pub(super) const ACT_SIGMOID: u32 = 1;
-/// See [`ACT_NONE`].
-pub(super) const ACT_SOFTMAX: u32 = 2;
+// The launch plan (cube size, tiling, class groups, the partial results' layout, vector
+// widths) and the kernels' comptime spec are the core's, shared with the other release line.
+pub(super) use burn_dice_core::gpu::*;
 
 /// The softmax normalizer of one pixel: the largest logit and `1 / Σ_c e^(x_c − max)`.
 #[derive(CubeType, Clone, Copy)]
@@ -57,10 +42,6 @@ pub(super) struct Norm {
     pub max: f32,
     pub inv_sum: f32,
 }
-
-/// Class loops of at most this many iterations are unrolled (the class count is comptime);
-/// longer ones stay loops, so that a kernel for 100 classes does not compile to 100 copies.
-pub(super) const UNROLL_CLASSES: usize = 16;
 
 /// The softmax normalizers of a vector of `N` adjacent pixels (one per lane), whose class-0
 /// logits are the vector at `row0` (classes `vectors` apart); neutral ones (max 0, 1/sum 1)
@@ -158,39 +139,12 @@ pub(super) fn one_hot(label: f32, c: usize) -> f32 {
     t
 }
 
-/// Threads per cube for the reductions on a device that allows `max_units` per cube: the
-/// largest power of two up to [`MAX_CUBE`] (256 on every desktop GPU; fewer on a device with a
-/// lower limit, such as 128 under Vulkan's minimum). Comptime in the kernels.
-pub(super) fn cube_size(max_units: u32) -> usize {
-    let limit = max_units as usize;
-    #[cfg(test)]
-    let limit = limit.min(tests::CUBE_LIMIT.load(Ordering::Relaxed));
-    assert!(
-        limit >= MIN_CUBE,
-        "burn-dice GPU kernels: the device runs {max_units} threads per cube, fewer than the \
-         {MIN_CUBE} the reductions take"
-    );
-    let pow2 = 1usize << limit.ilog2();
-    pow2.min(MAX_CUBE)
-}
-
-/// [`cube_size`] for `client`'s device.
+/// [`cube_size`] for `client`'s device (capped by the tests' `CUBE_LIMIT`).
 pub(super) fn client_cube(client: &Client) -> usize {
-    cube_size(client.properties().hardware.max_units_per_cube)
-}
-
-/// The distance between two values' rows in the shared memory of [`cube_reduce`] for cubes of
-/// `cube` threads: a cube's worth of values plus a pad of half a bank row, so that the
-/// radix-[`RADIX`] tree's threads for two neighbouring values land in different banks.
-pub(super) const fn stride(cube: usize) -> usize {
-    cube + 16
-}
-/// The fan-in of the second level of [`cube_reduce`]'s tree; the first level's is
-/// `cube / RADIX` (16 for 256 threads).
-const RADIX: usize = 16;
-/// The shared memory a [`cube_reduce`] of `count` values over `cube` threads takes.
-pub(super) const fn reduce_shared(count: usize, cube: usize) -> usize {
-    count * stride(cube)
+    let max_units = client.properties().hardware.max_units_per_cube;
+    #[cfg(test)]
+    let max_units = max_units.min(tests::CUBE_LIMIT.load(Ordering::Relaxed) as u32);
+    cube_size(max_units)
 }
 
 /// Reduces, over the threads of the cube, the `count` values each thread holds in `values`:
@@ -367,72 +321,9 @@ pub(super) fn sum_tiles_kernel(
     }
 }
 
-/// The slots of a cube's partial verdict, each reduced over the cube by [`cube_reduce`] with
-/// `sums = 2`: non-finite input values and bad dense target values (counts, added), the
-/// largest class index and the negated smallest one (taken the largest of). The second stage
-/// ([`sum_tiles_kernel`]) turns them into the `[4]` verdict `[count, count, largest,
-/// smallest]` that `crate::checks::report_verdict` reads.
-pub(super) const VERDICT: usize = 4;
-
-/// The classes a thread keeps in registers at once (`size`), and the number of such groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct Groups {
-    pub size: usize,
-    pub count: usize,
-}
-
-/// The [`Groups`] of `classes` classes whose sums take `rows` values each: at most
-/// [`CLASS_GROUP`] classes at once, and as many as the shared memory of [`cube_reduce`] holds
-/// (`max_shared` bytes, the device's limit: 32 KiB on lavapipe, 48 KiB on NVIDIA; a kernel
-/// that asks for more is not refused everywhere, its results are wrong). On 32 KiB the
-/// statistics (`rows` = 3) take 8 classes at once, with the focal term's row 7, with the
-/// cross-entropy's two rows 5.
-pub(super) fn class_groups(classes: usize, rows: usize, max_shared: usize, cube: usize) -> Groups {
-    // The verdict's 4 values share the buffer: at least 2 classes' worth of 3 rows.
-    // 1 KiB left to what the compiler may add.
-    let fits =
-        |size: usize| reduce_shared((rows * size).max(VERDICT), cube) * 4 + 1024 <= max_shared;
-    let mut size = classes.clamp(1, CLASS_GROUP);
-    while size > 1 && !fits(size) {
-        size -= 1;
-    }
-    assert!(
-        fits(size),
-        "burn-dice GPU kernels: the device's {max_shared} bytes of shared memory per cube hold \
-         less than one class's sums"
-    );
-    Groups {
-        size,
-        count: classes.div_ceil(size),
-    }
-}
-
-/// How a reduction kernel covers `[batch, pixels]`: `tiles` cubes of `cube` threads per sample,
-/// each thread walking `per_thread` pixels.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Tiling {
-    pub tiles: usize,
-    pub per_thread: usize,
-}
-
-impl Tiling {
-    pub fn new(batch: usize, pixels: usize, cube: usize) -> Self {
-        assert!(
-            batch <= u16::MAX as usize,
-            "burn-dice GPU kernels: a batch of {batch} samples is more than one launch covers \
-             ({})",
-            u16::MAX
-        );
-        let mut per_thread = (batch * pixels).div_ceil(cube * TARGET_CUBES).max(1);
-        // A launch dimension holds at most 65,535 cubes.
-        per_thread = per_thread.max(pixels.div_ceil(cube * u16::MAX as usize));
-        let tiles = pixels.div_ceil(cube * per_thread);
-        Tiling { tiles, per_thread }
-    }
-
-    pub fn cube_count(&self, batch: usize) -> CubeCount {
-        CubeCount::Static(self.tiles as u32, batch as u32, 1)
-    }
+/// The cube count of a reduction's first stage: `tiling.tiles` cubes per sample of `batch`.
+pub(super) fn cube_count(tiling: &Tiling, batch: usize) -> CubeCount {
+    CubeCount::Static(tiling.tiles as u32, batch as u32, 1)
 }
 
 /// One thread per element of `count`, in cubes whose size the client chooses for the device
@@ -452,29 +343,23 @@ pub(super) fn empty_like(like: &CubeTensor, shape: Vec<usize>, dtype: DType) -> 
     )
 }
 
-/// How a reduction's first stage lays out its per-cube partial results in one `f32` buffer:
-/// `[batch, width, stats, tiles]` partial sums (each output's tiles contiguous, for the
-/// second stage to read in order), then, with `check`, [`VERDICT`] rows of `batch · tiles`
-/// partial verdicts.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Partials {
-    pub batch: usize,
-    pub tiles: usize,
-    pub width: usize,
-    pub stats: usize,
-    pub check: bool,
+/// The [`Partials`] buffer of a reduction's first stage on the device, and its second stage.
+pub(super) trait PartialsOnDevice {
+    /// The buffer, uninitialized, on the device of `like`.
+    fn alloc(&self, like: &CubeTensor) -> CubeTensor;
+    /// The second stage (see the implementation).
+    fn finish(
+        &self,
+        like: &CubeTensor,
+        partial: CubeTensor,
+        shape: Vec<usize>,
+    ) -> (CubeTensor, Option<CubeTensor>);
 }
 
-impl Partials {
-    /// The number of `f32` values of the buffer.
-    pub fn len(&self) -> usize {
-        let verdicts = if self.check { VERDICT } else { 0 };
-        self.batch * self.tiles * (self.width * self.stats + verdicts)
-    }
-
+impl PartialsOnDevice for Partials {
     /// The buffer, uninitialized (every value is written by the first stage).
-    pub fn alloc(&self, like: &CubeTensor) -> CubeTensor {
-        empty_like(like, vec![self.len()], DType::F32)
+    fn alloc(&self, like: &CubeTensor) -> CubeTensor {
+        empty_like(like, vec![self.values()], DType::F32)
     }
 
     /// The second stage: the sums `[stats, batch, width]` (laid out so, of shape `shape`) and,
@@ -482,7 +367,7 @@ impl Partials {
     /// values passes 65,504, their largest, at a 256² image), on the device of `like`, from the
     /// first stage's `partial`. One launch.
     #[allow(unsafe_code)]
-    pub fn finish(
+    fn finish(
         &self,
         like: &CubeTensor,
         partial: CubeTensor,
@@ -502,7 +387,7 @@ impl Partials {
         let count = CubeCount::Static(cubes.min(max) as u32, cubes.div_ceil(max) as u32, 1);
         counted();
         // SAFETY: a cube past the `cubes` outputs leaves first, as a whole. The others read
-        // `partial` (`Partials::len` values) at `((b · width + m) · stats + s) · tiles + t` with
+        // `partial` (`Partials::values` values) at `((b · width + m) · stats + s) · tiles + t` with
         // `b < batch`, `m < width`, `s < stats`, `t < tiles`, or, with `check`, at
         // `outputs · tiles + k · batch · tiles + i` with `k < 4`, `i < batch · tiles`; they
         // write `out` (`outputs` values) at their output and `verdict` (4 values, only with
@@ -720,23 +605,8 @@ pub(super) fn target<N: Size>(
     }
 }
 
-/// The pixels a kernel thread reads with one load (the lanes of its vectors) for `pixels`
-/// pixels per class when the device loads at most `widest` values of every tensor at once:
-/// the largest power of two up to `widest` that divides `pixels`. The rows of the classes
-/// start `pixels` apart, so a vector may not straddle two of them: there is no tail, a row
-/// length that 4 does not divide takes pairs or single values throughout. (Segmentation
-/// images and volumes have even sides almost always.)
-pub(super) fn lanes_for(pixels: usize, widest: usize) -> usize {
-    let mut lanes = widest.max(1);
-    while lanes > 1 && !pixels.is_multiple_of(lanes) {
-        lanes /= 2;
-    }
-    lanes
-}
-
 #[cfg(test)]
 pub(super) mod tests {
-    use super::*;
     use std::sync::atomic::AtomicUsize;
 
     /// Caps [`cube_size`] in tests, to run the kernels in cubes smaller than a GPU's 256
@@ -747,73 +617,4 @@ pub(super) mod tests {
     /// Caps [`Data::lanes`] in tests, to run a shape whose rows allow vector loads with
     /// narrower ones (or none). Process-wide, as [`CUBE_LIMIT`].
     pub(in crate::kernels) static LANES_LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
-
-    #[test]
-    fn lanes_divide_the_rows() {
-        // (pixels, widest) -> lanes
-        let cases = [
-            ((4096, 4), 4),
-            ((20, 4), 4),
-            ((30, 4), 2),
-            ((35, 4), 1),
-            ((6, 8), 2),
-            ((24, 8), 8),
-            ((1, 4), 1),
-            ((12, 1), 1),
-            ((12, 0), 1),
-        ];
-        for ((pixels, widest), lanes) in cases {
-            assert_eq!(
-                lanes_for(pixels, widest),
-                lanes,
-                "{pixels} pixels, {widest} wide"
-            );
-        }
-    }
-
-    #[test]
-    fn cube_size_is_the_largest_power_of_two_the_device_allows() {
-        assert_eq!(cube_size(1024), 256);
-        assert_eq!(cube_size(256), 256);
-        assert_eq!(cube_size(192), 128);
-        assert_eq!(cube_size(128), 128);
-        assert_eq!(cube_size(64), 64);
-        let small = std::panic::catch_unwind(|| cube_size(32)).unwrap_err();
-        let message = small.downcast_ref::<String>().unwrap();
-        assert!(
-            message.contains("32 threads per cube, fewer than the 64"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn class_groups_fit_the_shared_memory() {
-        let kib = 1024;
-        // (classes, rows, shared memory) -> (classes at once, groups). lavapipe's 32 KiB: the
-        // statistics, the focal term's row, the cross-entropy's two; NVIDIA's 48 KiB: every
-        // loss takes 8 classes at once.
-        let cases = [
-            ((11, 3, 32), (8, 2)),
-            ((11, 4, 32), (7, 2)),
-            ((11, 5, 32), (5, 3)),
-            ((3, 5, 32), (3, 1)),
-            ((1, 5, 32), (1, 1)),
-            ((20, 5, 48), (8, 3)),
-        ];
-        for ((classes, rows, shared), (size, count)) in cases {
-            let got = class_groups(classes, rows, shared * kib, MAX_CUBE);
-            assert_eq!(
-                got,
-                Groups { size, count },
-                "{classes} classes, {rows} rows"
-            );
-        }
-        for rows in [3, 4, 5] {
-            for classes in 1..40 {
-                let g = class_groups(classes, rows, 32 * kib, MAX_CUBE);
-                assert!(reduce_shared((rows * g.size).max(VERDICT), MAX_CUBE) * 4 <= 32 * kib);
-                assert!(g.size * g.count >= classes && g.size * (g.count - 1) < classes);
-            }
-        }
-    }
 }

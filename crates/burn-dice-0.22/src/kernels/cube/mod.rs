@@ -46,9 +46,9 @@ use super::ext::{
 use super::input::{Extra, FlatTarget, PreparedTarget, Stats, Terms, Verdict};
 use super::unstack;
 use crate::activation::Activation;
+use burn_dice_core::gpu::{activation_code, ExtraTerm, StatsSpec, TermValues};
+use common::Data;
 pub use common::{launches, plane_reductions, set_plane_reductions};
-use common::{Data, ACT_NONE, ACT_SIGMOID, ACT_SOFTMAX};
-use stats::{ExtraTerm, StatsSpec, TermValues};
 
 /// What one kernel call computes, with its options: the statistics' terms, the activation and
 /// the extra term (comptime in the kernels), and the extra term's values (run time).
@@ -288,15 +288,6 @@ fn reads_labels(dtype: DType) -> bool {
     matches!(dtype, DType::I64 | DType::I32)
 }
 
-/// The activation as the kernels' comptime code.
-fn activation_code(activation: Activation) -> u32 {
-    match activation {
-        Activation::None => ACT_NONE,
-        Activation::Sigmoid => ACT_SIGMOID,
-        Activation::Softmax => ACT_SOFTMAX,
-    }
-}
-
 /// The kernel's description of the `extra` term, its values and its class weights.
 fn extra_term(extra: &Extra) -> (ExtraTerm, TermValues, Option<Tensor<1>>) {
     match extra {
@@ -363,7 +354,7 @@ pub(super) fn class_stats(
     };
     let spec = CubeSpec {
         stats: StatsSpec {
-            activation: activation_code(activation),
+            activation: activation_code(activation.into()),
             terms,
             extra: term,
         },

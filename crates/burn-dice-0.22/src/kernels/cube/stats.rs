@@ -30,71 +30,6 @@ use super::common::*;
 use super::{ce, focal};
 use crate::kernels::input::Terms;
 
-/// The per-pixel term summed beside the statistics (comptime in the kernels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum ExtraTerm {
-    /// None: the output holds `I`, `P`, `T`.
-    None,
-    /// The cross-entropy (`ce.rs`): two more rows, `Σ w·ℓ_c` and `Σ w·norm_c`, whose sums over
-    /// the classes are the sample's loss and normalizer. `class_weight`: `ce_weight` is set.
-    Ce { class_weight: bool },
-    /// The focal term (`focal.rs`): one more row. `alpha`: `α` is set.
-    Focal { alpha: bool },
-}
-
-impl ExtraTerm {
-    /// The rows of the output: `I`, `P`, `T` and the term's.
-    pub fn rows(self) -> usize {
-        match self {
-            ExtraTerm::None => 3,
-            ExtraTerm::Ce { .. } => 5,
-            ExtraTerm::Focal { .. } => 4,
-        }
-    }
-
-    fn is_ce(self) -> bool {
-        matches!(self, ExtraTerm::Ce { .. })
-    }
-
-    fn is_focal(self) -> bool {
-        matches!(self, ExtraTerm::Focal { .. })
-    }
-
-    fn has_class_weight(self) -> bool {
-        matches!(self, ExtraTerm::Ce { class_weight: true })
-    }
-
-    fn has_alpha(self) -> bool {
-        matches!(self, ExtraTerm::Focal { alpha: true })
-    }
-}
-
-/// The options of one statistics problem (comptime in the kernels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct StatsSpec {
-    /// [`ACT_NONE`], [`ACT_SIGMOID`] or [`ACT_SOFTMAX`].
-    pub activation: u32,
-    /// The per-pixel terms of the sums.
-    pub terms: Terms,
-    /// The term summed beside them.
-    pub extra: ExtraTerm,
-}
-
-/// The run-time values of the [`ExtraTerm`] (those of the other term 0): the cross-entropy's
-/// `π` (single channel) and `ε`, or the focal term's `γ` and `α` (0 when `α` is unset; the
-/// comptime [`ExtraTerm::Focal`] says whether it is).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TermValues {
-    /// `π`.
-    pub pos_weight: f32,
-    /// `ε`.
-    pub label_smoothing: f32,
-    /// `γ`.
-    pub gamma: f32,
-    /// `α`.
-    pub alpha: f32,
-}
-
 /// The cross-entropy's `lse` of each lane of the pixels whose class-0 logits are the vector at
 /// `row0` (0 unless the extra term is the multi-class cross-entropy): from the activation's
 /// normalizers `norms` when the activation is the softmax, else computed here.
@@ -545,7 +480,7 @@ pub(crate) fn forward(
     //   its own `if`; `dense`,
     //   `labels`, `valid`, `weights` (bound to `x` when absent) only where the comptime flags
     //   say the tensor was given; `weights` (`[class]`) at `c < classes`;
-    // - `partial` is `Partials::len` = `batch · tiles · (classes · rows + 4 if check)` values,
+    // - `partial` is `Partials::values` = `batch · tiles · (classes · rows + 4 if check)` values,
     //   the cube count's x is `tiling.tiles`, and each cube writes its tile's slot of
     //   `(b, c < classes, row < rows)` and, with `check`, of `(slot < 4, b)`;
     // - `shared` holds `reduce_shared(max(rows · group, 4), cube)` values, and `cube_reduce`
@@ -556,7 +491,7 @@ pub(crate) fn forward(
     unsafe {
         stats_forward_kernel::launch_unchecked(
             &data.x.client,
-            tiling.cube_count(batch),
+            cube_count(&tiling, batch),
             CubeDim::new_1d(cube as u32),
             lanes,
             args.x,

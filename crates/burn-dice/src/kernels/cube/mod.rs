@@ -32,11 +32,11 @@ use super::backend::{run, unstack, Forward, FusedOp, TargetPrim};
 use super::input::{Extra, PreparedTarget, Stats, Terms, Verdict};
 use crate::activation::Activation;
 use crate::downcast::{first_backend, inner_float, is_backend};
+use burn_dice_core::gpu::{activation_code, ExtraTerm, StatsSpec, TermValues};
 #[cfg(feature = "wgpu")]
 pub use common::wgpu_plane_reductions;
+use common::Data;
 pub use common::{launches, set_plane_reductions};
-use common::{Data, ACT_NONE, ACT_SIGMOID, ACT_SOFTMAX};
-use stats::{ExtraTerm, StatsSpec, TermValues};
 
 /// One operation of the kernels: what it computes, with its options.
 #[derive(Debug, Clone, Copy)]
@@ -383,15 +383,6 @@ pub(super) fn handles<B: Backend>() -> bool {
     on_cube_backends!(K => is_backend::<B, K>()).is_some()
 }
 
-/// The activation as the kernels' comptime code.
-fn activation_code(activation: Activation) -> u32 {
-    match activation {
-        Activation::None => ACT_NONE,
-        Activation::Sigmoid => ACT_SIGMOID,
-        Activation::Softmax => ACT_SOFTMAX,
-    }
-}
-
 /// See [`super::class_stats`]: the statistics and, in the same pass, the `extra` term.
 pub(super) fn class_stats<B: Backend>(
     input: &Tensor<B, 3>,
@@ -428,7 +419,7 @@ pub(super) fn class_stats<B: Backend>(
         }
     };
     let spec = StatsSpec {
-        activation: activation_code(activation),
+        activation: activation_code(activation.into()),
         terms,
         extra: term,
     };
