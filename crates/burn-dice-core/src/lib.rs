@@ -10,6 +10,8 @@
 //!   pass, the data checks, and their backward passes; parallel on rayon, compiled per
 //!   instruction set (AVX2/FMA, AVX-512 where the CPU has them, chosen at run time). Feature
 //!   `cpu` (on in burn-dice with its CPU backends' kernels).
+//! - [`replicas`]: the host-side rendezvous that sums the batch statistics of data-parallel
+//!   replicas before the ratio (burn-dice's `ReplicaGroup`).
 //!
 //! Each line of burn-dice reads its backend's tensors as slices, calls these kernels, and wraps
 //! the result back into tensors with a custom backward; this crate has no public API promise of
@@ -19,6 +21,7 @@ pub mod checks;
 #[cfg(feature = "cpu")]
 pub mod cpu;
 pub mod gpu;
+pub mod replicas;
 mod terms;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod metric;
 mod numerics;
 pub mod reduction;
+pub mod replicas;
 mod reshape;
 mod stats;
 mod target;
@@ -26,6 +27,7 @@ pub use dice_focal::{DiceFocalLoss, DiceFocalLossConfig};
 pub use generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
 pub use kernels::KernelPath;
 pub use reduction::DiceReduction;
+pub use replicas::{GradientCombine, ReplicaGroup};
 pub use target::DiceTarget;
 pub use tversky::{TverskyLoss, TverskyLossConfig};
 

@@ -219,6 +219,14 @@ pub struct TrainArgs {
     /// of a step on one thread; 1 on wgpu.
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// Batch Dice (nnU-Net's): the loss's statistics summed over the whole step before the
+    /// ratio, across the replicas too (burn-dice's ReplicaGroup), instead of one Dice per image.
+    /// Off by default, as in MONAI (one Dice per image weighs every image alike); on, small or
+    /// absent structures weigh by their share of the whole step. With --replicas > 1 the
+    /// training set is trimmed to a multiple of the replicas, so that every replica makes
+    /// every step.
+    #[arg(long)]
+    pub batch_dice: bool,
 }
 
 /// The replicas a training run on `backend` gets when `--replicas` is not given.

@@ -65,6 +65,7 @@ pub fn run<B: AutodiffBackend>(command: Command, device: B::Device) -> Result<()
                 .with_seed(args.data.seed)
                 .with_workers(args.workers)
                 .with_replicas(Some(args.replicas.unwrap_or(1)))
+                .with_batch_dice(args.batch_dice)
                 .with_data(data.name())
                 .with_image_size(args.data.image_size())
             };

@@ -25,8 +25,9 @@ use burn::train::{
 };
 use burn_dice::metric::{DiceMetric, Prediction, SegmentationOutput};
 use burn_dice::{
-    Activation, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, GeneralizedDiceLossConfig,
-    TverskyLossConfig,
+    Activation, DiceCELoss, DiceCELossConfig, DiceFocalLoss, DiceFocalLossConfig, DiceLoss,
+    DiceLossConfig, GeneralizedDiceLoss, GeneralizedDiceLossConfig, GradientCombine, ReplicaGroup,
+    TverskyLoss, TverskyLossConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +111,14 @@ pub struct TrainConfig {
     /// (as PyTorch's DistributedDataParallel without SyncBatchNorm). On the CPU backends this
     /// is what puts every core to work: burn-flex runs most of a step's ops on one thread.
     pub replicas: Option<usize>,
+    /// The loss's statistics summed over the whole step before the ratio (nnU-Net's "batch
+    /// Dice": `batch: true` on the loss). Off by default, as MONAI's `batch=False`: one Dice
+    /// per image, which weighs every image alike. With `replicas > 1` the replicas sum their
+    /// statistics through a [`ReplicaGroup`], so that the loss is the batch Dice of the step's
+    /// `replicas × batch_size` images, not one per replica; the training set is then trimmed
+    /// to a multiple of `replicas`, so that every replica makes every step (the group's rule).
+    #[config(default = false)]
+    pub batch_dice: bool,
     /// A description of the data set.
     #[config(default = "String::new()")]
     pub data: String,
@@ -135,11 +144,36 @@ pub struct SegModel<B: Backend> {
     /// the optimizer gets their mean.
     #[module(skip)]
     pub replicas: usize,
+    /// Sum the statistics over the batch before the ratio.
+    #[module(skip)]
+    pub batch_dice: bool,
+    /// The replicas' group of a data-parallel run with batch Dice (shared by the clones):
+    /// their statistics are summed before the ratio, in training steps only.
+    #[module(skip)]
+    pub group: Option<ReplicaGroup>,
     /// The message of the first training step that panicked (shared by the clones). A replica
     /// runs on a thread of burn-train's, which only sees the channel to it close: [`train`]
     /// reports this message instead.
     #[module(skip)]
     pub failure: Arc<Mutex<Option<String>>>,
+}
+
+/// `loss` on `group` where there is one.
+fn on<L>(loss: L, group: Option<ReplicaGroup>, with_replicas: fn(L, ReplicaGroup) -> L) -> L {
+    match group {
+        Some(group) => with_replicas(loss, group),
+        None => loss,
+    }
+}
+
+/// The replica group of a run: one with batch Dice on more than one replica. Each replica
+/// divides its loss by the replicas (see `train_step`), so the group scales each replica's
+/// share of the gradient by as much ([`GradientCombine::Mean`]).
+pub fn replica_group(config: &TrainConfig) -> Option<ReplicaGroup> {
+    let replicas = config.replicas.unwrap_or(1);
+    (config.batch_dice && replicas > 1).then(|| {
+        ReplicaGroup::new("unet training steps", replicas).with_combine(GradientCombine::Mean)
+    })
 }
 
 /// Initializes every float parameter it visits.
@@ -168,48 +202,74 @@ impl<B: Backend> SegModel<B> {
             ignore_index: config.ignore_index,
             steps: Arc::new(AtomicUsize::new(0)),
             replicas: config.replicas.unwrap_or(1).max(1),
+            batch_dice: config.batch_dice,
+            group: replica_group(config),
             failure: Arc::default(),
         };
         model.visit(&mut Materialize);
         model
     }
 
-    /// The loss of `logits` against `labels`.
-    pub fn loss(&self, logits: Tensor<B, 4>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
+    /// The loss of `logits` against `labels`; with `group`, its batch statistics summed across
+    /// the group's replicas (training steps of a data-parallel run with batch Dice).
+    pub fn loss(
+        &self,
+        logits: Tensor<B, 4>,
+        labels: Tensor<B, 4, Int>,
+        group: Option<&ReplicaGroup>,
+    ) -> Tensor<B, 1> {
         let device = logits.device();
         let dice = DiceLossConfig::new()
             .with_activation(Activation::Softmax)
             .with_include_background(false)
+            .with_batch(self.batch_dice)
             .with_ignore_index(self.ignore_index);
+        let group = || group.cloned();
         match self.loss {
-            LossKind::Dice => dice.init(&device).forward(logits, labels),
-            LossKind::DiceCe => DiceCELossConfig::new()
-                .with_dice(dice)
-                .init(&device)
-                .forward(logits, labels),
-            LossKind::GeneralizedDice => GeneralizedDiceLossConfig::new()
-                .with_activation(Activation::Softmax)
-                .with_ignore_index(self.ignore_index)
-                .init(&device)
-                .forward(logits, labels),
-            LossKind::Tversky => TverskyLossConfig::new()
-                .with_activation(Activation::Softmax)
-                .with_include_background(false)
-                .with_alpha(0.3)
-                .with_beta(0.7)
-                .with_ignore_index(self.ignore_index)
-                .init(&device)
-                .forward(logits, labels),
-            LossKind::DiceFocal => DiceFocalLossConfig::new()
-                .with_dice(dice)
-                .init(&device)
-                .forward(logits, labels),
+            LossKind::Dice => {
+                on(dice.init(&device), group(), DiceLoss::with_replicas).forward(logits, labels)
+            }
+            LossKind::DiceCe => on(
+                DiceCELossConfig::new().with_dice(dice).init(&device),
+                group(),
+                DiceCELoss::with_replicas,
+            )
+            .forward(logits, labels),
+            LossKind::GeneralizedDice => on(
+                GeneralizedDiceLossConfig::new()
+                    .with_activation(Activation::Softmax)
+                    .with_batch(self.batch_dice)
+                    .with_ignore_index(self.ignore_index)
+                    .init(&device),
+                group(),
+                GeneralizedDiceLoss::with_replicas,
+            )
+            .forward(logits, labels),
+            LossKind::Tversky => on(
+                TverskyLossConfig::new()
+                    .with_activation(Activation::Softmax)
+                    .with_include_background(false)
+                    .with_alpha(0.3)
+                    .with_beta(0.7)
+                    .with_batch(self.batch_dice)
+                    .with_ignore_index(self.ignore_index)
+                    .init(&device),
+                group(),
+                TverskyLoss::with_replicas,
+            )
+            .forward(logits, labels),
+            LossKind::DiceFocal => on(
+                DiceFocalLossConfig::new().with_dice(dice).init(&device),
+                group(),
+                DiceFocalLoss::with_replicas,
+            )
+            .forward(logits, labels),
         }
     }
 
-    fn output(&self, batch: SegBatch<B>) -> SegmentationOutput<B> {
+    fn output(&self, batch: SegBatch<B>, group: Option<&ReplicaGroup>) -> SegmentationOutput<B> {
         let logits = self.unet.forward(batch.images);
-        let loss = self.loss(logits.clone(), batch.labels.clone());
+        let loss = self.loss(logits.clone(), batch.labels.clone(), group);
         SegmentationOutput::new(
             loss,
             logits,
@@ -245,7 +305,7 @@ impl<B: AutodiffBackend> TrainStep for SegModel<B> {
 
 impl<B: AutodiffBackend> SegModel<B> {
     fn train_step(&self, batch: SegBatch<B>) -> TrainOutput<SegmentationOutput<B>> {
-        let output = self.output(batch);
+        let output = self.output(batch, self.group.as_ref());
         // burn-train's loss metric reads the value back anyway: checking it costs no extra wait.
         let value: f64 = output.loss.clone().into_scalar().elem();
         assert!(value.is_finite(), "{NON_FINITE_LOSS}: {value}");
@@ -263,7 +323,8 @@ impl<B: Backend> InferenceStep for SegModel<B> {
     type Output = SegmentationOutput<B>;
 
     fn step(&self, batch: SegBatch<B>) -> SegmentationOutput<B> {
-        self.output(batch)
+        // Validation runs each batch on its own: no group.
+        self.output(batch, None)
     }
 }
 
@@ -332,7 +393,16 @@ pub fn train<B: AutodiffBackend>(
     let config_path = out.join("config.json");
     crate::progress::write_atomic(&config_path, config.to_string().as_bytes())?;
     B::seed(device, config.seed);
-    let splits = data.load()?;
+    let mut splits = data.load()?;
+    let replicas = config.replicas.unwrap_or(1);
+    if let Some(kept) = whole_steps(splits.train.len(), replicas, config.batch_dice) {
+        println!(
+            "batch Dice on {replicas} replicas: training on {kept} of the {} training images \
+             (a multiple of the replicas, so that every replica makes every step)",
+            splits.train.len()
+        );
+        splits.train.truncate(kept);
+    }
     println!(
         "data: {} — {} training / {} validation images, classes {:?}",
         data.name(),
@@ -342,7 +412,6 @@ pub fn train<B: AutodiffBackend>(
     );
     let preview: Vec<_> = splits.valid.iter().take(4).cloned().collect();
     let train_len = splits.train.len();
-    let replicas = config.replicas.unwrap_or(1);
     let (steps_per_epoch, batches) = epoch_steps(train_len, replicas, config.batch_size)?;
     let train_loader = DataLoaderBuilder::new(SegBatcher::new(
         config.augment,
@@ -532,6 +601,15 @@ pub fn epoch_steps(
     let last = train_len - (replicas - 1) * share;
     let batches = (replicas - 1) * share.div_ceil(batch_size) + last.div_ceil(batch_size);
     Ok((last.div_ceil(batch_size), batches))
+}
+
+/// The training images a run keeps so that every replica makes every step, where that is
+/// fewer than `train_len`: with batch Dice on several replicas, whose [`ReplicaGroup`] needs
+/// the replicas' calls step by step (burn-train gives each replica `⌊n/r⌋` images and the last
+/// one the rest: with `n` a multiple of `r` the shares, and so the steps, are equal).
+pub fn whole_steps(train_len: usize, replicas: usize, batch_dice: bool) -> Option<usize> {
+    let kept = train_len - train_len % replicas.max(1);
+    (batch_dice && replicas > 1 && kept < train_len && kept > 0).then_some(kept)
 }
 
 /// The optimizer steps of a warm-up of `epochs` epochs (rounded).
@@ -747,6 +825,132 @@ mod tests {
             assert!(scale > 0.0, "a zero gradient proves nothing");
             for (x, y) in a.iter().zip(&b) {
                 assert!((x / 2.0 - y).abs() <= 1e-6 * scale, "{x} / 2 vs {y}");
+            }
+            self.compared += 1;
+        }
+    }
+
+    #[test]
+    fn batch_dice_on_replicas_trims_to_whole_steps() {
+        // 11 images on 2 replicas would give shares of 5 and 6: keep 10.
+        assert_eq!(whole_steps(11, 2, true), Some(10));
+        assert_eq!(whole_steps(12, 3, true), None);
+        // Without batch Dice, or on one replica, nothing is trimmed.
+        assert_eq!(whole_steps(11, 2, false), None);
+        assert_eq!(whole_steps(11, 1, true), None);
+        let mut c = config(1).with_batch_dice(true);
+        assert!(replica_group(&c).is_none(), "one replica needs no group");
+        c.replicas = Some(3);
+        let group = replica_group(&c).expect("a group");
+        assert_eq!((group.replicas(), group.gradient_scale()), (3, 3.0));
+    }
+
+    /// With batch Dice on two replicas (each a clone of the model on half the batch, on a
+    /// thread of its own, as burn-train's multi-device strategy runs them), the replicas'
+    /// gradients add up to one model's gradient on the whole batch, for the losses whose Dice
+    /// part is batch Dice (batch norm off: it normalizes each replica's batch on its own).
+    #[test]
+    fn batch_dice_replicas_add_up_to_one_device() {
+        type A = burn_autodiff::Autodiff<burn_flex::Flex>;
+        let device = Default::default();
+        <A as Backend>::seed(&device, 5);
+        for loss in [LossKind::Dice, LossKind::DiceCe, LossKind::Tversky] {
+            let mut config = config(1).with_batch_dice(true);
+            config.loss = loss;
+            config.model = UNetConfig::new(3)
+                .with_depth(1)
+                .with_base_channels(4)
+                .with_batch_norm(false);
+            let one = SegModel::<A>::new(&config, &device);
+            config.replicas = Some(2);
+            let two = SegModel {
+                replicas: 2,
+                group: replica_group(&config),
+                ..one.clone()
+            };
+            let images = Tensor::<A, 4>::random(
+                [4, 1, 8, 8],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            // Class 2 only in the second half: the first replica alone has an empty class.
+            let labels = Tensor::<A, 4, Int>::from_data(
+                burn::tensor::TensorData::new(
+                    (0..256)
+                        .map(|i| {
+                            if i >= 128 {
+                                i64::from(i % 5 == 0) * 2
+                            } else {
+                                i64::from(i % 3 == 0)
+                            }
+                        })
+                        .collect(),
+                    [4, 1, 8, 8],
+                ),
+                &device,
+            );
+            // A fork per step, as burn-train's workers take one (same parameter ids, a graph
+            // of its own).
+            let step = |model: &SegModel<A>, start: usize, len: usize| {
+                let batch = SegBatch {
+                    images: images.clone().narrow(0, start, len),
+                    labels: labels.clone().narrow(0, start, len),
+                };
+                TrainStep::step(&model.clone().fork(&device), batch).grads
+            };
+            let whole = step(&one, 0, 4);
+            let halves = std::thread::scope(|scope| {
+                let first = scope.spawn(|| step(&two, 0, 2));
+                let second = step(&two, 2, 2);
+                [first.join().unwrap(), second]
+            });
+            let mut added = AddUp {
+                whole,
+                halves,
+                compared: 0,
+                worst: 0.0,
+            };
+            one.visit(&mut added);
+            assert!(
+                added.compared >= 5,
+                "{loss:?}: {} parameters",
+                added.compared
+            );
+            assert!(
+                added.worst <= 1e-5,
+                "{loss:?}: worst error {:.2e}",
+                added.worst
+            );
+        }
+    }
+
+    /// The worst error of the replicas' added gradients against the whole batch's, relative to
+    /// the largest component of each parameter's gradient.
+    struct AddUp {
+        whole: burn::optim::GradientsParams,
+        halves: [burn::optim::GradientsParams; 2],
+        compared: usize,
+        worst: f32,
+    }
+
+    impl<B: Backend> burn::module::ModuleVisitor<B> for AddUp {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            type Inner = burn_flex::Flex;
+            let read = |g: &burn::optim::GradientsParams| {
+                g.get::<Inner, D>(param.id)
+                    .map(|t| t.into_data().to_vec::<f32>().unwrap())
+            };
+            let (Some(whole), Some(a), Some(b)) = (
+                read(&self.whole),
+                read(&self.halves[0]),
+                read(&self.halves[1]),
+            ) else {
+                return;
+            };
+            let scale = whole.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0, "a zero gradient proves nothing");
+            for ((w, a), b) in whole.iter().zip(&a).zip(&b) {
+                self.worst = self.worst.max((w - (a + b)).abs() / scale);
             }
             self.compared += 1;
         }
