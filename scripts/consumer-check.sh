@@ -9,11 +9,30 @@
 # Then the burn 0.22 line the same way: burn-dice 0.2 packed from crates/burn-dice-0.22 and
 # unpacked into tests/consumer-0.22/ (with the packed core), which compiles the 0.22 README
 # snippet with the default features.
+# Each consumer then documents the packed crates with every feature, as docs.rs builds them,
+# warnings denied: `cargo doc` only checks the dependencies, which the consumer's own checks have
+# just done in the same target dir (documenting from the workspace took a third full check of
+# burn, about 7 minutes a line on 2 cores).
 # Prints how many crates each set-up builds. Run by .ci/run; needs no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 target_dir="${CARGO_TARGET_DIR:-target}"
+
+# Fails unless every feature of the packed crate $1 (its normalized Cargo.toml) is named as
+# "$2/<feature>" in the consumer manifest $3: docs.rs documents with all features.
+all_features_listed() {
+  local feature missing=0
+  for feature in $(awk '/^\[/ { on = ($0 == "[features]") ; next }
+                        on && /^[A-Za-z0-9_-]+ *=/ { sub(/ *=.*/, ""); print }' "$1"); do
+    [ "$feature" = default ] && continue
+    if ! grep -q "\"$2/$feature\"" "$3"; then
+      echo "$3: feature \`docs\` lacks \"$2/$feature\" (docs.rs builds every feature)" >&2
+      missing=1
+    fi
+  done
+  return "$missing"
+}
 # --no-verify: cargo's verification would build the packed crate with its dependencies a second
 # time (unoptimized, outside the workspace's profiles); the consumer's `cpu` check below compiles
 # the same packed crate with the same (default) features.
@@ -33,6 +52,10 @@ for set in cpu gpu; do
   echo "consumer --features $set: $crates crates"
   cargo check --manifest-path "$manifest" --features "$set" --target-dir "$target_dir/consumer"
 done
+all_features_listed tests/consumer/burn-dice/Cargo.toml burn-dice "$manifest"
+all_features_listed tests/consumer/burn-dice-core/Cargo.toml burn-dice-core "$manifest"
+RUSTDOCFLAGS="-D warnings" cargo doc --manifest-path "$manifest" --features docs --no-deps \
+  -p burn-dice-consumer -p burn-dice -p burn-dice-core --target-dir "$target_dir/consumer"
 
 # The burn 0.22 line (its own workspace and lock file).
 version22=$(sed -n 's/^version = "\(.*\)"$/\1/p' crates/burn-dice-0.22/Cargo.toml | head -1)
@@ -51,3 +74,6 @@ crates=$(cargo tree --manifest-path "$manifest" -e normal,build --prefix none \
   | sed 's/ (\*)$//' | sort -u | wc -l)
 echo "consumer of burn-dice $version22 (burn 0.22): $crates crates"
 cargo check --manifest-path "$manifest" --target-dir "$target_dir/consumer-0.22"
+all_features_listed tests/consumer-0.22/burn-dice/Cargo.toml burn-dice "$manifest"
+RUSTDOCFLAGS="-D warnings" cargo doc --manifest-path "$manifest" --features docs --no-deps \
+  -p burn-dice-consumer-0-22 -p burn-dice --target-dir "$target_dir/consumer-0.22"
