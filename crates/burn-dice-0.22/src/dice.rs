@@ -9,7 +9,8 @@ use crate::checks::{check_smoothing, check_weights, or_panic, ConfigError};
 use crate::kernels::input::{Extra, ExtraSums, Terms};
 use crate::numerics::{in_dtype, ln, one_minus_ratio};
 use crate::reduction::{apply_class_weight, DiceReduction};
-use crate::stats::ClassStats;
+use crate::replicas::ReplicaGroup;
+use crate::stats::{ClassStats, Pooling};
 use crate::target::{prepare, prepare_mask, prepare_with, DiceTarget, Prepared};
 
 const NAME: &str = "DiceLoss";
@@ -57,7 +58,9 @@ pub struct DiceLossConfig {
     #[config(default = false)]
     pub soft_label: bool,
     /// Sum the statistics over the batch before the ratio (one Dice per class for the whole
-    /// batch, as nnU-Net's "batch Dice"). Default: `false`.
+    /// batch, as nnU-Net's "batch Dice"). Under data parallelism the replicas' batches are
+    /// summed too when the loss is given their group ([`DiceLoss::with_replicas`]).
+    /// Default: `false`.
     #[config(default = false)]
     pub batch: bool,
     /// One weight per kept class (after dropping the background), multiplied into that class's
@@ -117,6 +120,7 @@ impl DiceLossConfig {
             log_loss: self.log_loss,
             reduction: self.reduction,
             check_inputs: self.check_inputs,
+            replicas: None,
         })
     }
 
@@ -212,9 +216,22 @@ pub struct DiceLoss {
     pub reduction: DiceReduction,
     /// Per-call data checks.
     pub check_inputs: bool,
+    /// The data-parallel replicas whose batch statistics are summed before the ratio (with
+    /// `batch`; see [`crate::replicas`]). `None` from the config; set it with
+    /// [`with_replicas`](Self::with_replicas).
+    #[module(skip)]
+    pub replicas: Option<ReplicaGroup>,
 }
 
 impl DiceLoss {
+    /// This loss, its `batch` statistics summed across the replicas of `group` before the
+    /// ratio, so that every replica computes the global batch Dice of all their batches,
+    /// with the exact gradient (see [`crate::replicas`]). Changes nothing without `batch`.
+    pub fn with_replicas(mut self, group: ReplicaGroup) -> Self {
+        self.replicas = Some(group);
+        self
+    }
+
     /// Computes the reduced loss.
     ///
     /// # Shapes
@@ -337,7 +354,7 @@ impl DiceLoss {
             prepared,
             self.activation,
             Terms::new(self.squared_pred, self.soft_label),
-            self.batch,
+            Pooling::new(self.batch, self.replicas.as_ref()),
             self.include_background,
             extra,
         );

@@ -9,6 +9,7 @@ use crate::dice::{DiceLoss, DiceLossConfig};
 use crate::kernels::input::{CeOptions, Extra, ExtraSums};
 use crate::numerics::{in_dtype, reciprocal};
 use crate::reduction::DiceReduction;
+use crate::replicas::ReplicaGroup;
 use crate::target::{prepare, DiceTarget};
 
 const NAME: &str = "DiceCELoss";
@@ -151,6 +152,14 @@ struct SampleCe {
 }
 
 impl DiceCELoss {
+    /// This loss, the `batch` statistics of its Dice part summed across the replicas of
+    /// `group` before the ratio ([`DiceLoss::with_replicas`]); the cross-entropy part is
+    /// unchanged. Changes nothing without `dice.batch`.
+    pub fn with_replicas(mut self, group: ReplicaGroup) -> Self {
+        self.dice.replicas = Some(group);
+        self
+    }
+
     /// Computes the reduced loss.
     ///
     /// # Shapes

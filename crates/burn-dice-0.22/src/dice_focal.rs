@@ -9,6 +9,7 @@ use crate::dice::{DiceLoss, DiceLossConfig};
 use crate::kernels::input::{Extra, ExtraSums, FocalOptions};
 use crate::numerics::{in_dtype, reciprocal};
 use crate::reduction::apply_class_weight;
+use crate::replicas::ReplicaGroup;
 use crate::target::{prepare, DiceTarget};
 
 const NAME: &str = "DiceFocalLoss";
@@ -117,6 +118,14 @@ pub struct DiceFocalLoss {
 }
 
 impl DiceFocalLoss {
+    /// This loss, the `batch` statistics of its Dice part summed across the replicas of
+    /// `group` before the ratio ([`DiceLoss::with_replicas`]); the focal part is
+    /// unchanged. Changes nothing without `dice.batch`.
+    pub fn with_replicas(mut self, group: ReplicaGroup) -> Self {
+        self.dice.replicas = Some(group);
+        self
+    }
+
     /// Computes the reduced loss.
     ///
     /// # Shapes

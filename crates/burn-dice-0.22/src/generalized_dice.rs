@@ -9,7 +9,8 @@ use crate::checks::{check_smoothing, or_panic, ConfigError};
 use crate::kernels::input::Terms;
 use crate::numerics::{in_dtype, one_minus_ratio};
 use crate::reduction::DiceReduction;
-use crate::stats::ClassStats;
+use crate::replicas::ReplicaGroup;
+use crate::stats::{ClassStats, Pooling};
 use crate::target::{prepare, DiceTarget, Prepared};
 
 const NAME: &str = "GeneralizedDiceLoss";
@@ -44,7 +45,8 @@ pub struct GeneralizedDiceLossConfig {
     /// Added once to the pooled denominator. Default: `1e-5`.
     #[config(default = 1e-5)]
     pub smooth_dr: f64,
-    /// Pool the batch too: one loss for the whole batch, weights from the batch's volumes.
+    /// Pool the batch too: one loss for the whole batch, weights from the batch's volumes
+    /// (the replicas' batches too, with [`GeneralizedDiceLoss::with_replicas`]).
     /// Default: `false`.
     #[config(default = false)]
     pub batch: bool,
@@ -87,6 +89,7 @@ impl GeneralizedDiceLossConfig {
             ignore_index: self.ignore_index,
             reduction: self.reduction,
             check_inputs: self.check_inputs,
+            replicas: None,
         })
     }
 
@@ -145,9 +148,22 @@ pub struct GeneralizedDiceLoss {
     pub reduction: DiceReduction,
     /// Per-call data checks.
     pub check_inputs: bool,
+    /// The data-parallel replicas whose batch statistics are summed before the ratio (with
+    /// `batch`; see [`crate::replicas`]). `None` from the config; set it with
+    /// [`with_replicas`](Self::with_replicas).
+    #[module(skip)]
+    pub replicas: Option<ReplicaGroup>,
 }
 
 impl GeneralizedDiceLoss {
+    /// This loss, its `batch` statistics summed across the replicas of `group` before the
+    /// ratio, so that every replica computes the global batch generalized Dice of all their batches,
+    /// with the exact gradient (see [`crate::replicas`]). Changes nothing without `batch`.
+    pub fn with_replicas(mut self, group: ReplicaGroup) -> Self {
+        self.replicas = Some(group);
+        self
+    }
+
     /// Computes the reduced loss.
     ///
     /// # Shapes
@@ -191,7 +207,7 @@ impl GeneralizedDiceLoss {
             prepared,
             self.activation,
             Terms::new(false, self.soft_label),
-            self.batch,
+            Pooling::new(self.batch, self.replicas.as_ref()),
             self.include_background,
         );
         let w = self.class_weights(target.clone().detach());

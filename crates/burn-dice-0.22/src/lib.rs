@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod metric;
 mod numerics;
 pub mod reduction;
+pub mod replicas;
 mod stats;
 mod target;
 pub mod tversky;
@@ -23,6 +24,7 @@ pub use dice_focal::{DiceFocalLoss, DiceFocalLossConfig};
 pub use generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
 pub use kernels::KernelPath;
 pub use reduction::DiceReduction;
+pub use replicas::{GradientCombine, ReplicaGroup};
 pub use target::DiceTarget;
 pub use tversky::{TverskyLoss, TverskyLossConfig};
 

@@ -19,7 +19,30 @@ use crate::activation::Activation;
 use crate::checks::{report_verdict, warn_single_channel_background};
 use crate::kernels::input::{Extra, ExtraSums, Terms, Verdict};
 use crate::kernels::{self};
+use crate::replicas::{sum_across, ReplicaGroup};
 use crate::target::Prepared;
+
+/// Over what the statistics are summed before the ratio.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pooling<'a> {
+    /// Each sample on its own (`batch = false`): `[batch, class]`.
+    Sample,
+    /// The batch (`batch = true`): `[1, class]`.
+    Batch,
+    /// The batches of every replica of the group (`batch = true` with a replica group).
+    Replicas(&'a ReplicaGroup),
+}
+
+impl<'a> Pooling<'a> {
+    /// The pooling of a loss's `batch` flag and replica group (which needs `batch`).
+    pub fn new(batch: bool, replicas: Option<&'a ReplicaGroup>) -> Self {
+        match (batch, replicas) {
+            (false, _) => Self::Sample,
+            (true, None) => Self::Batch,
+            (true, Some(group)) => Self::Replicas(group),
+        }
+    }
+}
 
 /// The three sums, each `[batch, class]` (`[1, class]` when summed over the batch).
 #[derive(Debug, Clone)]
@@ -33,12 +56,31 @@ pub(crate) struct ClassStats {
 }
 
 impl ClassStats {
-    /// Sums the tables over the batch (`[1, class]`) when `batch`.
-    fn over_batch(self, batch: bool) -> Self {
-        if batch {
-            self.map(|t| t.sum_dim(0))
-        } else {
-            self
+    /// Sums the tables over the batch (`[1, class]`), and then across the replicas,
+    /// as `pooling` says.
+    fn pooled(self, pooling: Pooling<'_>, loss: &str) -> Self {
+        match pooling {
+            Pooling::Sample => self,
+            Pooling::Batch => self.map(|t| t.sum_dim(0)),
+            Pooling::Replicas(group) => {
+                // One rendezvous a call: the three `[1, class]` rows stacked.
+                let Self {
+                    intersection,
+                    pred,
+                    target,
+                } = self.map(|t| t.sum_dim(0));
+                let global = sum_across(
+                    loss,
+                    group,
+                    Tensor::cat(vec![intersection, pred, target], 0),
+                );
+                let row = |i| global.clone().narrow(0, i, 1);
+                Self {
+                    intersection: row(0),
+                    pred: row(1),
+                    target: row(2),
+                }
+            }
         }
     }
 
@@ -52,7 +94,7 @@ impl ClassStats {
         prepared: Prepared,
         activation: Activation,
         terms: Terms,
-        batch: bool,
+        pooling: Pooling<'_>,
         include_background: bool,
     ) -> Self {
         let extra = Extra::None;
@@ -61,7 +103,7 @@ impl ClassStats {
             prepared,
             activation,
             terms,
-            batch,
+            pooling,
             include_background,
             &extra,
         )
@@ -69,7 +111,7 @@ impl ClassStats {
     }
 
     /// [`ClassStats::of_prepared`], with the sums of the `extra` term of every sample and
-    /// class (all of them: `include_background` and `batch` apply to the statistics only).
+    /// class (all of them: `include_background` and the pooling apply to the statistics only).
     /// The kernels (CPU and CubeCL) compute them in the statistics' pass; on the generic path a
     /// pass of their own follows once the data checks are settled.
     pub fn of_prepared_with(
@@ -77,7 +119,7 @@ impl ClassStats {
         prepared: Prepared,
         activation: Activation,
         terms: Terms,
-        batch: bool,
+        pooling: Pooling<'_>,
         include_background: bool,
         extra: &Extra,
     ) -> (Self, ExtraSums) {
@@ -116,7 +158,7 @@ impl ClassStats {
             pred,
             target,
         }
-        .over_batch(batch)
+        .pooled(pooling, loss)
         .keep_classes(include_background, loss);
         (stats, extra)
     }
@@ -175,7 +217,7 @@ mod tests {
             pred,
             target,
         }
-        .over_batch(batch)
+        .pooled(Pooling::new(batch, None), "t")
     }
 
     fn probs() -> Tensor<3> {

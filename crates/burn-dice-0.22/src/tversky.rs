@@ -9,7 +9,8 @@ use crate::checks::{check_non_negative, check_positive, check_smoothing, or_pani
 use crate::kernels::input::Terms;
 use crate::numerics::{in_dtype, one_minus_ratio};
 use crate::reduction::DiceReduction;
-use crate::stats::ClassStats;
+use crate::replicas::ReplicaGroup;
+use crate::stats::{ClassStats, Pooling};
 use crate::target::{prepare, DiceTarget};
 
 const NAME: &str = "TverskyLoss";
@@ -44,7 +45,8 @@ pub struct TverskyLossConfig {
     /// Added to the denominator. Default: `1e-5`.
     #[config(default = 1e-5)]
     pub smooth_dr: f64,
-    /// Sum over the batch before the ratio. Default: `false`.
+    /// Sum over the batch before the ratio (across data-parallel replicas too, with
+    /// [`TverskyLoss::with_replicas`]). Default: `false`.
     #[config(default = false)]
     pub batch: bool,
     /// The soft-label (semimetric) form of Wang & Blaschko (MICCAI 2023), as MONAI 1.6's
@@ -89,6 +91,7 @@ impl TverskyLossConfig {
             ignore_index: self.ignore_index,
             reduction: self.reduction,
             check_inputs: self.check_inputs,
+            replicas: None,
         })
     }
 
@@ -162,9 +165,22 @@ pub struct TverskyLoss {
     pub reduction: DiceReduction,
     /// Per-call data checks.
     pub check_inputs: bool,
+    /// The data-parallel replicas whose batch statistics are summed before the ratio (with
+    /// `batch`; see [`crate::replicas`]). `None` from the config; set it with
+    /// [`with_replicas`](Self::with_replicas).
+    #[module(skip)]
+    pub replicas: Option<ReplicaGroup>,
 }
 
 impl TverskyLoss {
+    /// This loss, its `batch` statistics summed across the replicas of `group` before the
+    /// ratio, so that every replica computes the global batch Tversky index of all their batches,
+    /// with the exact gradient (see [`crate::replicas`]). Changes nothing without `batch`.
+    pub fn with_replicas(mut self, group: ReplicaGroup) -> Self {
+        self.replicas = Some(group);
+        self
+    }
+
     /// Computes the reduced loss.
     ///
     /// # Shapes
@@ -205,7 +221,7 @@ impl TverskyLoss {
             prepared,
             self.activation,
             Terms::new(false, self.soft_label),
-            self.batch,
+            Pooling::new(self.batch, self.replicas.as_ref()),
             self.include_background,
         );
         let false_pos = pred - intersection.clone();

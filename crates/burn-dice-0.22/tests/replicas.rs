@@ -1,0 +1,376 @@
+//! Data-parallel batch Dice: `N` replicas, each a thread with its share of the batch and a clone
+//! of one `ReplicaGroup`, against one device with the whole batch, for every loss with
+//! `batch: true`. The replicas' values average to the one-device value (every Dice-only loss
+//! gives each replica exactly that value), and their input gradients, put side by side as the
+//! training loop combines them, are the one-device gradient: both to 1e-6 relative. On
+//! burn-flex and (feature `wgpu`) burn-wgpu, for N in {2, 3, 4}; plus a replica that sits out a
+//! step, which must fail the others with the group and step named, in time. The burn 0.22 port of
+//! the 0.21 line's `tests/replicas.rs`.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_dice::{
+    Activation, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, GeneralizedDiceLossConfig,
+    GradientCombine, ReplicaGroup, TverskyLossConfig,
+};
+use burn_dice_core::testing::{grad_err, rel_err, XorShift};
+
+mod common;
+use common::values;
+
+/// `[batch, class, h, w]` of the runs: 12 samples split evenly on 2, 3 and 4 replicas.
+const SHAPE: [usize; 4] = [12, 3, 6, 5];
+/// The bound on the value's relative error and the gradient's error relative to its largest
+/// component.
+const TOLERANCE: f64 = 1e-6;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Dice,
+    DiceSquaredJaccard,
+    DiceSoftLabel,
+    GeneralizedDice,
+    Tversky,
+    DiceCe,
+    DiceFocal,
+}
+
+impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::Dice,
+        Kind::DiceSquaredJaccard,
+        Kind::DiceSoftLabel,
+        Kind::GeneralizedDice,
+        Kind::Tversky,
+        Kind::DiceCe,
+        Kind::DiceFocal,
+    ];
+
+    /// Whether the loss is the batch Dice term alone (each replica then gets the one-device
+    /// value itself, and adding the replicas' gradients is exact too).
+    fn dice_only(self) -> bool {
+        !matches!(self, Kind::DiceCe | Kind::DiceFocal)
+    }
+
+    /// Dense soft targets instead of class indices.
+    fn dense(self) -> bool {
+        matches!(self, Kind::DiceSoftLabel)
+    }
+}
+
+/// `loss` on `group` where given (through its `with_replicas`).
+fn with<L>(loss: L, group: Option<ReplicaGroup>, with_replicas: fn(L, ReplicaGroup) -> L) -> L {
+    match group {
+        Some(group) => with_replicas(loss, group),
+        None => loss,
+    }
+}
+
+/// The loss of `kind` with `batch: true`, on `group` where given.
+fn loss(kind: Kind, group: Option<ReplicaGroup>, input: Tensor<4>, labels: &Labels) -> Tensor<1> {
+    let device = input.device();
+    let dice = DiceLossConfig::new()
+        .with_activation(Activation::Softmax)
+        .with_include_background(false)
+        .with_batch(true);
+    match (kind, labels) {
+        (Kind::Dice, Labels::Indices(y)) => with(
+            dice.init(&device),
+            group,
+            burn_dice::DiceLoss::with_replicas,
+        )
+        .forward(input, y.clone()),
+        (Kind::DiceSquaredJaccard, Labels::Indices(y)) => with(
+            dice.with_squared_pred(true)
+                .with_jaccard(true)
+                .with_include_background(true)
+                .init(&device),
+            group,
+            burn_dice::DiceLoss::with_replicas,
+        )
+        .forward(input, y.clone()),
+        (Kind::DiceSoftLabel, Labels::Dense(y)) => with(
+            dice.with_activation(Activation::Sigmoid)
+                .with_soft_label(true)
+                .init(&device),
+            group,
+            burn_dice::DiceLoss::with_replicas,
+        )
+        .forward(input, y.clone()),
+        (Kind::GeneralizedDice, Labels::Indices(y)) => with(
+            GeneralizedDiceLossConfig::new()
+                .with_activation(Activation::Softmax)
+                .with_batch(true)
+                .init(&device),
+            group,
+            burn_dice::GeneralizedDiceLoss::with_replicas,
+        )
+        .forward(input, y.clone()),
+        (Kind::Tversky, Labels::Indices(y)) => with(
+            TverskyLossConfig::new()
+                .with_activation(Activation::Softmax)
+                .with_alpha(0.3)
+                .with_beta(0.7)
+                .with_batch(true)
+                .init(&device),
+            group,
+            burn_dice::TverskyLoss::with_replicas,
+        )
+        .forward(input, y.clone()),
+        (Kind::DiceCe, Labels::Indices(y)) => with(
+            DiceCELossConfig::new().with_dice(dice).init(&device),
+            group,
+            burn_dice::DiceCELoss::with_replicas,
+        )
+        .forward(input, y.clone()),
+        (Kind::DiceFocal, Labels::Indices(y)) => with(
+            DiceFocalLossConfig::new()
+                .with_dice(dice)
+                .with_gamma(2.0)
+                .init(&device),
+            group,
+            burn_dice::DiceFocalLoss::with_replicas,
+        )
+        .forward(input, y.clone()),
+        (kind, _) => unreachable!("{kind:?} takes the other target kind"),
+    }
+}
+
+enum Labels {
+    Indices(Tensor<4, Int>),
+    Dense(Tensor<4>),
+}
+
+/// The whole batch on the host: logits, class indices (class 2 absent from samples 0-5, so
+/// that a replica of 2, 3 or 4 sees an empty class the batch does not) and soft targets.
+struct Batch {
+    logits: Vec<f32>,
+    labels: Vec<i64>,
+    soft: Vec<f32>,
+}
+
+impl Batch {
+    fn new(seed: u64) -> Self {
+        let [b, c, h, w] = SHAPE;
+        let pixels = h * w;
+        let mut rng = XorShift::new(seed);
+        let logits = (0..b * c * pixels)
+            .map(|_| (rng.unit() * 6.0 - 3.0) as f32)
+            .collect();
+        let labels = (0..b * pixels)
+            .map(|i| {
+                let classes = if i / pixels < 6 { 2 } else { 3 };
+                (rng.unit() * classes as f64) as i64
+            })
+            .collect();
+        let soft = (0..b * c * pixels)
+            .map(|_| (0.05 + 0.9 * rng.unit()) as f32)
+            .collect();
+        Self {
+            logits,
+            labels,
+            soft,
+        }
+    }
+
+    /// Samples `start..start + len` as tensors on `device`.
+    fn part(&self, kind: Kind, start: usize, len: usize, device: &Device) -> (Tensor<4>, Labels) {
+        let [_, c, h, w] = SHAPE;
+        let per = c * h * w;
+        let shape = [len, c, h, w];
+        let logits = Tensor::from_data(
+            TensorData::new(
+                self.logits[start * per..(start + len) * per].to_vec(),
+                shape,
+            ),
+            device,
+        );
+        let labels = if kind.dense() {
+            Labels::Dense(Tensor::from_data(
+                TensorData::new(self.soft[start * per..(start + len) * per].to_vec(), shape),
+                device,
+            ))
+        } else {
+            let per = h * w;
+            Labels::Indices(Tensor::from_data(
+                TensorData::new(
+                    self.labels[start * per..(start + len) * per].to_vec(),
+                    [len, 1, h, w],
+                ),
+                device,
+            ))
+        };
+        (logits, labels)
+    }
+}
+
+/// The loss value and input gradient of one device with the whole batch.
+fn one_device(kind: Kind, batch: &Batch, device: &Device) -> (f64, Vec<f64>) {
+    let (x, y) = batch.part(kind, 0, SHAPE[0], device);
+    let x = x.require_grad();
+    let value = loss(kind, None, x.clone(), &y);
+    let grads = value.backward();
+    let grad = x.grad(&grads).expect("input gradient");
+    (values(value)[0], values(grad))
+}
+
+/// The values of `replicas` replicas (threads) with equal shares of the batch and the
+/// gradients of their inputs, concatenated in batch order, as `combine` scales them.
+fn on_replicas(
+    kind: Kind,
+    batch: &Batch,
+    replicas: usize,
+    combine: GradientCombine,
+    device: &Device,
+) -> (Vec<f64>, Vec<f64>) {
+    let group = ReplicaGroup::new(format!("{kind:?} on {replicas}"), replicas)
+        .with_combine(combine)
+        .with_timeout(Duration::from_secs(60));
+    let share = SHAPE[0] / replicas;
+    let results: Vec<(f64, Vec<f64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..replicas)
+            .map(|r| {
+                let group = group.clone();
+                scope.spawn(move || {
+                    let (x, y) = batch.part(kind, r * share, share, device);
+                    let x = x.require_grad();
+                    let value = loss(kind, Some(group), x.clone(), &y);
+                    let backward = match combine {
+                        GradientCombine::Sum => value.clone(),
+                        GradientCombine::Mean => value.clone().div_scalar(replicas as f64),
+                    };
+                    let grads = backward.backward();
+                    let grad = x.grad(&grads).expect("input gradient");
+                    (values(value)[0], values(grad))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("replica thread"))
+            .collect()
+    });
+    assert_eq!(group.steps(), 1, "{kind:?}: one rendezvous a call");
+    let values = results.iter().map(|(v, _)| *v).collect();
+    let grad = results.into_iter().flat_map(|(_, g)| g).collect();
+    (values, grad)
+}
+
+/// Every loss on 2, 3 and 4 replicas against one device; returns the worst errors seen.
+fn replicas_match_one_device(device: &Device, backend: &str) {
+    let batch = Batch::new(7);
+    let mut failures = Vec::new();
+    for kind in Kind::ALL {
+        let (value, grad) = one_device(kind, &batch, device);
+        for replicas in [2, 3, 4] {
+            // Dice-only losses in both gradient combinations; the compound ones, whose
+            // cross-entropy or focal part is a mean over each replica's pixels, only where
+            // each replica's loss is divided by the replicas (a sum would count it N times).
+            let combines: &[GradientCombine] = if kind.dice_only() {
+                &[GradientCombine::Sum, GradientCombine::Mean]
+            } else {
+                &[GradientCombine::Mean]
+            };
+            for &combine in combines {
+                let (replica_values, replica_grad) =
+                    on_replicas(kind, &batch, replicas, combine, device);
+                let mean = replica_values.iter().sum::<f64>() / replicas as f64;
+                let mut value_err = rel_err(mean, value, 1e-3);
+                if kind.dice_only() {
+                    for v in &replica_values {
+                        value_err = value_err.max(rel_err(*v, value, 1e-3));
+                    }
+                }
+                let grad_err = grad_err(&replica_grad, &grad);
+                println!(
+                    "{backend} {kind:?} on {replicas} ({combine:?}): value {value:.6} error \
+                     {value_err:.1e}, gradient error {grad_err:.1e}"
+                );
+                if !(value_err <= TOLERANCE && grad_err <= TOLERANCE) {
+                    failures.push(format!(
+                        "{kind:?} on {replicas} ({combine:?}): value {value_err:.1e}, \
+                         gradient {grad_err:.1e}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{backend}: {failures:#?}");
+}
+
+/// On burn-flex and, with the `wgpu` feature, burn-wgpu (each with autodiff).
+#[test]
+fn replicas_match_one_device_on_every_device() {
+    for (name, device) in common::devices() {
+        replicas_match_one_device(&device, name);
+    }
+}
+
+/// Without `batch` the group is not used: per-sample Dice needs no other replica, so a lone
+/// replica of a group of 2 computes at once (no rendezvous, no wait).
+#[test]
+fn without_batch_the_group_is_not_used() {
+    let device = Device::flex().autodiff();
+    let group = ReplicaGroup::new("unused", 2).with_timeout(Duration::from_secs(60));
+    let batch = Batch::new(3);
+    let (x, y) = batch.part(Kind::Dice, 0, 2, &device);
+    let Labels::Indices(y) = y else {
+        unreachable!()
+    };
+    let loss = DiceLossConfig::new()
+        .with_activation(Activation::Softmax)
+        .init(&device);
+    let alone = values(loss.forward(x.clone(), y.clone()));
+    let start = Instant::now();
+    let grouped = values(loss.with_replicas(group.clone()).forward(x, y));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(alone, grouped);
+    assert_eq!(group.steps(), 0);
+}
+
+/// Whole steps only: a replica that sits out a step fails the others with the loss, the group
+/// and the step named, after the timeout, not a hang; and the group stays failed.
+#[test]
+fn a_replica_that_sits_out_a_step_is_an_error_naming_it() {
+    let device = Device::flex().autodiff();
+    let group = ReplicaGroup::new("train", 2).with_timeout(Duration::from_millis(300));
+    let batch = Batch::new(5);
+    let call = |group: &ReplicaGroup| {
+        let (x, y) = batch.part(Kind::Dice, 0, 2, &device);
+        loss(Kind::Dice, Some(group.clone()), x, &y)
+    };
+    // Step 1 on both replicas.
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| values(call(&group)));
+        let mine = values(call(&group));
+        assert_eq!(mine, other.join().unwrap());
+    });
+    // Step 2: the other replica has no batch left.
+    let start = Instant::now();
+    let message = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&group)))
+        .map(|_| String::from("no panic"))
+        .unwrap_or_else(|payload| {
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_default()
+        });
+    let waited = start.elapsed();
+    assert!(
+        message.starts_with("DiceLoss: replica group `train`, step 2: 1 of 2 replicas"),
+        "{message}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(30),
+        "{waited:?}"
+    );
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&group)));
+    let again = again
+        .err()
+        .and_then(|p| p.downcast_ref::<String>().cloned());
+    assert!(
+        again.is_some_and(|m| m.contains("step 2: the group failed earlier")),
+        "a failed group fails every later call"
+    );
+}
