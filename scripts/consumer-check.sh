@@ -8,7 +8,8 @@
 #   gpu  default-features = false with only `wgpu` and `train` (the Learner snippet on burn-wgpu).
 # Then the burn 0.22 line the same way: burn-dice 0.2 packed from crates/burn-dice-0.22 and
 # unpacked into tests/consumer-0.22/ (with the packed core), which compiles the 0.22 README
-# snippet with the default features.
+# snippet with the default features, in the same target dir as the 0.1 consumer (the crates
+# both use at the same version are checked once).
 # Each consumer then documents the packed crates with every feature, as docs.rs builds them,
 # warnings denied: `cargo doc` only checks the dependencies, which the consumer's own checks have
 # just done in the same target dir (documenting from the workspace took a third full check of
@@ -62,10 +63,10 @@ version22=$(sed -n 's/^version = "\(.*\)"$/\1/p' crates/burn-dice-0.22/Cargo.tom
 # --exclude-lockfile: cargo would resolve a lock file for the packed crate against crates.io,
 # where burn-dice-core is not published yet (a library's lock file is not used by its users).
 cargo package --manifest-path crates/burn-dice-0.22/Cargo.toml --allow-dirty --no-verify \
-  --exclude-lockfile --target-dir "$target_dir/burn-0.22"
+  --exclude-lockfile --target-dir "$target_dir"
 rm -rf tests/consumer-0.22/burn-dice tests/consumer-0.22/burn-dice-core
 mkdir -p tests/consumer-0.22/burn-dice
-tar -xzf "$target_dir/burn-0.22/package/burn-dice-$version22.crate" -C tests/consumer-0.22/burn-dice \
+tar -xzf "$target_dir/package/burn-dice-$version22.crate" -C tests/consumer-0.22/burn-dice \
   --strip-components=1
 cp -r tests/consumer/burn-dice-core tests/consumer-0.22/burn-dice-core
 cp crates/burn-dice-0.22/Cargo.lock tests/consumer-0.22/Cargo.lock
@@ -73,7 +74,7 @@ manifest=tests/consumer-0.22/Cargo.toml
 crates=$(cargo tree --manifest-path "$manifest" -e normal,build --prefix none \
   | sed 's/ (\*)$//' | sort -u | wc -l)
 echo "consumer of burn-dice $version22 (burn 0.22): $crates crates"
-cargo check --manifest-path "$manifest" --target-dir "$target_dir/consumer-0.22"
+cargo check --manifest-path "$manifest" --target-dir "$target_dir/consumer"
 all_features_listed tests/consumer-0.22/burn-dice/Cargo.toml burn-dice "$manifest"
 RUSTDOCFLAGS="-D warnings" cargo doc --manifest-path "$manifest" --features docs --no-deps \
-  -p burn-dice-consumer-0-22 -p burn-dice --target-dir "$target_dir/consumer-0.22"
+  -p burn-dice-consumer-0-22 -p burn-dice --target-dir "$target_dir/consumer"
