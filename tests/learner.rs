@@ -1,6 +1,7 @@
 //! `DiceMetric` inside burn-train: a tiny model trained for 2 epochs with `SupervisedTraining`;
 //! the Dice values the learner logged must equal an independent computation (plain loops over
-//! the argmax of the checkpointed model's logits).
+//! the argmax of the checkpointed model's logits). Under burn-train's multi-device strategy the
+//! training metrics (per sample and global) must log what one device logs for the same data.
 
 use std::path::Path;
 
@@ -15,7 +16,10 @@ use burn::record::{CompactRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use burn::train::metric::LossMetric;
-use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep};
+use burn::train::{
+    ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainOutput,
+    TrainStep,
+};
 use burn_dice::metric::{DiceMetric, Prediction, SegmentationOutput};
 use burn_dice::{Activation, DiceCELossConfig, DiceLossConfig};
 use burn_dice_tests::NdArrayAutodiff;
@@ -136,10 +140,15 @@ impl<B: Backend> Batcher<B, Item, SegBatch<B>> for SegBatcher {
 
 /// The logged per-batch entries of `metric` (value, count) for one epoch of validation.
 fn logged(dir: &Path, epoch: usize, metric: &str) -> Vec<(f64, usize)> {
+    logged_split(dir, "valid", epoch, metric)
+}
+
+/// The logged per-batch entries of `metric` (value, count) for one epoch of `split`.
+fn logged_split(dir: &Path, split: &str, epoch: usize, metric: &str) -> Vec<(f64, usize)> {
     let path = dir
-        .join("valid")
+        .join(split)
         .join(format!("epoch-{epoch}"))
-        .join(format!("{metric}.log"));
+        .join(format!("{}.log", metric.replace(' ', "_")));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     text.lines()
         .map(|line| {
@@ -271,4 +280,77 @@ fn logged_dice_equals_an_independent_computation() {
             .all(|(v, _)| (0.0..=1.0).contains(v)));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One epoch of training at learning rate 0 (the model does not move) on `devices` copies of
+/// the CPU device: the training split's logged entries of the three Dice metrics, per sample,
+/// global, and global of class 2.
+fn train_metrics_on(model: Tiny<NdArrayAutodiff>, devices: usize) -> Vec<Vec<(f64, usize)>> {
+    let device = Default::default();
+    let dir = std::env::temp_dir().join(format!(
+        "burn-dice-learner-{devices}-devices-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let train = DataLoaderBuilder::new(SegBatcher)
+        .batch_size(2)
+        .build(InMemDataset::new(items(12, 1)));
+    let valid = DataLoaderBuilder::new(SegBatcher)
+        .batch_size(2)
+        .build(InMemDataset::new(items(2, 2)));
+    let names = ["Dice", "Global Dice", "Global Dice[class 2]"];
+    let mut training = SupervisedTraining::new(&dir, train, valid)
+        .metric_train_numeric(DiceMetric::new().with_include_background(false))
+        .metric_train_numeric(DiceMetric::new().with_include_background(false).global())
+        .metric_train_numeric(DiceMetric::per_class(2).global())
+        .num_epochs(1)
+        .summary();
+    if devices > 1 {
+        training = training.with_training_strategy(
+            ExecutionStrategy::multi(vec![device; devices], MultiDeviceOptim::OptimMainDevice)
+                .into(),
+        );
+    }
+    let _ = training.launch(Learner::new(model, AdamConfig::new().init(), 0.0));
+    let entries = names
+        .iter()
+        .map(|name| logged_split(&dir, "train", 1, name))
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    entries
+}
+
+/// burn-train's epoch value: the count-weighted mean of the logged entries.
+fn epoch_value(entries: &[(f64, usize)]) -> f64 {
+    let (sum, count) = entries
+        .iter()
+        .fold((0.0, 0), |(s, c), &(v, n)| (s + v * n as f64, c + n));
+    sum / count as f64
+}
+
+#[test]
+fn dice_metrics_under_the_multi_device_strategy_equal_one_device() {
+    let device = Default::default();
+    let model = Tiny::<NdArrayAutodiff>::new(&device);
+    // Parameters are initialized lazily, each clone on its own (other random weights): a
+    // forward pass initializes them, and the clones then share them.
+    let _ = model.forward(Tensor::zeros([1, 1, SIZE, SIZE], &device));
+    let one = train_metrics_on(model.clone(), 1);
+    let two = train_metrics_on(model, 2);
+    for (k, name) in ["Dice", "Global Dice", "Global Dice[class 2]"]
+        .iter()
+        .enumerate()
+    {
+        // 12 samples in batches of 2: 6 batches on one device; on two, each replica gets 6
+        // samples, 3 batches, and every replica's batch reaches the one metric.
+        assert_eq!(one[k].len(), 6, "{name}: batches on one device");
+        assert_eq!(two[k].len(), 6, "{name}: batches on two devices");
+        let (a, b) = (epoch_value(&one[k]), epoch_value(&two[k]));
+        println!("{name}: one device {a:.6}, two devices {b:.6}");
+        assert!((0.0..=1.0).contains(&a), "{name}: {a}");
+        assert!(
+            (a - b).abs() < 1e-12,
+            "{name}: one device {a}, two devices {b}"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! `DiceMetric` inside burn-train 0.22: a tiny model trained for one epoch with
 //! `SupervisedTraining` on burn-flex; the Dice values the learner logged for its validation
 //! batches must equal an independent computation (plain loops over the argmax of the logits of
-//! the model the learner returns, which is the model it validated).
+//! the model the learner returns, which is the model it validated). Under burn-train's
+//! multi-device strategy the training metrics (per sample and global) must log what one device
+//! logs for the same data.
 
 use std::path::Path;
 
@@ -14,7 +16,10 @@ use burn::nn::PaddingConfig2d;
 use burn::optim::AdamConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::metric::LossMetric;
-use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep};
+use burn::train::{
+    ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainOutput,
+    TrainStep,
+};
 use burn_dice::metric::{DiceMetric, Prediction, SegmentationOutput};
 use burn_dice::{Activation, DiceCELossConfig, DiceLossConfig};
 
@@ -151,10 +156,15 @@ fn logged(dir: &Path, epoch: usize, metric: &str) -> Vec<(f64, usize)> {
 
 /// The epoch's final value of `metric` (its `value,final` entry).
 fn logged_final(dir: &Path, epoch: usize, metric: &str) -> f64 {
+    logged_final_of(dir, "valid", epoch, metric)
+}
+
+/// The epoch's final value of `metric` in `split`.
+fn logged_final_of(dir: &Path, split: &str, epoch: usize, metric: &str) -> f64 {
     let path = dir
-        .join("valid")
+        .join(split)
         .join(format!("epoch-{epoch}"))
-        .join(format!("{metric}.log"));
+        .join(format!("{}.log", metric.replace(' ', "_")));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     let line = text
         .lines()
@@ -275,4 +285,76 @@ fn logged_dice_equals_an_independent_computation() {
     println!("logged validation Dice {epoch:.4}");
     assert!(dice.iter().all(|(v, _)| (0.0..=1.0).contains(v)));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One epoch of training at learning rate 0 (the model does not move) on `devices` burn-flex
+/// devices: the training split's final values of the three Dice metrics, per sample, global,
+/// and global of class 2, and the number of batches logged.
+fn train_metrics_on(model: Tiny, devices: usize) -> (Vec<f64>, usize) {
+    let device = Device::flex().autodiff();
+    let dir = std::env::temp_dir().join(format!(
+        "burn-dice-022-learner-{devices}-devices-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let train = DataLoaderBuilder::new(SegBatcher)
+        .batch_size(2)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items(12, 1)));
+    let valid = DataLoaderBuilder::new(SegBatcher)
+        .batch_size(2)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items(2, 2)));
+    let names = ["Dice", "Global Dice", "Global Dice[class 2]"];
+    let mut training = SupervisedTraining::new(&dir, train, valid)
+        .metric_train_numeric(DiceMetric::new().with_include_background(false))
+        .metric_train_numeric(DiceMetric::new().with_include_background(false).global())
+        .metric_train_numeric(DiceMetric::per_class(2).global())
+        .num_epochs(1)
+        .summary();
+    if devices > 1 {
+        training = training.with_training_strategy(
+            ExecutionStrategy::multi(
+                vec![Device::flex(); devices],
+                MultiDeviceOptim::OptimMainDevice,
+            )
+            .into(),
+        );
+    }
+    let _ = training.launch(Learner::new(model, AdamConfig::new().init(), 0.0));
+    let values = names
+        .iter()
+        .map(|name| logged_final_of(&dir, "train", 1, name))
+        .collect();
+    let path = dir.join("train").join("epoch-1").join("Dice.log");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let batches = text.lines().filter(|l| !l.ends_with(",final")).count();
+    let _ = std::fs::remove_dir_all(&dir);
+    (values, batches)
+}
+
+#[test]
+fn dice_metrics_under_the_multi_device_strategy_equal_one_device() {
+    let device = Device::flex().autodiff();
+    let model = Tiny::new(&device);
+    // Parameters are initialized lazily, each clone on its own (other random weights): a
+    // forward pass initializes them, and the clones then share them.
+    let _ = model.forward(Tensor::zeros([1, 1, SIZE, SIZE], &device));
+    let (one, batches_one) = train_metrics_on(model.clone(), 1);
+    let (two, batches_two) = train_metrics_on(model, 2);
+    // 12 samples in batches of 2: 6 batches on one device; on two, each replica gets 6
+    // samples, 3 batches, and every replica's batch reaches the one metric.
+    assert_eq!((batches_one, batches_two), (6, 6));
+    for (k, name) in ["Dice", "Global Dice", "Global Dice[class 2]"]
+        .iter()
+        .enumerate()
+    {
+        let (a, b) = (one[k], two[k]);
+        println!("{name}: one device {a:.6}, two devices {b:.6}");
+        assert!((0.0..=1.0).contains(&a), "{name}: {a}");
+        assert!(
+            (a - b).abs() < 1e-12,
+            "{name}: one device {a}, two devices {b}"
+        );
+    }
 }

@@ -10,6 +10,8 @@
 //!   pass, the data checks, and their backward passes; parallel on rayon, compiled per
 //!   instruction set (AVX2/FMA, AVX-512 where the CPU has them, chosen at run time). Feature
 //!   `cpu` (on in burn-dice with its CPU backends' kernels).
+//! - [`metric`]: the hard Dice metric's host arithmetic (a score from counts, the empty-class
+//!   policy, [`metric::DiceTotals`] for the global Dice of an epoch).
 //! - [`replicas`]: the host-side rendezvous that sums the batch statistics of data-parallel
 //!   replicas before the ratio (burn-dice's `ReplicaGroup`).
 //!
@@ -21,6 +23,7 @@ pub mod checks;
 #[cfg(feature = "cpu")]
 pub mod cpu;
 pub mod gpu;
+pub mod metric;
 pub mod replicas;
 mod terms;
 #[cfg(feature = "testing")]

@@ -85,6 +85,16 @@ pub enum EmptyPolicy {
     Zero,
 }
 
+impl From<EmptyPolicy> for burn_dice_core::metric::Empty {
+    fn from(policy: EmptyPolicy) -> Self {
+        match policy {
+            EmptyPolicy::NaN => Self::NaN,
+            EmptyPolicy::One => Self::One,
+            EmptyPolicy::Zero => Self::Zero,
+        }
+    }
+}
+
 /// Per-(sample, class) counts of a hard segmentation against its ground truth: `|A ∩ B|`,
 /// `|A|` (prediction) and `|B|` (ground truth), each `[batch, class]`, on the device.
 #[derive(Debug, Clone)]
