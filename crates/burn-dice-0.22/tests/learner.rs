@@ -137,13 +137,24 @@ impl Batcher<Item, SegBatch> for SegBatcher {
     }
 }
 
+/// The text of `metric`'s log for one epoch of `split`, and its path.
+fn log_text(dir: &Path, split: &str, epoch: usize, metric: &str) -> (String, std::path::PathBuf) {
+    let path = dir
+        .join(split)
+        .join(format!("epoch-{epoch}"))
+        .join(format!("{}.log", metric.replace(' ', "_")));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    (text, path)
+}
+
 /// The logged per-batch entries of `metric` (value, count) for one epoch of validation.
 fn logged(dir: &Path, epoch: usize, metric: &str) -> Vec<(f64, usize)> {
-    let path = dir
-        .join("valid")
-        .join(format!("epoch-{epoch}"))
-        .join(format!("{metric}.log"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    logged_of(dir, "valid", epoch, metric)
+}
+
+/// The logged per-batch entries of `metric` (value, count) for one epoch of `split`.
+fn logged_of(dir: &Path, split: &str, epoch: usize, metric: &str) -> Vec<(f64, usize)> {
+    let (text, _) = log_text(dir, split, epoch, metric);
     // Per-batch entries are `value,count`; the epoch's `value,final` is read by `logged_final`.
     text.lines()
         .filter(|line| !line.ends_with(",final"))
@@ -161,11 +172,7 @@ fn logged_final(dir: &Path, epoch: usize, metric: &str) -> f64 {
 
 /// The epoch's final value of `metric` in `split`.
 fn logged_final_of(dir: &Path, split: &str, epoch: usize, metric: &str) -> f64 {
-    let path = dir
-        .join(split)
-        .join(format!("epoch-{epoch}"))
-        .join(format!("{}.log", metric.replace(' ', "_")));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let (text, path) = log_text(dir, split, epoch, metric);
     let line = text
         .lines()
         .find_map(|line| line.strip_suffix(",final"))
@@ -326,9 +333,7 @@ fn train_metrics_on(model: Tiny, devices: usize) -> (Vec<f64>, usize) {
         .iter()
         .map(|name| logged_final_of(&dir, "train", 1, name))
         .collect();
-    let path = dir.join("train").join("epoch-1").join("Dice.log");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    let batches = text.lines().filter(|l| !l.ends_with(",final")).count();
+    let batches = logged_of(&dir, "train", 1, "Dice").len();
     let _ = std::fs::remove_dir_all(&dir);
     (values, batches)
 }
