@@ -21,6 +21,16 @@
 //! is broken, never hung. Split the data so that every replica gets the same number of batches
 //! (the U-Net example trims its training set to a multiple of the replicas).
 //!
+//! # Across processes
+//! A group is one process's replicas. Give it a [`ProcessSum`] with
+//! [`ReplicaGroup::with_processes`] and every step becomes two sums: the process's replicas add
+//! their values here, then the last of them to arrive hands the process's sum to the
+//! [`ProcessSum`], which adds it to the other processes' sums (any transport that can sum a
+//! few numbers across processes: MPI, a socket, burn-collective), and every replica
+//! of every process gets the total. The same rules hold: whole steps only, in every process,
+//! and a process that does not make the step within the timeout fails the step with a
+//! [`ReplicaError`] that names the group and the step.
+//!
 //! # Sums
 //! The values are added in `f64` in the order the replicas arrive. Sums of `f32` statistics
 //! of like magnitude are exact in `f64`, so the result does not depend on the order in
@@ -79,8 +89,28 @@ pub enum ReplicaErrorKind {
         /// The length of this replica's values.
         got: usize,
     },
+    /// The sum across processes ([`ProcessSum`]) failed; the message is its reason.
+    Processes(String),
     /// An earlier step of the group failed; the message is that failure's.
     Broken(String),
+}
+
+/// The cross-process half of a [`ReplicaGroup`]: adds this process's sums to every other
+/// process's (see the [module docs](self#across-processes)).
+///
+/// Called once per step and process, by the last of the process's replicas to arrive, with the
+/// sum of the process's replicas. Implementations must return within `timeout`, with an error
+/// rather than a hang when another process does not make the step.
+pub trait ProcessSum: Send + Sync {
+    /// The number of processes taking part, this one included.
+    fn processes(&self) -> usize;
+
+    /// This process's call of `step` (1-based, the group's step): the element-wise sum of
+    /// `values` over every process, or why it failed.
+    ///
+    /// # Errors
+    /// When a process does not make the step within `timeout`, or the transport fails.
+    fn sum(&self, step: u64, values: &[f64], timeout: Duration) -> Result<Vec<f64>, String>;
 }
 
 impl fmt::Display for ReplicaError {
@@ -104,6 +134,10 @@ impl fmt::Display for ReplicaError {
                 "replica group `{group}`, step {step}: a replica summed {got} values where \
                  the step's first replica summed {expected}; the replicas of a group must \
                  compute the same loss on inputs with the same number of classes"
+            ),
+            ReplicaErrorKind::Processes(cause) => write!(
+                f,
+                "replica group `{group}`, step {step}: the sum across processes failed: {cause}"
             ),
             ReplicaErrorKind::Broken(cause) => write!(
                 f,
@@ -130,6 +164,7 @@ struct Shared {
     replicas: usize,
     timeout: Duration,
     combine: GradientCombine,
+    processes: Option<Arc<dyn ProcessSum>>,
     state: Mutex<State>,
     turn: Condvar,
 }
@@ -168,6 +203,7 @@ impl ReplicaGroup {
                 replicas,
                 timeout: Self::DEFAULT_TIMEOUT,
                 combine: GradientCombine::Sum,
+                processes: None,
                 state: Mutex::default(),
                 turn: Condvar::new(),
             }),
@@ -193,6 +229,17 @@ impl ReplicaGroup {
         self
     }
 
+    /// Makes the group span processes: each step's sum over this process's replicas is added
+    /// to the other processes' through `processes` (see the
+    /// [module docs](self#across-processes)).
+    ///
+    /// # Panics
+    /// When the group was cloned already.
+    pub fn with_processes(mut self, processes: Arc<dyn ProcessSum>) -> Self {
+        self.settings("with_processes").processes = Some(processes);
+        self
+    }
+
     fn settings(&mut self, method: &str) -> &mut Shared {
         let name = self.shared.name.clone();
         Arc::get_mut(&mut self.shared).unwrap_or_else(|| {
@@ -205,9 +252,20 @@ impl ReplicaGroup {
         &self.shared.name
     }
 
-    /// The number of replicas.
+    /// The number of replicas in this process.
     pub fn replicas(&self) -> usize {
         self.shared.replicas
+    }
+
+    /// The number of processes the group spans: 1 without [`with_processes`](Self::with_processes).
+    pub fn processes(&self) -> usize {
+        self.shared.processes.as_ref().map_or(1, |p| p.processes())
+    }
+
+    /// The number of replicas in all the group's processes (each process has as many as this
+    /// one: [`replicas`](Self::replicas) × [`processes`](Self::processes)).
+    pub fn total_replicas(&self) -> usize {
+        self.shared.replicas * self.processes()
     }
 
     /// How long a replica waits for the others at a step.
@@ -221,11 +279,12 @@ impl ReplicaGroup {
     }
 
     /// The factor on each replica's share of the statistics' gradient (see
-    /// [`GradientCombine`]): 1, or the number of replicas for [`GradientCombine::Mean`].
+    /// [`GradientCombine`]): 1, or the number of replicas of all the group's processes for
+    /// [`GradientCombine::Mean`].
     pub fn gradient_scale(&self) -> f64 {
         match self.shared.combine {
             GradientCombine::Sum => 1.0,
-            GradientCombine::Mean => self.shared.replicas as f64,
+            GradientCombine::Mean => self.total_replicas() as f64,
         }
     }
 
@@ -278,7 +337,35 @@ impl ReplicaGroup {
         }
         state.arrived += 1;
         if state.arrived == shared.replicas {
-            let sums = Arc::new(std::mem::take(&mut state.sums));
+            let mut sums = std::mem::take(&mut state.sums);
+            if let Some(processes) = &shared.processes {
+                // The lock is held across the transport: this process's other replicas are
+                // waiting for this very step, and nothing else may start before it ends.
+                let total = processes
+                    .sum(step, &sums, shared.timeout)
+                    .and_then(|total| {
+                        if total.len() == sums.len() {
+                            Ok(total)
+                        } else {
+                            Err(format!(
+                                "it returned {} values for the {} it was given",
+                                total.len(),
+                                sums.len()
+                            ))
+                        }
+                    });
+                match total {
+                    Ok(total) => sums = total,
+                    Err(cause) => {
+                        let err = error(ReplicaErrorKind::Processes(cause));
+                        state.arrived = 0;
+                        state.broken = Some(err.to_string());
+                        shared.turn.notify_all();
+                        return Err(err);
+                    }
+                }
+            }
+            let sums = Arc::new(sums);
             state.last = Arc::clone(&sums);
             state.arrived = 0;
             state.completed = step;
@@ -322,7 +409,21 @@ impl fmt::Debug for ReplicaGroup {
             .field("replicas", &self.shared.replicas)
             .field("timeout", &self.shared.timeout)
             .field("combine", &self.shared.combine)
+            .field("processes", &self.processes())
             .finish()
+    }
+}
+
+/// A group of replicas in one process stands for processes too: each of its replicas is then
+/// one process's [`ProcessSum`] (a thread standing for a process, in tests; or groups nested
+/// in one process).
+impl ProcessSum for ReplicaGroup {
+    fn processes(&self) -> usize {
+        self.total_replicas()
+    }
+
+    fn sum(&self, _step: u64, values: &[f64], _timeout: Duration) -> Result<Vec<f64>, String> {
+        self.all_reduce(values).map_err(|e| e.to_string())
     }
 }
 
@@ -422,6 +523,86 @@ mod tests {
         assert_eq!(group.gradient_scale(), 1.0);
         let group = ReplicaGroup::new("g", 3).with_combine(GradientCombine::Mean);
         assert_eq!(group.gradient_scale(), 3.0);
+    }
+
+    /// Two "processes" (groups of 2 replicas, on threads) joined by a 2-replica group standing
+    /// for the transport: every replica of both gets the sum over all four.
+    #[test]
+    fn a_group_across_processes_sums_every_replica_of_every_process() {
+        let link = ReplicaGroup::new("link", 2);
+        let processes: Vec<ReplicaGroup> = (0..2)
+            .map(|_| {
+                ReplicaGroup::new("unet", 2)
+                    .with_combine(GradientCombine::Mean)
+                    .with_processes(Arc::new(link.clone()))
+            })
+            .collect();
+        assert_eq!(processes[0].total_replicas(), 4);
+        assert_eq!(processes[0].gradient_scale(), 4.0);
+        let steps = 20;
+        let out: Vec<Vec<Vec<f64>>> = thread::scope(|scope| {
+            let handles: Vec<_> = processes
+                .iter()
+                .enumerate()
+                .flat_map(|(p, group)| {
+                    (0..2).map(move |r| {
+                        let group = group.clone();
+                        let rank = (2 * p + r) as f64;
+                        scope.spawn(move || {
+                            (0..steps)
+                                .map(|s| group.all_reduce(&[rank, s as f64]).unwrap())
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for per_replica in &out {
+            for (s, sums) in per_replica.iter().enumerate() {
+                assert_eq!(sums, &vec![6.0, 4.0 * s as f64]);
+            }
+        }
+        assert_eq!(link.steps(), steps as u64);
+    }
+
+    /// A transport that fails names the group and step, and breaks the group.
+    #[test]
+    fn a_failed_sum_across_processes_is_an_error_naming_the_group_and_step() {
+        struct Down;
+        impl ProcessSum for Down {
+            fn processes(&self) -> usize {
+                2
+            }
+            fn sum(&self, step: u64, _: &[f64], timeout: Duration) -> Result<Vec<f64>, String> {
+                Err(format!(
+                    "process 1 did not make step {step} within {timeout:?}"
+                ))
+            }
+        }
+        let group = ReplicaGroup::new("unet", 2)
+            .with_timeout(Duration::from_secs(10))
+            .with_processes(Arc::new(Down));
+        let errors = thread::scope(|scope| {
+            let other = group.clone();
+            let first = scope.spawn(move || other.all_reduce(&[1.0]));
+            let second = group.all_reduce(&[1.0]);
+            [first.join().unwrap(), second]
+        });
+        for err in errors {
+            let err = err.unwrap_err();
+            assert_eq!(err.step, 1);
+            assert!(
+                err.to_string()
+                    .starts_with("replica group `unet`, step 1: "),
+                "{err}"
+            );
+        }
+        let again = group.all_reduce(&[1.0]).unwrap_err();
+        assert!(
+            again.to_string().contains("process 1 did not make step 1"),
+            "{again}"
+        );
     }
 
     #[test]
