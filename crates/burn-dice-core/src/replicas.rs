@@ -169,6 +169,16 @@ struct Shared {
     turn: Condvar,
 }
 
+impl Shared {
+    /// Breaks the group with `err`: every waiting replica wakes to it, every later call fails
+    /// with it. Returns `err`, for the replica that found it.
+    fn break_with(&self, state: &mut State, err: ReplicaError) -> ReplicaError {
+        state.broken = Some(err.to_string());
+        self.turn.notify_all();
+        err
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Steps completed.
@@ -328,9 +338,7 @@ impl ReplicaGroup {
                 expected: state.sums.len(),
                 got: values.len(),
             });
-            state.broken = Some(err.to_string());
-            shared.turn.notify_all();
-            return Err(err);
+            return Err(shared.break_with(&mut state, err));
         }
         for (sum, value) in state.sums.iter_mut().zip(values) {
             *sum += value;
@@ -358,10 +366,7 @@ impl ReplicaGroup {
                     Ok(total) => sums = total,
                     Err(cause) => {
                         let err = error(ReplicaErrorKind::Processes(cause));
-                        state.arrived = 0;
-                        state.broken = Some(err.to_string());
-                        shared.turn.notify_all();
-                        return Err(err);
+                        return Err(shared.break_with(&mut state, err));
                     }
                 }
             }
@@ -381,9 +386,7 @@ impl ReplicaGroup {
                     replicas: shared.replicas,
                     waited,
                 });
-                state.broken = Some(err.to_string());
-                shared.turn.notify_all();
-                return Err(err);
+                return Err(shared.break_with(&mut state, err));
             }
             state = shared
                 .turn
