@@ -14,6 +14,8 @@
 //!   policy, [`metric::DiceTotals`] for the global Dice of an epoch).
 //! - [`replicas`]: the host-side rendezvous that sums the batch statistics of data-parallel
 //!   replicas before the ratio (burn-dice's `ReplicaGroup`).
+//! - [`processes`]: the sums across the processes of a data-parallel run (over TCP), for a
+//!   `ReplicaGroup` that spans processes and for the gradients.
 //!
 //! Each line of burn-dice reads its backend's tensors as slices, calls these kernels, and wraps
 //! the result back into tensors with a custom backward; this crate has no public API promise of
@@ -24,6 +26,7 @@ pub mod checks;
 pub mod cpu;
 pub mod gpu;
 pub mod metric;
+pub mod processes;
 pub mod replicas;
 mod terms;
 #[cfg(feature = "testing")]
