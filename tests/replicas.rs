@@ -3,8 +3,10 @@
 //! `batch: true`. The replicas' values average to the one-device value (every Dice-only loss
 //! gives each replica exactly that value), and their input gradients, put side by side as the
 //! training loop combines them, are the one-device gradient: both to 1e-6 relative. On
-//! burn-ndarray, burn-flex and (feature `wgpu`) burn-wgpu, for N in {2, 3, 4}; plus a replica
-//! that sits out a step, which must fail the others with the group and step named, in time.
+//! burn-ndarray, burn-flex and (feature `wgpu`) burn-wgpu, for N in {2, 3, 4}; the same on
+//! burn-flex with the replicas in several "processes" (threads that sum through
+//! `burn_dice::processes` over TCP on 127.0.0.1); plus a replica that sits out a step, which
+//! must fail the others with the group and step named, in time.
 
 use std::time::{Duration, Instant};
 
@@ -269,13 +271,92 @@ fn on_replicas<B: AutodiffBackend>(
     (values, grad)
 }
 
+/// As [`on_replicas`], with the replicas spread over `processes` processes of `per` replicas
+/// each (threads joined over TCP on 127.0.0.1), one group per process spanning them all.
+fn on_processes<B: AutodiffBackend>(
+    kind: Kind,
+    batch: &Batch,
+    processes: usize,
+    per: usize,
+    combine: GradientCombine,
+    device: &B::Device,
+) -> (Vec<f64>, Vec<f64>) {
+    use burn_dice::processes::{Processes, ProcessesConfig};
+    use std::sync::Arc;
+    let replicas = processes * per;
+    let share = SHAPE[0] / replicas;
+    let coordinator = format!(
+        "127.0.0.1:{}",
+        burn_dice_core::processes::testing::free_port()
+    );
+    let results: Vec<Vec<(f64, Vec<f64>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..processes)
+            .map(|p| {
+                let config = ProcessesConfig::new(processes, p, coordinator.clone())
+                    .with_timeout(Duration::from_secs(60));
+                scope.spawn(move || {
+                    let joined = Arc::new(Processes::join(&config).expect("join"));
+                    let group = ReplicaGroup::new(format!("{kind:?} on {processes}x{per}"), per)
+                        .with_combine(combine)
+                        .with_processes(joined);
+                    assert_eq!(group.total_replicas(), replicas);
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = (0..per)
+                            .map(|r| {
+                                let group = group.clone();
+                                scope.spawn(move || {
+                                    let start = (p * per + r) * share;
+                                    let (x, y) = batch.part::<B>(kind, start, share, device);
+                                    let x = x.require_grad();
+                                    let value = loss(kind, Some(group), x.clone(), &y);
+                                    let backward = match combine {
+                                        GradientCombine::Sum => value.clone(),
+                                        GradientCombine::Mean => {
+                                            value.clone().div_scalar(replicas as f64)
+                                        }
+                                    };
+                                    let grads = backward.backward();
+                                    let grad = x.grad(&grads).expect("input gradient");
+                                    (values(value)[0], values(grad))
+                                })
+                            })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().expect("replica thread"))
+                            .collect()
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("process thread"))
+            .collect()
+    });
+    let results: Vec<(f64, Vec<f64>)> = results.into_iter().flatten().collect();
+    let values = results.iter().map(|(v, _)| *v).collect();
+    let grad = results.into_iter().flat_map(|(_, g)| g).collect();
+    (values, grad)
+}
+
 /// Every loss on 2, 3 and 4 replicas against one device; returns the worst errors seen.
 fn replicas_match_one_device<B: AutodiffBackend>(device: &B::Device, backend: &str) {
+    spread_matches_one_device::<B>(device, backend, &[(1, 2), (1, 3), (1, 4)]);
+}
+
+/// Every loss on each `(processes, replicas per process)` of `spreads` against one device.
+fn spread_matches_one_device<B: AutodiffBackend>(
+    device: &B::Device,
+    backend: &str,
+    spreads: &[(usize, usize)],
+) {
     let batch = Batch::new(7);
     let mut failures = Vec::new();
     for kind in Kind::ALL {
         let (value, grad) = one_device::<B>(kind, &batch, device);
-        for replicas in [2, 3, 4] {
+        for &(processes, per) in spreads {
+            let replicas = processes * per;
             // Dice-only losses in both gradient combinations; the compound ones, whose
             // cross-entropy or focal part is a mean over each replica's pixels, only where
             // each replica's loss is divided by the replicas (a sum would count it N times).
@@ -285,8 +366,11 @@ fn replicas_match_one_device<B: AutodiffBackend>(device: &B::Device, backend: &s
                 &[GradientCombine::Mean]
             };
             for &combine in combines {
-                let (replica_values, replica_grad) =
-                    on_replicas::<B>(kind, &batch, replicas, combine, device);
+                let (replica_values, replica_grad) = if processes == 1 {
+                    on_replicas::<B>(kind, &batch, replicas, combine, device)
+                } else {
+                    on_processes::<B>(kind, &batch, processes, per, combine, device)
+                };
                 let mean = replica_values.iter().sum::<f64>() / replicas as f64;
                 let mut value_err = rel_err(mean, value, 1e-3);
                 if kind.dice_only() {
@@ -296,12 +380,12 @@ fn replicas_match_one_device<B: AutodiffBackend>(device: &B::Device, backend: &s
                 }
                 let grad_err = grad_err(&replica_grad, &grad);
                 println!(
-                    "{backend} {kind:?} on {replicas} ({combine:?}): value {value:.6} error \
-                     {value_err:.1e}, gradient error {grad_err:.1e}"
+                    "{backend} {kind:?} on {processes} x {per} ({combine:?}): value {value:.6} \
+                     error {value_err:.1e}, gradient error {grad_err:.1e}"
                 );
                 if !(value_err <= TOLERANCE && grad_err <= TOLERANCE) {
                     failures.push(format!(
-                        "{kind:?} on {replicas} ({combine:?}): value {value_err:.1e}, \
+                        "{kind:?} on {processes} x {per} ({combine:?}): value {value_err:.1e}, \
                          gradient {grad_err:.1e}"
                     ));
                 }
@@ -321,6 +405,17 @@ fn flex_replicas_match_one_device() {
     replicas_match_one_device::<burn_autodiff::Autodiff<burn_flex::Flex>>(
         &Default::default(),
         "flex",
+    );
+}
+
+/// 2 processes of 1 and of 2 replicas, 3 processes of 1: every process's replicas in one
+/// group per process, spanning the processes.
+#[test]
+fn flex_replicas_in_processes_match_one_device() {
+    spread_matches_one_device::<burn_autodiff::Autodiff<burn_flex::Flex>>(
+        &Default::default(),
+        "flex",
+        &[(2, 1), (2, 2), (3, 1)],
     );
 }
 
