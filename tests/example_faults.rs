@@ -1,6 +1,8 @@
 //! The U-Net example under faults, on small configurations: killed with SIGKILL at random
 //! points and resumed, a loss that turns NaN, an output folder or checkpoint that cannot be
-//! written, an epoch of a single batch, and a `folder` data set with bad files.
+//! written, an epoch of a single batch, a `folder` data set with bad files, and data
+//! parallelism across processes (`--nodes`: two processes on 127.0.0.1, one that leaves, one
+//! alone).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -301,4 +303,172 @@ fn a_folder_with_bad_files_names_each_of_them() {
     args.push("--skip-bad-files".into());
     run_in_process(&args).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `train --nodes`: processes of the CLI that train one model on 127.0.0.1.
+mod nodes {
+    use super::*;
+    use std::io::Read;
+    use std::process::Child;
+
+    /// A free loopback port (bound, then released for the coordinator).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port()
+    }
+
+    fn node(out: &Path, epochs: usize, rank: usize, port: u16, extra: &str) -> Vec<String> {
+        let mut args = tiny(out, epochs);
+        let timeout = if extra.contains("--node-timeout") {
+            ""
+        } else {
+            "--node-timeout 60"
+        };
+        args.extend(
+            format!(
+                "--replicas 1 --nodes 2 --node-rank {rank} --coordinator 127.0.0.1:{port} \
+                 {timeout} {extra}"
+            )
+            .split_whitespace()
+            .map(String::from),
+        );
+        args
+    }
+
+    /// Waits for `child` at most `limit` (killing it then): its exit status, stdout and stderr.
+    fn finish(mut child: Child, limit: Duration) -> (bool, String, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > limit {
+                child.kill().unwrap();
+                panic!("a node ran longer than {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (mut out, mut err) = (String::new(), String::new());
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.success(), out, err)
+    }
+
+    fn spawn(args: &[String]) -> Child {
+        let mut cmd = unet(args);
+        cmd.stdout(Stdio::piped());
+        cmd.spawn().unwrap()
+    }
+
+    #[test]
+    fn two_processes_train_like_two_replicas() {
+        let dir = scratch("nodes");
+        let port = free_port();
+        let (out0, out1, both) = (dir.join("node0"), dir.join("node1"), dir.join("replicas"));
+        let nodes: Vec<Child> = (0..2)
+            .map(|rank| spawn(&node([&out0, &out1][rank], 2, rank, port, "--batch-dice")))
+            .collect();
+        let ends: Vec<_> = nodes
+            .into_iter()
+            .map(|child| finish(child, Duration::from_secs(600)))
+            .collect();
+        for (rank, (ok, out, err)) in ends.iter().enumerate() {
+            assert!(ok, "node {rank} failed: {err}");
+            assert!(
+                out.contains(&format!(
+                    "node {rank} of 2: training on images {}..{} of the 192",
+                    96 * rank,
+                    96 * (rank + 1)
+                )),
+                "{out}"
+            );
+            println!("--- node {rank}\n{out}");
+        }
+        // The same run on one process with two replicas (burn-train's multi-device strategy).
+        let mut args = tiny(&both, 2);
+        args.extend(["--replicas".into(), "2".into(), "--batch-dice".into()]);
+        run_in_process(&args).unwrap();
+        let (d0, d1, d2) = (final_dice(&out0), final_dice(&out1), final_dice(&both));
+        println!(
+            "validation Dice after 2 epochs: node 0 {d0:.4}, node 1 {d1:.4}, 2 replicas {d2:.4}"
+        );
+        // The nodes' models differ only in their batch-norm running statistics; the replicas'
+        // run draws its batches in another order (burn-train forks the shuffling per replica).
+        assert!((d0 - d1).abs() < 0.02, "node 0 {d0} vs node 1 {d1}");
+        assert!((d0 - d2).abs() < 0.05, "node 0 {d0} vs 2 replicas {d2}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_node_that_leaves_fails_the_other_at_the_step_it_missed() {
+        let dir = scratch("nodes-leave");
+        let port = free_port();
+        // Node 1 trains one epoch (12 steps) and exits; node 0 goes on to step 13.
+        let node0 = spawn(&node(&dir.join("node0"), 2, 0, port, ""));
+        let node1 = spawn(&node(&dir.join("node1"), 1, 1, port, ""));
+        let (ok1, _, err1) = finish(node1, Duration::from_secs(600));
+        assert!(ok1, "{err1}");
+        let started = Instant::now();
+        let (ok0, _, err0) = finish(node0, Duration::from_secs(600));
+        assert!(!ok0);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            err0.contains("the training failed at epoch 2, batch 1/12"),
+            "{err0}"
+        );
+        assert!(err0.contains("step 13: rank 1 has left"), "{err0}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lone_node_fails_to_join_within_its_timeout_and_bad_flags_are_named() {
+        let dir = scratch("nodes-alone");
+        let port = free_port();
+        let started = Instant::now();
+        let err =
+            run_in_process(&node(&dir.join("run"), 1, 0, port, "--node-timeout 1.5")).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(
+            err.contains(&format!(
+                "rank(s) 1 did not join the coordinator at 127.0.0.1:{port} within 1.5 s"
+            )),
+            "{err}"
+        );
+        let err = run_in_process(&node(&dir.join("run"), 1, 2, port, "")).unwrap_err();
+        assert!(
+            err.contains("--node-rank must be in 0..2 (--nodes 2), got 2"),
+            "{err}"
+        );
+        let err =
+            run_in_process(&node(&dir.join("run"), 1, 1, port, "--node-timeout 0")).unwrap_err();
+        assert!(
+            err.contains("--node-timeout must be a positive number"),
+            "{err}"
+        );
+        let mut args = node(&dir.join("run"), 1, 1, port, "");
+        let at = args.iter().position(|a| a == "--coordinator").unwrap();
+        args[at + 1] = "nowhere".into();
+        let err = run_in_process(&args).unwrap_err();
+        assert!(
+            err.contains("--coordinator") && err.contains("`nowhere`"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use burn_dice::processes::{Processes, ProcessesConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::data::folder::Folder;
@@ -227,6 +228,64 @@ pub struct TrainArgs {
     /// every step.
     #[arg(long)]
     pub batch_dice: bool,
+    /// Processes training one model together (data parallelism across processes or
+    /// machines): each trains on its share of the training set, and every step sums the
+    /// processes' gradients (and, with --batch-dice, the loss's statistics) through the
+    /// coordinator. Start one process per rank, each with its own --out.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// This process's rank, 0..--nodes; rank 0 is the coordinator.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// The coordinator's host:port: rank 0 listens on that port (on every interface), the
+    /// others connect to that host.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub coordinator: String,
+    /// Seconds a process waits for the others (to join, and at every step) before it fails
+    /// with an error naming the step.
+    #[arg(long, default_value_t = 120.0)]
+    pub node_timeout: f64,
+}
+
+impl TrainArgs {
+    /// The processes of `--nodes`, joined (`None` for one process).
+    ///
+    /// # Errors
+    /// When --nodes, --node-rank, --coordinator or --node-timeout is wrong, or the processes
+    /// fail to join (the message names the ranks missing).
+    pub fn join_nodes(&self) -> Result<Option<std::sync::Arc<Processes>>, String> {
+        if self.nodes == 0 {
+            return Err("--nodes must be at least 1, got 0".into());
+        }
+        if self.node_rank >= self.nodes {
+            return Err(format!(
+                "--node-rank must be in 0..{} (--nodes {}), got {}",
+                self.nodes, self.nodes, self.node_rank
+            ));
+        }
+        if !(self.node_timeout.is_finite() && self.node_timeout > 0.0) {
+            return Err(format!(
+                "--node-timeout must be a positive number of seconds, got {}",
+                self.node_timeout
+            ));
+        }
+        if self.nodes == 1 {
+            return Ok(None);
+        }
+        let config = ProcessesConfig::new(self.nodes, self.node_rank, self.coordinator.clone())
+            .with_timeout(std::time::Duration::from_secs_f64(self.node_timeout));
+        config.check().map_err(|e| format!("--coordinator: {e}"))?;
+        println!(
+            "node {} of {}: joining the coordinator at {} ...",
+            self.node_rank, self.nodes, self.coordinator
+        );
+        let processes = Processes::join(&config)?;
+        println!(
+            "node {} of {}: every node has joined",
+            self.node_rank, self.nodes
+        );
+        Ok(Some(std::sync::Arc::new(processes)))
+    }
 }
 
 /// The replicas a training run on `backend` gets when `--replicas` is not given.

@@ -69,8 +69,15 @@ pub fn run<B: AutodiffBackend>(command: Command, device: B::Device) -> Result<()
                 .with_data(data.name())
                 .with_image_size(args.data.image_size())
             };
-            let report =
-                training::train::<B>(config, data.as_ref(), &args.out, args.resume, &device)?;
+            let processes = args.join_nodes()?;
+            let report = training::train_on_nodes::<B>(
+                config,
+                data.as_ref(),
+                &args.out,
+                args.resume,
+                processes,
+                &device,
+            )?;
             if let Some(last) = report.rows.last() {
                 println!(
                     "trained {} epoch(s) in {:.0} s: validation Dice {:.4} (foreground mean); artifacts in {}",

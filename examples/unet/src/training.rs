@@ -24,6 +24,7 @@ use burn::train::{
     TrainStep,
 };
 use burn_dice::metric::{DiceMetric, Prediction, SegmentationOutput};
+use burn_dice::processes::{ModuleSums, Processes};
 use burn_dice::{
     Activation, DiceCELoss, DiceCELossConfig, DiceFocalLoss, DiceFocalLossConfig, DiceLoss,
     DiceLossConfig, GeneralizedDiceLoss, GeneralizedDiceLossConfig, GradientCombine, ReplicaGroup,
@@ -151,6 +152,10 @@ pub struct SegModel<B: Backend> {
     /// their statistics are summed before the ratio, in training steps only.
     #[module(skip)]
     pub group: Option<ReplicaGroup>,
+    /// The processes of a run across processes (`--nodes`): each training step's gradients
+    /// are summed over them (and, with batch Dice, `group` spans them).
+    #[module(skip)]
+    pub processes: Option<Arc<Processes>>,
     /// The message of the first training step that panicked (shared by the clones). A replica
     /// runs on a thread of burn-train's, which only sees the channel to it close: [`train`]
     /// reports this message instead.
@@ -170,9 +175,26 @@ fn on<L>(loss: L, group: Option<ReplicaGroup>, with_replicas: fn(L, ReplicaGroup
 /// divides its loss by the replicas (see `train_step`), so the group scales each replica's
 /// share of the gradient by as much ([`GradientCombine::Mean`]).
 pub fn replica_group(config: &TrainConfig) -> Option<ReplicaGroup> {
+    replica_group_on(config, None)
+}
+
+/// [`replica_group`] of a run on `processes`: with batch Dice the group spans them (even with
+/// one replica each), waiting for them as long as they wait for each other.
+pub fn replica_group_on(
+    config: &TrainConfig,
+    processes: Option<&Arc<Processes>>,
+) -> Option<ReplicaGroup> {
     let replicas = config.replicas.unwrap_or(1);
-    (config.batch_dice && replicas > 1).then(|| {
-        ReplicaGroup::new("unet training steps", replicas).with_combine(GradientCombine::Mean)
+    let nodes = processes.map_or(1, |p| p.config().processes);
+    (config.batch_dice && replicas * nodes > 1).then(|| {
+        let group =
+            ReplicaGroup::new("unet training steps", replicas).with_combine(GradientCombine::Mean);
+        match processes {
+            Some(p) => group
+                .with_timeout(p.config().timeout)
+                .with_processes(p.clone()),
+            None => group,
+        }
     })
 }
 
@@ -204,6 +226,7 @@ impl<B: Backend> SegModel<B> {
             replicas: config.replicas.unwrap_or(1).max(1),
             batch_dice: config.batch_dice,
             group: replica_group(config),
+            processes: None,
             failure: Arc::default(),
         };
         model.visit(&mut Materialize);
@@ -288,8 +311,8 @@ impl<B: AutodiffBackend> TrainStep for SegModel<B> {
     /// When the loss is NaN or infinite ([`NON_FINITE_LOSS`]); [`train`] turns that into an
     /// error naming the epoch, the batch and the last complete checkpoint.
     fn step(&self, batch: SegBatch<B>) -> TrainOutput<SegmentationOutput<B>> {
-        self.steps.fetch_add(1, Ordering::Relaxed);
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.train_step(batch))) {
+        let step = self.steps.fetch_add(1, Ordering::Relaxed) + 1;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.train_step(step, batch))) {
             Ok(output) => output,
             Err(payload) => {
                 let message = panic_message(payload.as_ref());
@@ -304,17 +327,25 @@ impl<B: AutodiffBackend> TrainStep for SegModel<B> {
 }
 
 impl<B: AutodiffBackend> SegModel<B> {
-    fn train_step(&self, batch: SegBatch<B>) -> TrainOutput<SegmentationOutput<B>> {
+    fn train_step(&self, step: usize, batch: SegBatch<B>) -> TrainOutput<SegmentationOutput<B>> {
         let output = self.output(batch, self.group.as_ref());
         // burn-train's loss metric reads the value back anyway: checking it costs no extra wait.
         let value: f64 = output.loss.clone().into_scalar().elem();
         assert!(value.is_finite(), "{NON_FINITE_LOSS}: {value}");
-        // burn-train sums the replicas' gradients: each contributes its share of the mean.
-        let grads = match self.replicas {
+        // burn-train sums the replicas' gradients, and the processes sum theirs: each
+        // replica of each process contributes its share of the mean.
+        let nodes = self.processes.as_ref().map_or(1, |p| p.config().processes);
+        let grads = match self.replicas * nodes {
             1 => output.loss.backward(),
             n => output.loss.clone().div_scalar(n as f64).backward(),
         };
-        TrainOutput::new(self, grads, output)
+        let mut out = TrainOutput::new(self, grads, output);
+        if let Some(processes) = &self.processes {
+            out.grads = processes
+                .sum_gradients(step as u64, self, out.grads)
+                .unwrap_or_else(|e| panic!("the sum of the gradients across --nodes failed: {e}"));
+        }
+        out
     }
 }
 
@@ -377,6 +408,24 @@ pub fn train<B: AutodiffBackend>(
     resume: bool,
     device: &B::Device,
 ) -> Result<TrainReport, String> {
+    train_on_nodes::<B>(config, data, out, resume, None, device)
+}
+
+/// [`train`] as one of the processes of a data-parallel run across processes (`--nodes`):
+/// this process trains on its share of the training set (rank `r` of `n` takes the `r`-th of
+/// `n` equal slices, the rest left out so that every process makes every step), starts from
+/// the coordinator's weights, and sums each step's gradients with the other processes (with
+/// batch Dice, the loss's statistics too). Each process validates on the whole validation
+/// set with its model: the models differ only in their batch-norm running statistics, which
+/// each process keeps from its own batches. `None` is [`train`].
+pub fn train_on_nodes<B: AutodiffBackend>(
+    config: TrainConfig,
+    data: &dyn SegmentationData,
+    out: &Path,
+    resume: bool,
+    processes: Option<Arc<Processes>>,
+    device: &B::Device,
+) -> Result<TrainReport, String> {
     std::fs::create_dir_all(out)
         .map_err(|e| format!("cannot create --out {}: {e}", out.display()))?;
     let resume_from = if resume {
@@ -394,6 +443,24 @@ pub fn train<B: AutodiffBackend>(
     crate::progress::write_atomic(&config_path, config.to_string().as_bytes())?;
     B::seed(device, config.seed);
     let mut splits = data.load()?;
+    if let Some(processes) = &processes {
+        let (rank, nodes) = (processes.rank(), processes.config().processes);
+        let share = splits.train.len() / nodes;
+        if share == 0 {
+            return Err(format!(
+                "--nodes {nodes}: {} training images cannot give every node one",
+                splits.train.len()
+            ));
+        }
+        println!(
+            "node {rank} of {nodes}: training on images {}..{} of the {} (an equal share each)",
+            rank * share,
+            (rank + 1) * share,
+            splits.train.len()
+        );
+        splits.train.truncate((rank + 1) * share);
+        splits.train.drain(..rank * share);
+    }
     let replicas = config.replicas.unwrap_or(1);
     if let Some(kept) = whole_steps(splits.train.len(), replicas, config.batch_dice) {
         println!(
@@ -470,7 +537,14 @@ pub fn train<B: AutodiffBackend>(
         log.clone(),
         interrupter.clone(),
     ));
-    let model = SegModel::<B>::new(&config, device);
+    let mut model = SegModel::<B>::new(&config, device);
+    if let Some(processes) = &processes {
+        // Every process starts from the coordinator's weights (a resumed run from its own
+        // checkpoint, which holds the same weights in every process).
+        model.unet = processes.share_module(model.unet)?;
+        model.group = replica_group_on(&config, Some(processes));
+        model.processes = Some(processes.clone());
+    }
     let steps = model.steps.clone();
     let failure = model.failure.clone();
     let optimizer = AdamConfig::new().init();
