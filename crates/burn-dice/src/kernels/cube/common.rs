@@ -143,7 +143,7 @@ pub(super) fn one_hot(label: f32, c: usize) -> f32 {
 pub(super) fn client_cube<R: CubeRuntime>(client: &ComputeClient<R>) -> usize {
     let max_units = client.properties().hardware.max_units_per_cube;
     #[cfg(test)]
-    let max_units = max_units.min(tests::CUBE_LIMIT.load(Ordering::Relaxed) as u32);
+    let max_units = max_units.min(tests::CUBE_LIMIT.get() as u32);
     cube_size(max_units)
 }
 
@@ -525,7 +525,7 @@ impl<R: CubeRuntime> Data<R> {
             widest_all = widest_all.min(widest(labels));
         }
         #[cfg(test)]
-        let widest_all = widest_all.min(tests::LANES_LIMIT.load(Ordering::Relaxed));
+        let widest_all = widest_all.min(tests::LANES_LIMIT.get());
         lanes_for(self.dims()[2], widest_all)
     }
 
@@ -610,14 +610,17 @@ pub(super) fn target<N: Size>(
 
 #[cfg(test)]
 pub(super) mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::cell::Cell;
 
-    /// Caps [`cube_size`] in tests, to run the kernels in cubes smaller than a GPU's 256
-    /// threads (a device with a lower limit) on one that allows 256. Process-wide: a cube size
-    /// changes how the sums are grouped, not their values beyond rounding.
-    pub(in crate::kernels) static CUBE_LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    thread_local! {
+        /// Caps [`cube_size`] in tests, to run the kernels in cubes smaller than a GPU's 256
+        /// threads (a device with a lower limit) on one that allows 256. Per thread (the
+        /// kernels are launched on the calling thread), so that a test that narrows the cubes
+        /// leaves the tests running beside it as they are.
+        pub(in crate::kernels) static CUBE_LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
 
-    /// Caps [`Data::lanes`] in tests, to run a shape whose rows allow vector loads with
-    /// narrower ones (or none). Process-wide, as [`CUBE_LIMIT`].
-    pub(in crate::kernels) static LANES_LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+        /// Caps [`Data::lanes`] in tests, to run a shape whose rows allow vector loads with
+        /// narrower ones (or none). Per thread, as [`CUBE_LIMIT`].
+        pub(in crate::kernels) static LANES_LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
 }

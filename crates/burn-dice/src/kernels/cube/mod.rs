@@ -506,19 +506,20 @@ mod tests {
     }
 
     /// The reductions in cubes of 64 threads (the fewest they take), as on a device that
-    /// allows fewer than 256: the tree's first level then adds 4 values, not 16.
+    /// allows fewer than 256: the tree's first level then adds 4 values, not 16. On the
+    /// shapes of several cubes per sample (scalar and vector loads, few and many classes):
+    /// the one-block shapes fill one cube either way.
     #[test]
     fn kernels_equal_generic_in_cubes_of_64() {
-        use std::sync::atomic::Ordering;
         let Some(device) = device() else { return };
         let limit = &super::common::tests::CUBE_LIMIT;
-        limit.store(64, Ordering::Relaxed);
+        limit.set(64);
         let result = std::panic::catch_unwind(|| {
-            for shape in SHAPES {
-                compare_on::<Ad<WgpuCube>>(&device, shape);
+            for shape in &SHAPES[1..4] {
+                compare_on::<Ad<WgpuCube>>(&device, *shape);
             }
         });
-        limit.store(usize::MAX, Ordering::Relaxed);
+        limit.set(usize::MAX);
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
         }
@@ -646,16 +647,15 @@ mod tests {
         // One shape whose rows take 4 lanes, run with 2 and with scalar loads (as on a device
         // that loads less at once): every width gives the generic path's values. (The only
         // test that narrows them, so the asserts above see the device's widths.)
-        use std::sync::atomic::Ordering;
         let limit = &super::common::tests::LANES_LIMIT;
         let result = std::panic::catch_unwind(|| {
             for lanes in [2, 1] {
-                limit.store(lanes, Ordering::Relaxed);
+                limit.set(lanes);
                 assert_eq!(data(96).lanes(), lanes);
                 compare_on::<Ad<WgpuCube>>(&device, [2, 3, 8, 12]);
             }
         });
-        limit.store(usize::MAX, Ordering::Relaxed);
+        limit.set(usize::MAX);
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
         }
