@@ -229,24 +229,24 @@ fn one_device<B: AutodiffBackend>(
     (values(value)[0], values(grad))
 }
 
-/// The values of `replicas` replicas (threads) with equal shares of the batch and the
-/// gradients of their inputs, concatenated in batch order, as `combine` scales them.
-fn on_replicas<B: AutodiffBackend>(
+/// The replicas `first..first + group.replicas()` of `replicas` in all (threads of this
+/// process, each with its equal share of the batch and a clone of `group`): their values and
+/// input gradients, in batch order, each replica's loss divided by `replicas` for `Mean`.
+fn run_replicas<B: AutodiffBackend>(
     kind: Kind,
     batch: &Batch,
+    group: &ReplicaGroup,
+    first: usize,
     replicas: usize,
-    combine: GradientCombine,
     device: &B::Device,
-) -> (Vec<f64>, Vec<f64>) {
-    let group = ReplicaGroup::new(format!("{kind:?} on {replicas}"), replicas)
-        .with_combine(combine)
-        .with_timeout(Duration::from_secs(60));
+) -> Vec<(f64, Vec<f64>)> {
     let share = SHAPE[0] / replicas;
-    let results: Vec<(f64, Vec<f64>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..replicas)
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (first..first + group.replicas())
             .map(|r| {
                 let group = group.clone();
                 scope.spawn(move || {
+                    let combine = group.combine();
                     let (x, y) = batch.part::<B>(kind, r * share, share, device);
                     let x = x.require_grad();
                     let value = loss(kind, Some(group), x.clone(), &y);
@@ -264,11 +264,31 @@ fn on_replicas<B: AutodiffBackend>(
             .into_iter()
             .map(|h| h.join().expect("replica thread"))
             .collect()
-    });
-    assert_eq!(group.steps(), 1, "{kind:?}: one rendezvous a call");
+    })
+}
+
+/// The values and the concatenated input gradients of replicas `results`.
+fn side_by_side(results: Vec<(f64, Vec<f64>)>) -> (Vec<f64>, Vec<f64>) {
     let values = results.iter().map(|(v, _)| *v).collect();
     let grad = results.into_iter().flat_map(|(_, g)| g).collect();
     (values, grad)
+}
+
+/// The values of `replicas` replicas (threads) with equal shares of the batch and the
+/// gradients of their inputs, concatenated in batch order, as `combine` scales them.
+fn on_replicas<B: AutodiffBackend>(
+    kind: Kind,
+    batch: &Batch,
+    replicas: usize,
+    combine: GradientCombine,
+    device: &B::Device,
+) -> (Vec<f64>, Vec<f64>) {
+    let group = ReplicaGroup::new(format!("{kind:?} on {replicas}"), replicas)
+        .with_combine(combine)
+        .with_timeout(Duration::from_secs(60));
+    let results = run_replicas::<B>(kind, batch, &group, 0, replicas, device);
+    assert_eq!(group.steps(), 1, "{kind:?}: one rendezvous a call");
+    side_by_side(results)
 }
 
 /// As [`on_replicas`], with the replicas spread over `processes` processes of `per` replicas
@@ -284,7 +304,6 @@ fn on_processes<B: AutodiffBackend>(
     use burn_dice::processes::{Processes, ProcessesConfig};
     use std::sync::Arc;
     let replicas = processes * per;
-    let share = SHAPE[0] / replicas;
     let coordinator = format!(
         "127.0.0.1:{}",
         burn_dice_core::processes::testing::free_port()
@@ -300,32 +319,7 @@ fn on_processes<B: AutodiffBackend>(
                         .with_combine(combine)
                         .with_processes(joined);
                     assert_eq!(group.total_replicas(), replicas);
-                    std::thread::scope(|scope| {
-                        let handles: Vec<_> = (0..per)
-                            .map(|r| {
-                                let group = group.clone();
-                                scope.spawn(move || {
-                                    let start = (p * per + r) * share;
-                                    let (x, y) = batch.part::<B>(kind, start, share, device);
-                                    let x = x.require_grad();
-                                    let value = loss(kind, Some(group), x.clone(), &y);
-                                    let backward = match combine {
-                                        GradientCombine::Sum => value.clone(),
-                                        GradientCombine::Mean => {
-                                            value.clone().div_scalar(replicas as f64)
-                                        }
-                                    };
-                                    let grads = backward.backward();
-                                    let grad = x.grad(&grads).expect("input gradient");
-                                    (values(value)[0], values(grad))
-                                })
-                            })
-                            .collect();
-                        handles
-                            .into_iter()
-                            .map(|h| h.join().expect("replica thread"))
-                            .collect()
-                    })
+                    run_replicas::<B>(kind, batch, &group, p * per, replicas, device)
                 })
             })
             .collect();
@@ -334,10 +328,7 @@ fn on_processes<B: AutodiffBackend>(
             .map(|h| h.join().expect("process thread"))
             .collect()
     });
-    let results: Vec<(f64, Vec<f64>)> = results.into_iter().flatten().collect();
-    let values = results.iter().map(|(v, _)| *v).collect();
-    let grad = results.into_iter().flat_map(|(_, g)| g).collect();
-    (values, grad)
+    side_by_side(results.into_iter().flatten().collect())
 }
 
 /// Every loss on 2, 3 and 4 replicas against one device; returns the worst errors seen.
