@@ -10,6 +10,7 @@ pub mod generalized_dice;
 pub mod kernels;
 pub mod metric;
 mod numerics;
+pub mod processes;
 pub mod reduction;
 pub mod replicas;
 mod stats;
@@ -24,7 +25,7 @@ pub use dice_focal::{DiceFocalLoss, DiceFocalLossConfig};
 pub use generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
 pub use kernels::KernelPath;
 pub use reduction::DiceReduction;
-pub use replicas::{GradientCombine, ReplicaGroup};
+pub use replicas::{GradientCombine, ProcessSum, ReplicaGroup};
 pub use target::DiceTarget;
 pub use tversky::{TverskyLoss, TverskyLossConfig};
 

@@ -51,7 +51,9 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-pub use burn_dice_core::replicas::{GradientCombine, ReplicaError, ReplicaErrorKind, ReplicaGroup};
+pub use burn_dice_core::replicas::{
+    GradientCombine, ProcessSum, ReplicaError, ReplicaErrorKind, ReplicaGroup,
+};
 
 /// Sums `local` (`[rows, class]` statistics, stacked) across the replicas of `group`: the
 /// value is the global sum, the gradient flows to `local` scaled by the group's
