@@ -50,8 +50,8 @@ pub trait ModuleSums {
     /// [`Processes::sum`] with every gradient of `module`'s float parameters, in the module's
     /// visiting order (the same in every process: burn's parameter ids are drawn at random
     /// per process, so they cannot pair the gradients), converted to `f64` and back to each
-    /// gradient's dtype. A parameter without a gradient must have none in every process.
-    /// `step` labels the call in errors.
+    /// gradient's dtype ([`Processes::sum_parts`]). A parameter without a gradient must have
+    /// none in every process. `step` labels the call in errors.
     ///
     /// # Errors
     /// As [`Processes::sum`], and when the processes' modules or gradients differ (another
@@ -65,8 +65,8 @@ pub trait ModuleSums {
 
     /// The coordinator's values of `module`'s float parameters, in every process: call it
     /// once, after every process has built its model, so that all start from the same
-    /// weights whatever their seeds. One [`Processes::sum`] of every parameter (the other
-    /// processes add zeros), labelled step 0 in errors.
+    /// weights whatever their seeds. One [`Processes::share`] of every parameter, labelled
+    /// step 0 in errors.
     ///
     /// # Errors
     /// As [`Processes::sum`], and when the processes' modules have different sizes.
@@ -87,26 +87,12 @@ impl ModuleSums for Processes {
         };
         module.visit(&mut gather);
         let GatherGradients {
-            mut values,
-            present,
-            ..
+            values, present, ..
         } = gather;
-        let count = values.len();
-        values.extend(present.iter().map(|&p| if p { 1.0 } else { 0.0 }));
-        let summed = self.sum(step, &values, self.config().timeout)?;
-        let processes = self.config().processes as f64;
-        for (index, (&here, &all)) in present.iter().zip(&summed[count..]).enumerate() {
-            if all != if here { processes } else { 0.0 } {
-                return Err(format!(
-                    "step {step}: the {}-th float parameter has a gradient in {all} of the {}                      processes (the processes' modules or losses differ)",
-                    index + 1,
-                    self.config().processes
-                ));
-            }
-        }
+        let summed = self.sum_parts(step, &values, &present)?;
         let mut spread = SpreadGradients {
             grads: &mut grads,
-            values: &summed[..count],
+            values: &summed,
         };
         module.visit(&mut spread);
         Ok(grads)
@@ -115,11 +101,7 @@ impl ModuleSums for Processes {
     fn share_module<M: Module>(&self, module: M) -> Result<M, String> {
         let mut gather = GatherValues { values: Vec::new() };
         module.visit(&mut gather);
-        let mut values = gather.values;
-        if self.rank() != 0 {
-            values.iter_mut().for_each(|v| *v = 0.0);
-        }
-        let shared = self.sum(0, &values, self.config().timeout)?;
+        let shared = self.share(&gather.values)?;
         let mut spread = SpreadValues { values: &shared };
         Ok(module.map(&mut spread))
     }

@@ -510,6 +510,54 @@ impl Processes {
         result
     }
 
+    /// The sum of `values` over every process, where the values are parts of which each
+    /// process may lack some (a step's gradients: a parameter without a gradient has no
+    /// part): `present[i]` says whether this process has the `i`-th, and `values` holds the
+    /// parts it has, in order. Every process must have the same parts; the sum is checked.
+    /// One [`sum`](Self::sum) within the configured timeout.
+    ///
+    /// # Errors
+    /// As [`sum`](Self::sum), and when a part is present in some processes only (the
+    /// processes' models or losses differ).
+    pub fn sum_parts(
+        &self,
+        step: u64,
+        values: &[f64],
+        present: &[bool],
+    ) -> Result<Vec<f64>, String> {
+        let count = values.len();
+        let mut all = values.to_vec();
+        all.extend(present.iter().map(|&p| if p { 1.0 } else { 0.0 }));
+        let mut summed = self.sum(step, &all, self.config.timeout)?;
+        let processes = self.config.processes as f64;
+        for (index, (&here, &seen)) in present.iter().zip(&summed[count..]).enumerate() {
+            if seen != if here { processes } else { 0.0 } {
+                return Err(format!(
+                    "step {step}: float parameter {} (in the module's order) has a gradient \
+                     in {seen} of the {} processes (the processes' modules or losses differ)",
+                    index + 1,
+                    self.config.processes
+                ));
+            }
+        }
+        summed.truncate(count);
+        Ok(summed)
+    }
+
+    /// Rank 0's `values` in every process (the others' are not read, and must have its
+    /// length): one [`sum`](Self::sum) within the configured timeout, labelled step 0.
+    ///
+    /// # Errors
+    /// As [`sum`](Self::sum).
+    pub fn share(&self, values: &[f64]) -> Result<Vec<f64>, String> {
+        let mine = if self.config.rank == 0 {
+            values.to_vec()
+        } else {
+            vec![0.0; values.len()]
+        };
+        self.sum(0, &mine, self.config.timeout)
+    }
+
     fn next_call(&self) -> u64 {
         self.calls.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -827,6 +875,30 @@ mod tests {
             err.contains("rank 1 could not join the coordinator"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn parts_and_shares_across_processes() {
+        let results = on_processes(2, Duration::from_secs(20), |rank, processes| {
+            let shared = processes.share(&[rank as f64 + 1.0, 7.0]).unwrap();
+            // Both have parts 0 and 2; part 1 is missing in both.
+            let parts = processes
+                .sum_parts(1, &[1.0, 10.0 * rank as f64], &[true, false, true])
+                .unwrap();
+            // As many parts in both, but part 2 in rank 0 only and part 3 in rank 1 only.
+            let present = [true, rank == 0, rank == 1];
+            let mismatch = processes.sum_parts(2, &[1.0, 5.0], &present);
+            (shared, parts, mismatch)
+        });
+        for (shared, parts, mismatch) in results {
+            assert_eq!(shared, vec![1.0, 7.0]);
+            assert_eq!(parts, vec![2.0, 10.0]);
+            let err = mismatch.unwrap_err();
+            assert!(
+                err.contains("step 2: float parameter 2 (in the module's order) has a gradient in 1 of the 2 processes"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
