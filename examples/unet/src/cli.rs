@@ -237,8 +237,9 @@ pub struct TrainArgs {
     /// This process's rank, 0..--nodes; rank 0 is the coordinator.
     #[arg(long, default_value_t = 0)]
     pub node_rank: usize,
-    /// The coordinator's host:port: rank 0 listens on that port (on every interface), the
-    /// others connect to that host.
+    /// The coordinator's host:port: rank 0 listens on exactly that address (127.0.0.1: this
+    /// machine only; give rank 0 0.0.0.0:PORT to listen on every interface), the others
+    /// connect to it.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub coordinator: String,
     /// Seconds a process waits for the others (to join, and at every step) before it fails
