@@ -14,6 +14,8 @@
 # warnings denied: `cargo doc` only checks the dependencies, which the consumer's own checks have
 # just done in the same target dir (documenting from the workspace took a third full check of
 # burn, about 7 minutes a line on 2 cores).
+# Both consumers resolve fresh (no lock file) with burn's default features, as a newcomer's
+# `cargo add` does, and print the systemstat they got (burn-dice bounds it below 0.2.8).
 # Prints how many crates each set-up builds. Run by .ci/run; needs no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +46,13 @@ for crate in burn-dice burn-dice-core; do
   mkdir -p "tests/consumer/$crate"
   tar -xzf "$target_dir/package/$crate-$version.crate" -C "tests/consumer/$crate" --strip-components=1
 done
-# The workspace's versions, so that the consumer builds what the tests tested.
-cp Cargo.lock tests/consumer/Cargo.lock
+# Resolved fresh, as a newcomer's `cargo add` resolves: the newest semver-compatible releases,
+# not the workspace's lock file, so that a release that breaks a user's build (systemstat 0.2.8
+# did, inside burn-train) fails here the day it is out.
+rm -f tests/consumer/Cargo.lock
+cargo generate-lockfile --manifest-path tests/consumer/Cargo.toml
+systemstat_resolved() { awk '/^name = "systemstat"$/ { getline; gsub(/"/, "", $3); print "  systemstat", $3 }' "$1"; }
+systemstat_resolved tests/consumer/Cargo.lock
 manifest=tests/consumer/Cargo.toml
 for set in cpu gpu; do
   crates=$(cargo tree --manifest-path "$manifest" --features "$set" -e normal,build --prefix none \
@@ -69,7 +76,9 @@ mkdir -p tests/consumer-0.22/burn-dice
 tar -xzf "$target_dir/package/burn-dice-$version22.crate" -C tests/consumer-0.22/burn-dice \
   --strip-components=1
 cp -r tests/consumer/burn-dice-core tests/consumer-0.22/burn-dice-core
-cp crates/burn-dice-0.22/Cargo.lock tests/consumer-0.22/Cargo.lock
+rm -f tests/consumer-0.22/Cargo.lock
+cargo generate-lockfile --manifest-path tests/consumer-0.22/Cargo.toml
+systemstat_resolved tests/consumer-0.22/Cargo.lock
 manifest=tests/consumer-0.22/Cargo.toml
 crates=$(cargo tree --manifest-path "$manifest" -e normal,build --prefix none \
   | sed 's/ (\*)$//' | sort -u | wc -l)
