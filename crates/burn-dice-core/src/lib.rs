@@ -7,9 +7,10 @@
 //!   `soft_label`).
 //! - [`cpu`]: the fused CPU kernels on slices: the per-(sample, class) statistics with the
 //!   activation, the cross-entropy or focal term of `DiceCELoss` / `DiceFocalLoss` in the same
-//!   pass, the data checks, and their backward passes; parallel on rayon, compiled per
-//!   instruction set (AVX2/FMA, AVX-512 where the CPU has them, chosen at run time). Feature
-//!   `cpu` (on in burn-dice with its CPU backends' kernels).
+//!   pass, the data checks, and their backward passes; parallel on rayon, written against
+//!   explicit vectors (macerator) and compiled per instruction set (AVX-512, AVX2 + FMA,
+//!   SSE4.2, NEON, scalar; chosen at run time, capped by `BURN_DICE_ISA`). Feature `cpu` (on in
+//!   burn-dice with its CPU backends' kernels).
 //! - [`metric`]: the hard Dice metric's host arithmetic (a score from counts, the empty-class
 //!   policy, [`metric::DiceTotals`] for the global Dice of an epoch).
 //! - [`replicas`]: the host-side rendezvous that sums the batch statistics of data-parallel

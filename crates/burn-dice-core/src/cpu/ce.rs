@@ -1,7 +1,7 @@
 //! The cross-entropy term of `DiceCELoss`, summed in the statistics' pass (a
 //! [`PixelTerm`] of `stats.rs`): per sample the sums of the pixel losses and of their weights,
 //! block by block on the data the pass has read, and the closed-form gradient added to the
-//! statistics' in their backward pass, the softmax recomputed.
+//! statistics' in their backward pass.
 //!
 //! Per pixel, with `w` the class weights (ones without `ce_weight`), `ε` the label smoothing,
 //! `C` the class count, `v` the validity weight and `log p = log_softmax(x)`:
@@ -12,10 +12,19 @@
 //! - one channel (binary cross-entropy with logits, `π` the positive weight):
 //!   `loss = −v·(π·t·log σ(x) + (1 − t)·log σ(−x))`, `norm = v`;
 //!   `∂loss/∂x = v·(σ(x)·(π·t + 1 − t) − π·t)`.
+//!
+//! The softmax (or the sigmoid) is the statistics' own where their activation is the same:
+//! `log p_c = x_c − max − ln Σ e` from the `max` and `Σ e` of their forward pass (one `ln` per
+//! pixel), and `p` from their probabilities in the backward pass (nothing to recompute). With
+//! another activation the term computes its own.
 
-use super::common::{exp, ln, load_aux, softmax_exps, Problem, Target, BLOCK};
+use macerator::Simd;
+
+use super::common::{softmax_exps, Problem, Target, BLOCK};
 use super::jobs::Job;
-use super::stats::PixelTerm;
+use super::simd::{lanes, ln, load, neg, sigmoid, splat, store, sum_f64, Logistic};
+use super::stats::{BlockData, PixelTerm};
+use crate::Activation;
 
 /// One cross-entropy problem: the data of `base` (its activation and `terms` are not
 /// read) and the options of the term.
@@ -31,68 +40,49 @@ pub struct CeProblem<'a> {
     pub label_smoothing: f32,
 }
 
-/// Scratch space of one job.
+/// Scratch space of one job: the term's own softmax of a block, where the statistics' is not
+/// one.
 pub(super) struct Block {
-    /// `[class][BLOCK]`: the exponentials `e^(x − max)` (multi-class) or `x` (one channel).
+    /// `[class][BLOCK]`: `e^(x − max)`, then (backward) the probabilities.
     e: Vec<f32>,
-    /// Per pixel, forward pass: `max + ln Σ e` (multi-class) or `ln(1 + e^−|x|)` (one channel).
-    lse: [f32; BLOCK],
-    /// Per pixel, backward pass, multi-class: `1 / Σ e`.
-    inv: [f32; BLOCK],
-    w: [f32; BLOCK],
-    labels: [f32; BLOCK],
+    max: [f32; BLOCK],
+    sum: [f32; BLOCK],
     /// `Σ_c w_c`.
     weight_total: f32,
-}
-
-impl Block {
-    fn new(cp: &CeProblem) -> Self {
-        let classes = cp.base.classes;
-        Block {
-            weight_total: (0..classes).map(|c| class_weight(cp, c)).sum(),
-            e: vec![0.0; classes * BLOCK],
-            lse: [0.0; BLOCK],
-            inv: [0.0; BLOCK],
-            w: [0.0; BLOCK],
-            labels: [0.0; BLOCK],
-        }
-    }
-
-    /// Loads pixels `n0..n0 + len` of sample `b`: `lse` for the forward pass (`forward`),
-    /// `inv` for the backward pass, which needs only one of them.
-    #[inline(always)]
-    fn load<const FMA: bool>(&mut self, cp: &CeProblem, (b, n0, len): Job, forward: bool) {
-        let p = &cp.base;
-        let (c_count, n) = (p.classes, p.pixels);
-        let row = |c: usize| &p.x[(b * c_count + c) * n + n0..][..len];
-        load_aux(p, (b, n0, len), &mut self.w, &mut self.labels);
-        if c_count == 1 {
-            self.e[..len].copy_from_slice(row(0));
-            if forward {
-                for (l, &v) in self.lse[..len].iter_mut().zip(row(0)) {
-                    *l = ln::<FMA>(1.0 + exp::<FMA>(-v.abs()));
-                }
-            }
-            return;
-        }
-        let (mut max, mut sum) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-        softmax_exps::<FMA>(c_count, len, row, &mut self.e, &mut max, &mut sum);
-        if forward {
-            for k in 0..len {
-                self.lse[k] = max[k] + ln::<FMA>(sum[k]);
-            }
-        } else {
-            for (i, s) in self.inv[..len].iter_mut().zip(&sum) {
-                *i = 1.0 / s;
-            }
-        }
-    }
 }
 
 /// The class weight of class `c`.
 #[inline(always)]
 fn class_weight(cp: &CeProblem, c: usize) -> f32 {
     cp.class_weight.map_or(1.0, |w| w[c])
+}
+
+impl CeProblem<'_> {
+    /// The rows of the block: `(x of class c, dense target of class c)`.
+    #[inline(always)]
+    fn rows(&self, (b, n0, len): Job, c: usize) -> (&[f32], Option<&[f32]>) {
+        let p = &self.base;
+        let at = (b * p.classes + c) * p.pixels + n0;
+        let t = match p.target {
+            Target::Dense(t) => Some(&t[at..][..len]),
+            Target::Indices(_) => None,
+        };
+        (&p.x[at..][..len], t)
+    }
+
+    /// The block's softmax into `s.e` (`e^(x − max)`), `s.max` and `s.sum`.
+    #[inline(always)]
+    fn own_softmax<S: Simd>(&self, s: &mut Block, block @ (_, _, len): Job) {
+        let row = |c: usize| self.rows(block, c).0;
+        softmax_exps::<S>(
+            self.base.classes,
+            len,
+            row,
+            &mut s.e,
+            &mut s.max,
+            &mut s.sum,
+        );
+    }
 }
 
 /// The cross-entropy as a term of the statistics' pass: row 0 the sample's `Σ loss`, row 1
@@ -103,142 +93,189 @@ impl PixelTerm for CeProblem<'_> {
     type Scratch = Block;
 
     fn scratch(&self) -> Block {
-        Block::new(self)
+        let classes = self.base.classes;
+        Block {
+            e: vec![0.0; classes * BLOCK],
+            max: [0.0; BLOCK],
+            sum: [0.0; BLOCK],
+            weight_total: (0..classes).map(|c| class_weight(self, c)).sum(),
+        }
     }
 
     #[inline(always)]
-    fn forward_block<const FMA: bool>(&self, s: &mut Block, (b, n0, len): Job, sums: &mut [f64]) {
-        let p = &self.base;
-        let (c_count, n) = (p.classes, p.pixels);
-        let eps = self.label_smoothing;
-        s.load::<FMA>(self, (b, n0, len), true);
-        let (w, lse, labels) = (&s.w[..len], &s.lse[..len], &s.labels[..len]);
-        let mut loss = [0.0f32; BLOCK];
-        let mut norm = [0.0f32; BLOCK];
-        let (loss, norm) = (&mut loss[..len], &mut norm[..len]);
-        match p.target {
-            Target::Dense(t) if c_count == 1 => {
-                let (x, t) = (&s.e[..len], &t[b * n + n0..][..len]);
-                let pw = self.pos_weight;
-                for k in 0..len {
-                    // log σ(x) = min(x, 0) − ln(1 + e^−|x|), log σ(−x) = min(−x, 0) − …
-                    let pos = x[k].min(0.0) - lse[k];
-                    let neg = (-x[k]).min(0.0) - lse[k];
-                    loss[k] = -(pw * t[k] * pos + (1.0 - t[k]) * neg) * w[k];
-                    norm[k] = w[k];
-                }
+    fn forward_block<S: Simd>(
+        &self,
+        s: &mut Block,
+        block @ (_, _, len): Job,
+        data: &BlockData,
+        sums: &mut [f64],
+    ) {
+        let c_count = self.base.classes;
+        let (one, zero) = (splat::<S>(1.0), splat::<S>(0.0));
+        let eps = splat::<S>(self.label_smoothing);
+        let smooth = splat::<S>(self.label_smoothing / c_count as f32);
+        let (mut loss_acc, mut norm_acc) = (zero, zero);
+        if let (Target::Dense(_), 1) = (self.base.target, c_count) {
+            let (x, t) = self.rows(block, 0);
+            let t = t.expect("a dense target");
+            let shared = (data.activation == Activation::Sigmoid).then_some(&data.probs[..len]);
+            let pw = splat::<S>(self.pos_weight);
+            for k in (0..len).step_by(lanes::<S>()) {
+                let (xk, tk, w) = (load::<S>(x, k), load::<S>(t, k), load::<S>(data.w, k));
+                let l = match shared {
+                    Some(p) => Logistic::of_sigmoid(load::<S>(p, k)),
+                    None => Logistic::of(xk),
+                };
+                let loss = (pw * tk).mul_add(l.ln_p(xk), (one - tk) * l.ln_q(xk));
+                loss_acc = loss.mul_add(neg(w), loss_acc);
+                norm_acc += w;
             }
-            Target::Dense(t) => {
-                for c in 0..c_count {
-                    let x = &p.x[(b * c_count + c) * n + n0..][..len];
-                    let t = &t[(b * c_count + c) * n + n0..][..len];
-                    let wc = class_weight(self, c);
-                    for k in 0..len {
-                        let ts = t[k] * (1.0 - eps) + eps / c_count as f32;
-                        loss[k] -= wc * ts * (x[k] - lse[k]);
+        } else {
+            // `max` and `Σ e` of each pixel: the statistics' softmax, or the term's own.
+            let (max, sum) = match data.softmax {
+                Some((max, sum)) => (&max[..len], &sum[..len]),
+                None => {
+                    self.own_softmax::<S>(s, block);
+                    (&s.max[..len], &s.sum[..len])
+                }
+            };
+            // `lse = max + ln Σ e`, then the per-pixel sums class by class (each loop over
+            // contiguous rows), then the block's totals.
+            let (mut lse, mut acc) = ([0.0f32; BLOCK], [[0.0f32; BLOCK]; 3]);
+            let lse = &mut lse[..len];
+            for k in (0..len).step_by(lanes::<S>()) {
+                store(lse, k, load::<S>(max, k) + ln(load::<S>(sum, k)));
+            }
+            let [loss, norm, all] = &mut acc;
+            let (loss, norm, all) = (&mut loss[..len], &mut norm[..len], &mut all[..len]);
+            match self.base.target {
+                Target::Dense(_) => {
+                    for c in 0..c_count {
+                        let (x, t) = self.rows(block, c);
+                        let t = t.expect("a dense target");
+                        let wc = splat::<S>(class_weight(self, c));
+                        for k in (0..len).step_by(lanes::<S>()) {
+                            let ts = load::<S>(t, k).mul_add(one - eps, smooth);
+                            let logp = load::<S>(x, k) - load(lse, k);
+                            store(loss, k, (wc * ts).mul_add(logp, load(loss, k)));
+                        }
+                    }
+                    for k in (0..len).step_by(lanes::<S>()) {
+                        let w = load::<S>(data.w, k);
+                        loss_acc = load::<S>(loss, k).mul_add(neg(w), loss_acc);
+                        norm_acc += w;
                     }
                 }
-                for (l, w) in loss.iter_mut().zip(w) {
-                    *l *= w;
-                }
-                norm.copy_from_slice(w);
-            }
-            Target::Indices(_) => {
-                let mut picked = [0.0f32; BLOCK];
-                let mut smooth = [0.0f32; BLOCK];
-                let (picked, smooth) = (&mut picked[..len], &mut smooth[..len]);
-                for c in 0..c_count {
-                    let x = &p.x[(b * c_count + c) * n + n0..][..len];
-                    let (wc, class) = (class_weight(self, c), c as f32);
-                    for k in 0..len {
-                        let logp = x[k] - lse[k];
-                        let hit = labels[k] == class;
-                        picked[k] += if hit { wc * logp } else { 0.0 };
-                        norm[k] += if hit { wc } else { 0.0 };
-                        smooth[k] += wc * logp;
+                Target::Indices(_) => {
+                    // `loss`: `Σ [y = c] w_c log p_c`, `norm`: `w_y`, `all`: `Σ_c w_c log p_c`.
+                    for c in 0..c_count {
+                        let x = self.rows(block, c).0;
+                        let (wc, class) = (splat::<S>(class_weight(self, c)), splat(c as f32));
+                        for k in (0..len).step_by(lanes::<S>()) {
+                            let logp = load::<S>(x, k) - load(lse, k);
+                            // Masks are not `Copy`: one comparison each (merged by the compiler).
+                            let hit = || load::<S>(data.labels, k).eq(class);
+                            store(loss, k, load::<S>(loss, k) + hit().select(wc * logp, zero));
+                            store(norm, k, load::<S>(norm, k) + hit().select(wc, zero));
+                            store(all, k, wc.mul_add(logp, load(all, k)));
+                        }
                     }
-                }
-                for k in 0..len {
-                    loss[k] = -((1.0 - eps) * picked[k] + eps / c_count as f32 * smooth[k]) * w[k];
-                    norm[k] *= w[k];
+                    for k in (0..len).step_by(lanes::<S>()) {
+                        let w = load::<S>(data.w, k);
+                        let l = (one - eps).mul_add(load(loss, k), smooth * load(all, k));
+                        loss_acc = l.mul_add(neg(w), loss_acc);
+                        norm_acc = load::<S>(norm, k).mul_add(w, norm_acc);
+                    }
                 }
             }
         }
-        sums[0] += loss.iter().map(|&v| v as f64).sum::<f64>();
-        sums[c_count] += norm.iter().map(|&v| v as f64).sum::<f64>();
+        sums[0] += sum_f64(loss_acc);
+        sums[c_count] += sum_f64(norm_acc);
     }
 
     #[inline(always)]
-    fn backward_block<const FMA: bool>(
+    fn backward_block<S: Simd>(
         &self,
         s: &mut Block,
-        (b, n0, len): Job,
+        block @ (_, _, len): Job,
+        data: &BlockData,
         local: usize,
         g: &impl Fn(usize, usize) -> f32,
         out: &mut [&mut [f32]],
     ) {
-        let p = &self.base;
-        let (c_count, n) = (p.classes, p.pixels);
-        let eps = self.label_smoothing;
+        let c_count = self.base.classes;
+        let (one, zero) = (splat::<S>(1.0), splat::<S>(0.0));
+        let eps = splat::<S>(self.label_smoothing);
+        let smooth = splat::<S>(self.label_smoothing / c_count as f32);
         // The loss row's gradient (the norm does not depend on `x`).
-        let g = g(0, 0);
-        let weight_total = s.weight_total;
-        s.load::<FMA>(self, (b, n0, len), false);
-        let (w, labels, inv) = (&s.w[..len], &s.labels[..len], &s.inv[..len]);
-        match p.target {
-            Target::Dense(t) if c_count == 1 => {
-                let (x, t) = (&s.e[..len], &t[b * n + n0..][..len]);
-                let pw = self.pos_weight;
-                let o = &mut out[0][local..local + len];
-                for k in 0..len {
-                    let sigma = 1.0 / (1.0 + exp::<FMA>(-x[k]));
-                    o[k] += g * w[k] * (sigma * (pw * t[k] + 1.0 - t[k]) - pw * t[k]);
+        let g = splat::<S>(g(0, 0));
+        if let (Target::Dense(_), 1) = (self.base.target, c_count) {
+            let (x, t) = self.rows(block, 0);
+            let t = t.expect("a dense target");
+            let shared = (data.activation == Activation::Sigmoid).then_some(&data.probs[..len]);
+            let pw = splat::<S>(self.pos_weight);
+            let o = &mut out[0][local..local + len];
+            for k in (0..len).step_by(lanes::<S>()) {
+                let sigma = match shared {
+                    Some(p) => load::<S>(p, k),
+                    None => sigmoid(load::<S>(x, k)),
+                };
+                let (tk, w) = (load::<S>(t, k), load::<S>(data.w, k));
+                let pt = pw * tk;
+                let d = sigma.mul_add(pt + one - tk, neg(pt));
+                store(o, k, (g * w).mul_add(d, load::<S>(o, k)));
+            }
+            return;
+        }
+        // The probabilities: the statistics' softmax, or the term's own.
+        let probs: &[f32] = if data.activation == Activation::Softmax {
+            data.probs
+        } else {
+            self.own_softmax::<S>(s, block);
+            for k in (0..len).step_by(lanes::<S>()) {
+                let inv = one / load::<S>(&s.sum[..len], k);
+                for c in 0..c_count {
+                    let e = &mut s.e[c * BLOCK..c * BLOCK + len];
+                    store(e, k, load::<S>(e, k) * inv);
                 }
             }
-            Target::Dense(t) => {
-                // Σ_c w_c t'_c per pixel.
-                let mut total = [0.0f32; BLOCK];
-                let total = &mut total[..len];
-                for c in 0..c_count {
-                    let t = &t[(b * c_count + c) * n + n0..][..len];
-                    let wc = class_weight(self, c);
-                    for k in 0..len {
-                        total[k] += wc * (t[k] * (1.0 - eps) + eps / c_count as f32);
-                    }
-                }
-                for c in 0..c_count {
-                    let t = &t[(b * c_count + c) * n + n0..][..len];
-                    let e = &s.e[c * BLOCK..c * BLOCK + len];
-                    let wc = class_weight(self, c);
-                    let o = &mut out[c][local..local + len];
-                    for k in 0..len {
-                        let ts = t[k] * (1.0 - eps) + eps / c_count as f32;
-                        o[k] += g * w[k] * (e[k] * inv[k] * total[k] - wc * ts);
-                    }
-                }
+            &s.e
+        };
+        let p_of = |c: usize| &probs[c * BLOCK..c * BLOCK + len];
+        let weight_total = splat::<S>(s.weight_total);
+        // Per pixel: `Σ_c w_c t'_c` (dense) or `w_y` (class indices), class by class; then each
+        // class's gradient.
+        let mut total = [0.0f32; BLOCK];
+        let total = &mut total[..len];
+        for c in 0..c_count {
+            let (t, wc) = (self.rows(block, c).1, splat::<S>(class_weight(self, c)));
+            let class = splat::<S>(c as f32);
+            for k in (0..len).step_by(lanes::<S>()) {
+                let add = match t {
+                    Some(t) => wc * load::<S>(t, k).mul_add(one - eps, smooth),
+                    None => load::<S>(data.labels, k).eq(class).select(wc, zero),
+                };
+                store(total, k, load::<S>(total, k) + add);
             }
-            Target::Indices(_) => {
-                // w_y per pixel.
-                let mut wy = [0.0f32; BLOCK];
-                let wy = &mut wy[..len];
-                for c in 0..c_count {
-                    let (wc, class) = (class_weight(self, c), c as f32);
-                    for k in 0..len {
-                        wy[k] += if labels[k] == class { wc } else { 0.0 };
+        }
+        for (c, row) in out.iter_mut().enumerate() {
+            let (t, p, o) = (self.rows(block, c).1, p_of(c), &mut row[local..local + len]);
+            let (wc, class) = (splat::<S>(class_weight(self, c)), splat::<S>(c as f32));
+            for k in (0..len).step_by(lanes::<S>()) {
+                let (pk, tot) = (load::<S>(p, k), load::<S>(total, k));
+                let d = match t {
+                    Some(t) => {
+                        let ts = load::<S>(t, k).mul_add(one - eps, smooth);
+                        pk.mul_add(tot, neg(wc * ts))
                     }
-                }
-                let smooth = eps / c_count as f32;
-                for (c, row) in out.iter_mut().enumerate() {
-                    let e = &s.e[c * BLOCK..c * BLOCK + len];
-                    let (wc, class) = (class_weight(self, c), c as f32);
-                    let o = &mut row[local..local + len];
-                    for k in 0..len {
-                        let pk = e[k] * inv[k];
-                        let hit = if labels[k] == class { 1.0 } else { 0.0 };
-                        let main = (1.0 - eps) * wy[k] * (pk - hit);
-                        o[k] += g * w[k] * (main + smooth * (pk * weight_total - wc));
+                    None => {
+                        let hit = load::<S>(data.labels, k).eq(class).select(one, zero);
+                        let main = (one - eps) * tot * (pk - hit);
+                        smooth.mul_add(pk.mul_add(weight_total, neg(wc)), main)
                     }
-                }
+                };
+                let gw = g * load::<S>(data.w, k);
+                store(o, k, gw.mul_add(d, load::<S>(o, k)));
             }
         }
     }
@@ -294,16 +331,39 @@ mod tests {
         let valid = [1.0f32, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0];
         let cw = [0.5f32, 2.0, 1.5];
         let grad = [0.7f32, -1.3];
-        for (target, weights, eps, valid) in [
-            (Target::Indices(Labels::I64(&labels)), None, 0.0, None),
+        // The statistics' softmax is shared with the term; with the sigmoid the term computes
+        // its own.
+        let (softmax, sigmoid) = (Activation::Softmax, Activation::Sigmoid);
+        for (target, weights, eps, valid, activation) in [
+            (
+                Target::Indices(Labels::I64(&labels)),
+                None,
+                0.0,
+                None,
+                softmax,
+            ),
+            (
+                Target::Indices(Labels::I64(&labels)),
+                None,
+                0.0,
+                None,
+                sigmoid,
+            ),
             (
                 Target::Indices(Labels::I64(&labels)),
                 Some(&cw[..]),
                 0.1,
                 Some(&valid[..]),
+                softmax,
             ),
-            (Target::Dense(&dense), None, 0.0, None),
-            (Target::Dense(&dense), Some(&cw[..]), 0.2, Some(&valid[..])),
+            (Target::Dense(&dense), None, 0.0, None, sigmoid),
+            (
+                Target::Dense(&dense),
+                Some(&cw[..]),
+                0.2,
+                Some(&valid[..]),
+                softmax,
+            ),
         ] {
             let cp = CeProblem {
                 base: Problem {
@@ -313,7 +373,7 @@ mod tests {
                     batch,
                     classes,
                     pixels,
-                    activation: Activation::Softmax,
+                    activation,
                     terms: Terms::Linear,
                 },
                 class_weight: weights,
@@ -380,37 +440,40 @@ mod tests {
     fn binary_matches_the_formula() {
         let x = [-30.0f32, -2.0, -0.1, 0.0, 0.4, 3.0, 25.0, 1.0];
         let t = [0.0f32, 1.0, 0.3, 1.0, 0.0, 1.0, 0.0, 1.0];
-        let cp = CeProblem {
-            base: Problem {
-                x: &x,
-                target: Target::Dense(&t),
-                valid: None,
-                batch: 2,
-                classes: 1,
-                pixels: 4,
-                activation: Activation::Sigmoid,
-                terms: Terms::Linear,
-            },
-            class_weight: None,
-            pos_weight: 2.5,
-            label_smoothing: 0.0,
-        };
-        let log_sigmoid = |v: f64| -(1.0 + (-v).exp()).ln();
-        let (ours, dx) = (forward(&cp), backward(&cp, &[1.0, -0.5]));
-        for b in 0..2 {
-            let mut loss = 0.0;
-            for k in 0..4 {
-                let (v, t) = (x[b * 4 + k] as f64, t[b * 4 + k] as f64);
-                loss -= 2.5 * t * log_sigmoid(v) + (1.0 - t) * log_sigmoid(-v);
-                let sigma = 1.0 / (1.0 + (-v).exp());
-                let g = [1.0, -0.5][b] * (sigma * (2.5 * t + 1.0 - t) - 2.5 * t);
-                assert!((dx[b * 4 + k] as f64 - g).abs() < 1e-6, "{dx:?}");
+        // The statistics' sigmoid shared with the term, and the term's own.
+        for activation in [Activation::Sigmoid, Activation::None] {
+            let cp = CeProblem {
+                base: Problem {
+                    x: &x,
+                    target: Target::Dense(&t),
+                    valid: None,
+                    batch: 2,
+                    classes: 1,
+                    pixels: 4,
+                    activation,
+                    terms: Terms::Linear,
+                },
+                class_weight: None,
+                pos_weight: 2.5,
+                label_smoothing: 0.0,
+            };
+            let log_sigmoid = |v: f64| -(1.0 + (-v).exp()).ln();
+            let (ours, dx) = (forward(&cp), backward(&cp, &[1.0, -0.5]));
+            for b in 0..2 {
+                let mut loss = 0.0;
+                for k in 0..4 {
+                    let (v, t) = (x[b * 4 + k] as f64, t[b * 4 + k] as f64);
+                    loss -= 2.5 * t * log_sigmoid(v) + (1.0 - t) * log_sigmoid(-v);
+                    let sigma = 1.0 / (1.0 + (-v).exp());
+                    let g = [1.0, -0.5][b] * (sigma * (2.5 * t + 1.0 - t) - 2.5 * t);
+                    assert!((dx[b * 4 + k] as f64 - g).abs() < 1e-6, "{dx:?}");
+                }
+                assert!(
+                    (ours[b] as f64 - loss).abs() < 1e-5 * loss.abs().max(1.0),
+                    "{ours:?}"
+                );
+                assert_eq!(ours[2 + b], 4.0);
             }
-            assert!(
-                (ours[b] as f64 - loss).abs() < 1e-5 * loss.abs().max(1.0),
-                "{ours:?}"
-            );
-            assert_eq!(ours[2 + b], 4.0);
         }
     }
 }

@@ -1,11 +1,14 @@
-//! What every CPU kernel shares: the problem as slices, the math (`exp`, `ln`, fused
-//! multiply-adds), the activation and the loading of one block of pixels, and the data checks
-//! made on the data a forward pass reads anyway.
+//! What every CPU kernel shares: the problem as slices, the activation and the loading of one
+//! block of pixels, and the data checks made on the data a forward pass reads anyway (the vector
+//! math itself is in `simd.rs`).
 //!
 //! Layout: `x` is `[batch, class, pixels]` row-major; dense targets have the same layout; class
 //! indices and the validity weights are `[batch, pixels]`. Every kernel walks its pixels in
 //! blocks of [`BLOCK`] (see `jobs.rs`), each class of a block in a scratch row of `BLOCK`.
 
+use macerator::Simd;
+
+use super::simd::{exp, lanes, load, sigmoid, splat, store};
 use crate::Activation;
 use crate::Terms;
 
@@ -22,20 +25,24 @@ pub enum Labels<'a> {
 }
 
 impl Labels<'_> {
-    /// The labels of `range` as `f32` (exact for any class count below 2^24), into `out`.
+    /// The labels from `start` as `f32` into `out`, each clamped to `[−1, classes]` first: a
+    /// label in `0..classes` is exact (below 2^24), any other stays outside that range for
+    /// [`block_bad`], and the clamp keeps the conversion in 32-bit lanes (AVX2 has no 64-bit
+    /// integer to float conversion).
     #[inline(always)]
-    fn fill(&self, start: usize, out: &mut [f32]) {
+    fn fill(&self, start: usize, classes: usize, out: &mut [f32]) {
+        let len = out.len();
         match self {
             Labels::I64(l) => {
-                let len = out.len();
+                let hi = classes as i64;
                 for (o, &v) in out.iter_mut().zip(&l[start..start + len]) {
-                    *o = v as f32;
+                    *o = v.clamp(-1, hi) as i32 as f32;
                 }
             }
             Labels::I32(l) => {
-                let len = out.len();
+                let hi = classes.min(i32::MAX as usize) as i32;
                 for (o, &v) in out.iter_mut().zip(&l[start..start + len]) {
-                    *o = v as f32;
+                    *o = v.clamp(-1, hi) as f32;
                 }
             }
         }
@@ -72,58 +79,16 @@ pub struct Problem<'a> {
     pub terms: Terms,
 }
 
-/// `a·b + c`, as one fused multiply-add where the caller is compiled for FMA (`FMA`), else a
-/// product and a sum (a software `fma` would be slow there).
-#[inline(always)]
-pub(super) fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-/// `e^x` for `f32`, branch-free so that loops over it vectorize: Cody-Waite range reduction
-/// `x = k·ln 2 + r` and Cephes' degree-6 polynomial for `e^r` (relative error about 1 ulp on the
-/// whole range; inputs are clamped to `[-87.3, 88.3]`, so `e^x` never overflows and underflows to
-/// about 1e-38 instead of 0). `FMA`: see [`mul_add`].
-#[inline(always)]
-pub(super) fn exp<const FMA: bool>(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Round to nearest through the float mantissa (no SSE4.1 `round` needed).
-    const MAGIC: f32 = 12_582_912.0;
-    // `max`/`min` rather than `clamp`: they compile to vmaxps/vminps, `clamp` did not vectorize.
-    #[allow(clippy::manual_clamp)]
-    let x = x.max(-87.3).min(88.3);
-    let shifted = mul_add::<FMA>(x, LOG2E, MAGIC);
-    let k = shifted - MAGIC;
-    // The integer k sits in the low mantissa bits of `shifted`: no float-to-int conversion
-    // (whose saturating form does not vectorize).
-    let k_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
-    let r = mul_add::<FMA>(-k, LN2_LO, mul_add::<FMA>(-k, LN2_HI, x));
-    let r2 = r * r;
-    let p = 1.987_569_1e-4_f32;
-    let p = mul_add::<FMA>(p, r, 1.398_199_9e-3);
-    let p = mul_add::<FMA>(p, r, 8.333_452e-3);
-    let p = mul_add::<FMA>(p, r, 4.166_579_6e-2);
-    let p = mul_add::<FMA>(p, r, 1.666_666_5e-1);
-    let p = mul_add::<FMA>(p, r, 0.5);
-    let e = mul_add::<FMA>(p, r2, r + 1.0);
-    let scale = f32::from_bits(k_bits.wrapping_add(127) << 23);
-    e * scale
-}
-
 /// The probabilities of the classes of pixels `n0..n0 + len` of sample `b` into
-/// `probs[c * BLOCK..c * BLOCK + len]`.
+/// `probs[c * BLOCK..c * BLOCK + len]`; for the softmax also each pixel's `max` over the classes
+/// and `sum = Σ_c e^(x_c − max)` (read by the cross-entropy term, which shares them).
 #[inline(always)]
-pub(super) fn activate<const FMA: bool>(
+pub(super) fn activate<S: Simd>(
     problem: &Problem,
-    b: usize,
-    n0: usize,
-    len: usize,
+    (b, n0, len): (usize, usize, usize),
     probs: &mut [f32],
+    max: &mut [f32; BLOCK],
+    sum: &mut [f32; BLOCK],
 ) {
     let (c_count, n) = (problem.classes, problem.pixels);
     let row = |c: usize| &problem.x[(b * c_count + c) * n + n0..][..len];
@@ -135,21 +100,24 @@ pub(super) fn activate<const FMA: bool>(
         }
         Activation::Sigmoid => {
             for c in 0..c_count {
-                for (p, &v) in probs[c * BLOCK..c * BLOCK + len].iter_mut().zip(row(c)) {
-                    *p = 1.0 / (1.0 + exp::<FMA>(-v));
+                let (x, p) = (row(c), &mut probs[c * BLOCK..c * BLOCK + len]);
+                for k in (0..len).step_by(lanes::<S>()) {
+                    store(p, k, sigmoid(load::<S>(x, k)));
                 }
             }
         }
         Activation::Softmax => {
-            let (mut max, mut sum) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-            softmax_exps::<FMA>(c_count, len, row, probs, &mut max, &mut sum);
-            let sum = &mut sum[..len];
-            for s in sum.iter_mut() {
-                *s = 1.0 / *s;
+            softmax_exps::<S>(c_count, len, row, probs, max, sum);
+            // `1 / Σ e`, then each class row scaled by it.
+            let mut inv = [0.0f32; BLOCK];
+            let inv = &mut inv[..len];
+            for k in (0..len).step_by(lanes::<S>()) {
+                store(inv, k, splat::<S>(1.0) / load::<S>(&sum[..len], k));
             }
             for c in 0..c_count {
-                for (p, s) in probs[c * BLOCK..c * BLOCK + len].iter_mut().zip(sum.iter()) {
-                    *p *= s;
+                let p = &mut probs[c * BLOCK..c * BLOCK + len];
+                for k in (0..len).step_by(lanes::<S>()) {
+                    store(p, k, load::<S>(p, k) * load(inv, k));
                 }
             }
         }
@@ -158,8 +126,9 @@ pub(super) fn activate<const FMA: bool>(
 
 /// The unnormalized softmax of a block: `e[c·BLOCK + k] = e^(x_c − max)`, with the per-pixel
 /// `max` and `sum = Σ_c e` (the first `len` entries of each), from the class rows `row(c)`.
+/// Class by class, each loop over one contiguous row.
 #[inline(always)]
-pub(super) fn softmax_exps<'x, const FMA: bool>(
+pub(super) fn softmax_exps<'x, S: Simd>(
     c_count: usize,
     len: usize,
     row: impl Fn(usize) -> &'x [f32],
@@ -168,19 +137,20 @@ pub(super) fn softmax_exps<'x, const FMA: bool>(
     sum: &mut [f32; BLOCK],
 ) {
     let (max, sum) = (&mut max[..len], &mut sum[..len]);
-    max.fill(f32::NEG_INFINITY);
-    for c in 0..c_count {
-        for (m, &v) in max.iter_mut().zip(row(c)) {
-            *m = m.max(v);
+    max.copy_from_slice(row(0));
+    for c in 1..c_count {
+        let x = row(c);
+        for k in (0..len).step_by(lanes::<S>()) {
+            store(max, k, load::<S>(max, k).max(load(x, k)));
         }
     }
     sum.fill(0.0);
     for c in 0..c_count {
-        let e = &mut e[c * BLOCK..c * BLOCK + len];
-        let r = &row(c)[..len];
-        for k in 0..len {
-            e[k] = exp::<FMA>(r[k] - max[k]);
-            sum[k] += e[k];
+        let (x, e) = (row(c), &mut e[c * BLOCK..c * BLOCK + len]);
+        for k in (0..len).step_by(lanes::<S>()) {
+            let v = exp(load::<S>(x, k) - load(max, k));
+            store(e, k, v);
+            store(sum, k, load::<S>(sum, k) + v);
         }
     }
 }
@@ -204,79 +174,51 @@ pub(super) fn load_aux(
 ) {
     weights(problem, b, n0, len, w);
     if let Target::Indices(l) = problem.target {
-        l.fill(b * problem.pixels + n0, &mut labels[..len]);
+        l.fill(b * problem.pixels + n0, problem.classes, &mut labels[..len]);
     }
 }
 
-/// `1` if a value's exponent is all ones (an infinity or a NaN), else `0`; branch-free.
+/// Whether the block holds a non-finite input value, a dense target value outside `[0, 1]`
+/// (NaN and infinities included), or a class index outside `0..classes` (`labels` as loaded by
+/// [`load_aux`]): the checks of `check_inputs`, done on data the forward pass reads anyway.
 #[inline(always)]
-pub(super) fn non_finite(v: f32) -> u32 {
-    (v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32
-}
-
-/// Marks (non-zero in `bad`, lane by lane) a non-finite input value, a dense target value
-/// outside `[0, 1]` (NaN and infinities included), or a
-/// class index outside `0..classes` (`labels` as loaded by [`load_aux`]) in the block: the
-/// checks of `check_inputs`, done on data the forward pass reads anyway.
-#[inline(always)]
-pub(super) fn block_bad(
+pub(super) fn block_bad<S: Simd>(
     problem: &Problem,
     (b, n0, len): (usize, usize, usize),
     labels: &[f32],
-    bad: &mut [u32; BLOCK],
-) {
+) -> bool {
     let (c_count, n) = (problem.classes, problem.pixels);
-    let bad = &mut bad[..len];
+    let mut bad = splat::<S>(0.0).ne(splat(0.0));
+    // `|x| <= f32::MAX` fails exactly for the infinities and NaN.
+    let finite = splat::<S>(f32::MAX);
     for c in 0..c_count {
         let x = &problem.x[(b * c_count + c) * n + n0..][..len];
-        for k in 0..len {
-            bad[k] |= non_finite(x[k]);
+        for k in (0..len).step_by(lanes::<S>()) {
+            bad = bad | !load::<S>(x, k).abs().le(finite);
         }
     }
     match problem.target {
         Target::Dense(t) => {
+            let (zero, one) = (splat::<S>(0.0), splat::<S>(1.0));
             for c in 0..c_count {
                 let t = &t[(b * c_count + c) * n + n0..][..len];
-                for k in 0..len {
-                    // Not in [0, 1] (NaN fails the comparison too).
-                    bad[k] |= !(0.0..=1.0).contains(&t[k]) as u32;
+                for k in (0..len).step_by(lanes::<S>()) {
+                    let v = load::<S>(t, k);
+                    // Not in [0, 1] (NaN fails both comparisons).
+                    bad = bad | !(v.ge(zero) & v.le(one));
                 }
             }
         }
         Target::Indices(_) => {
-            let classes = c_count as f32;
+            let (zero, classes) = (splat::<S>(0.0), splat::<S>(c_count as f32));
             let labels = &labels[..len];
-            for k in 0..len {
-                bad[k] |= !(labels[k] >= 0.0 && labels[k] < classes) as u32;
+            for k in (0..len).step_by(lanes::<S>()) {
+                let l = load::<S>(labels, k);
+                bad = bad | !(l.ge(zero) & l.lt(classes));
             }
         }
     }
-}
-
-/// `ln x` for finite `x ≥ 1`, branch-free: `x = m·2^e` with `m` in `[√½, √2)` and Cephes'
-/// polynomial for `ln m` (about 1 ulp).
-#[inline(always)]
-pub(super) fn ln<const FMA: bool>(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-    let big = m > std::f32::consts::SQRT_2;
-    let m = if big { m * 0.5 } else { m };
-    let e = ((bits >> 23) as i32 - 127 + big as i32) as f32;
-    let f = m - 1.0;
-    let z = f * f;
-    let y = 7.037_683_6e-2_f32;
-    let y = mul_add::<FMA>(y, f, -1.151_461e-1);
-    let y = mul_add::<FMA>(y, f, 1.167_699_9e-1);
-    let y = mul_add::<FMA>(y, f, -1.242_014_1e-1);
-    let y = mul_add::<FMA>(y, f, 1.424_932_3e-1);
-    let y = mul_add::<FMA>(y, f, -1.666_805_8e-1);
-    let y = mul_add::<FMA>(y, f, 2.000_071_4e-1);
-    let y = mul_add::<FMA>(y, f, -2.499_999_4e-1);
-    let y = mul_add::<FMA>(y, f, 3.333_333e-1);
-    let y = y * f * z;
-    let y = mul_add::<FMA>(-2.121_944_4e-4, e, y);
-    let y = mul_add::<FMA>(-0.5, z, y);
-    mul_add::<FMA>(0.693_359_4, e, f + y)
+    bad.any()
 }
 
 #[cfg(test)]
@@ -284,35 +226,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exp_is_within_two_ulp_of_std() {
-        let mut worst = 0.0f32;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (ours, std) = (exp::<false>(x), x.exp());
-            let fused = exp::<true>(x);
-            worst = worst.max(((fused - std) / std).abs());
-            worst = worst.max(((ours - std) / std).abs());
-            x += 0.0137;
-        }
-        assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert_eq!(exp::<false>(0.0), 1.0);
-        assert!(exp::<false>(-1000.0) < 1e-37 && exp::<false>(-1000.0) >= 0.0);
-        assert!(exp::<false>(1000.0).is_finite());
-    }
-
-    #[test]
-    fn ln_is_within_two_ulp_of_std() {
-        let mut worst = 0.0f32;
-        let mut x = 1.0f32;
-        while x < 1e6 {
-            for fma in [false, true] {
-                let ours = if fma { ln::<true>(x) } else { ln::<false>(x) };
-                let std = x.ln();
-                worst = worst.max((ours - std).abs() / std.abs().max(f32::EPSILON));
-            }
-            x *= 1.0137;
-        }
-        assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert_eq!(ln::<false>(1.0), 0.0);
+    fn labels_outside_the_classes_stay_outside() {
+        let mut out = [0.0f32; 6];
+        Labels::I64(&[0, 3, -1, 4, 1 << 40, -(1 << 40)]).fill(0, 4, &mut out);
+        assert_eq!(out, [0.0, 3.0, -1.0, 4.0, 4.0, -1.0]);
+        Labels::I32(&[2, i32::MAX, i32::MIN, 5, 0, 1]).fill(0, 4, &mut out);
+        assert_eq!(out, [2.0, 4.0, -1.0, 4.0, 0.0, 1.0]);
     }
 }

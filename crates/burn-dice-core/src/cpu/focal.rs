@@ -5,12 +5,23 @@
 //!
 //! Per element, with `t` the per-channel target (one-hot for class indices), `v` the validity
 //! weight, `s = 2t − 1`, `z = −s·x`, `ls = ln σ` (stable):
-//! `bce = x − x·t − ls(x)`, `m = e^(γ·ls(z))` (`(1 − p_t)^γ`), `a = α·t + (1 − α)(1 − t)` (or 1),
-//! `loss = a·m·bce`, and `∂loss/∂x = a·m·(σ(x) − t − γ·s·σ(−z)·bce)`.
+//! `bce = x − x·t − ls(x)`, `m = e^(γ·ls(z)) = σ(z)^γ` (`(1 − p_t)^γ`),
+//! `a = α·t + (1 − α)(1 − t)` (or 1), `loss = a·m·bce`, and
+//! `∂loss/∂x = a·m·(σ(x) − t − γ·s·σ(−z)·bce)`.
+//!
+//! At the cost of one `exp` and one `ln` per element (or one `ln` where the statistics' sigmoid
+//! gave `σ(x)`): for a hard target (`t` in {0, 1}: class indices, and dense vectors whose lanes
+//! are all 0 or 1) `z = ±x`, so `σ(z)`, `σ(−z)` and `ls(z)` are `σ(x)`'s and `ls(x)`'s own;
+//! `σ(z)^γ` is a product for `γ` in {0, 1, 2} (MONAI's default is 2) and `e^(γ·ls(z))`
+//! otherwise. Only a soft target's `z` takes its own `exp` and `ln`.
 
-use super::common::{exp, ln, load_aux, Problem, Target, BLOCK};
+use macerator::Simd;
+
+use super::common::{Problem, Target, BLOCK};
 use super::jobs::Job;
-use super::stats::PixelTerm;
+use super::simd::{exp, lanes, load, neg, splat, store, sum_f64, Logistic, V};
+use super::stats::{BlockData, PixelTerm};
+use crate::Activation;
 
 /// One focal problem: the data of `base` (its activation and `terms` are not read) and
 /// the options of the term.
@@ -24,110 +35,176 @@ pub struct FocalProblem<'a> {
     pub alpha: Option<f32>,
 }
 
-/// `ln σ(v) = min(v, 0) − ln(1 + e^−|v|)`, stable for any finite `v`.
-#[inline(always)]
-fn log_sigmoid<const FMA: bool>(v: f32) -> f32 {
-    v.min(0.0) - ln::<FMA>(1.0 + exp::<FMA>(-v.abs()))
+/// How `σ(z)^γ` is computed.
+#[derive(Clone, Copy)]
+enum Power {
+    /// `γ = 0`: 1.
+    Zero,
+    /// `γ = 1`: `σ(z)`.
+    One,
+    /// `γ = 2`: `σ(z)²`.
+    Two,
+    /// `e^(γ·ls(z))`.
+    General(f32),
 }
 
-/// The target of class `c` at pixel `k` of a block.
-#[inline(always)]
-fn target_at(dense: Option<&[f32]>, labels: &[f32], c: usize, k: usize) -> f32 {
-    match dense {
-        Some(t) => t[k],
-        None => (labels[k] == c as f32) as u8 as f32,
+impl Power {
+    fn of(gamma: f32) -> Power {
+        match gamma {
+            0.0 => Power::Zero,
+            1.0 => Power::One,
+            2.0 => Power::Two,
+            g => Power::General(g),
+        }
     }
 }
 
-/// The dense target row of class `c` in a block, if the target is dense.
-#[inline(always)]
-fn dense_row<'a>(fp: &FocalProblem<'a>, (b, n0, len): Job, c: usize) -> Option<&'a [f32]> {
-    let p = &fp.base;
-    match p.target {
-        Target::Dense(t) => Some(&t[(b * p.classes + c) * p.pixels + n0..][..len]),
-        Target::Indices(_) => None,
+/// What the loss and its gradient need of one vector of elements.
+struct Element<S: Simd> {
+    /// `a·m`.
+    am: V<S>,
+    /// `bce`.
+    bce: V<S>,
+    /// `σ(x)`.
+    p: V<S>,
+    /// `σ(−z)`.
+    q_z: V<S>,
+    /// `t`.
+    t: V<S>,
+}
+
+impl FocalProblem<'_> {
+    /// The pieces of one vector of elements (see the module docs): `x` the logits, `t` the
+    /// targets, `shared` `σ(x)` where the statistics computed it, `hard`: every `t` is 0 or 1.
+    #[inline(always)]
+    fn element<S: Simd>(
+        &self,
+        x: V<S>,
+        t: V<S>,
+        shared: Option<V<S>>,
+        hard: bool,
+        power: Power,
+    ) -> Element<S> {
+        let one = splat::<S>(1.0);
+        let lx = match shared {
+            Some(p) => Logistic::of_sigmoid(p),
+            None => Logistic::of(x),
+        };
+        let bce = x - x * t - lx.ln_p(x);
+        // σ(z), ln σ(z) and σ(−z).
+        let (p_z, ln_p_z, q_z) = if hard {
+            // z = −x where t = 1, x where t = 0.
+            // Masks are not `Copy`: one comparison each (the compiler merges them).
+            let pos = || t.eq(one);
+            (
+                pos().select(lx.q, lx.p),
+                pos().select(lx.ln_q(x), lx.ln_p(x)),
+                pos().select(lx.p, lx.q),
+            )
+        } else {
+            let z = neg(t.mul_add(splat(2.0), neg(one))) * x;
+            let lz = Logistic::of(z);
+            (lz.p, lz.ln_p(z), lz.q)
+        };
+        let m = match power {
+            Power::Zero => one,
+            Power::One => p_z,
+            Power::Two => p_z * p_z,
+            Power::General(g) => exp(splat::<S>(g) * ln_p_z),
+        };
+        let a = match self.alpha {
+            Some(alpha) => splat::<S>(alpha).mul_add(t, splat::<S>(1.0 - alpha) * (one - t)),
+            None => one,
+        };
+        Element {
+            am: a * m,
+            bce,
+            p: lx.p,
+            q_z,
+            t,
+        }
     }
-}
 
-/// `(a, m, bce)` of one element, see the module docs: `loss = a·m·bce`.
-#[inline(always)]
-fn terms<const FMA: bool>(fp: &FocalProblem, x: f32, t: f32) -> (f32, f32, f32) {
-    let bce = x - x * t - log_sigmoid::<FMA>(x);
-    let m = exp::<FMA>(fp.gamma * log_sigmoid::<FMA>(-(2.0 * t - 1.0) * x));
-    let a = match fp.alpha {
-        Some(alpha) => alpha * t + (1.0 - alpha) * (1.0 - t),
-        None => 1.0,
-    };
-    (a, m, bce)
-}
-
-/// `∂loss/∂x` of one element, see the module docs.
-#[inline(always)]
-fn gradient<const FMA: bool>(fp: &FocalProblem, x: f32, t: f32) -> f32 {
-    let (a, m, bce) = terms::<FMA>(fp, x, t);
-    let s = 2.0 * t - 1.0;
-    let sigma_x = 1.0 / (1.0 + exp::<FMA>(-x));
-    // σ(−z) with z = −s·x.
-    let sigma_minus_z = 1.0 / (1.0 + exp::<FMA>(-s * x));
-    a * m * (sigma_x - t - fp.gamma * s * sigma_minus_z * bce)
-}
-
-/// Scratch space of one job: the validity weights and labels of a block.
-pub(super) struct Block {
-    w: [f32; BLOCK],
-    labels: [f32; BLOCK],
+    /// Calls `f(k, element)` for each vector of the block's class `c` (padded lanes: weight 0).
+    #[inline(always)]
+    fn each<S: Simd>(
+        &self,
+        (b, n0, len): Job,
+        data: &BlockData,
+        c: usize,
+        mut f: impl FnMut(usize, V<S>, Element<S>),
+    ) {
+        let p = &self.base;
+        let x = &p.x[(b * p.classes + c) * p.pixels + n0..][..len];
+        let shared = (data.activation == Activation::Sigmoid)
+            .then(|| &data.probs[c * BLOCK..c * BLOCK + len]);
+        let power = Power::of(self.gamma);
+        let (one, class) = (splat::<S>(1.0), splat::<S>(c as f32));
+        let dense = match p.target {
+            Target::Dense(t) => Some(&t[(b * p.classes + c) * p.pixels + n0..][..len]),
+            Target::Indices(_) => None,
+        };
+        for k in (0..len).step_by(lanes::<S>()) {
+            let xk = load::<S>(x, k);
+            let sk = shared.map(|s| load::<S>(s, k));
+            let e = match dense {
+                Some(t) => {
+                    let t = load::<S>(t, k);
+                    let hard = (t.eq(splat(0.0)) | t.eq(one)).all();
+                    if hard {
+                        self.element(xk, t, sk, true, power)
+                    } else {
+                        self.element(xk, t, sk, false, power)
+                    }
+                }
+                None => {
+                    let t = load::<S>(data.labels, k).eq(class).select(one, splat(0.0));
+                    self.element(xk, t, sk, true, power)
+                }
+            };
+            f(k, load::<S>(data.w, k), e);
+        }
+    }
 }
 
 /// The focal term as a term of the statistics' pass: one row, per class `Σ v·loss`.
 impl PixelTerm for FocalProblem<'_> {
     const ROWS: usize = 1;
-    type Scratch = Block;
+    type Scratch = ();
 
-    fn scratch(&self) -> Block {
-        Block {
-            w: [0.0; BLOCK],
-            labels: [0.0; BLOCK],
-        }
-    }
+    fn scratch(&self) {}
 
     #[inline(always)]
-    fn forward_block<const FMA: bool>(&self, s: &mut Block, (b, n0, len): Job, sums: &mut [f64]) {
-        let p = &self.base;
-        let (c_count, n) = (p.classes, p.pixels);
-        load_aux(p, (b, n0, len), &mut s.w, &mut s.labels);
+    fn forward_block<S: Simd>(&self, _: &mut (), block: Job, data: &BlockData, sums: &mut [f64]) {
         for (c, sum) in sums.iter_mut().enumerate() {
-            let x = &p.x[(b * c_count + c) * n + n0..][..len];
-            let dense = dense_row(self, (b, n0, len), c);
-            let mut acc = [0.0f32; BLOCK];
-            for k in 0..len {
-                let (a, m, bce) = terms::<FMA>(self, x[k], target_at(dense, &s.labels, c, k));
-                acc[k] = a * m * bce * s.w[k];
-            }
-            *sum += acc[..len].iter().map(|&v| v as f64).sum::<f64>();
+            let mut acc = splat::<S>(0.0);
+            self.each::<S>(block, data, c, |_, w, e| {
+                acc = (e.am * e.bce).mul_add(w, acc)
+            });
+            *sum += sum_f64(acc);
         }
     }
 
     #[inline(always)]
-    fn backward_block<const FMA: bool>(
+    fn backward_block<S: Simd>(
         &self,
-        s: &mut Block,
-        (b, n0, len): Job,
+        _: &mut (),
+        block @ (_, _, len): Job,
+        data: &BlockData,
         local: usize,
         g: &impl Fn(usize, usize) -> f32,
         out: &mut [&mut [f32]],
     ) {
-        let p = &self.base;
-        let (c_count, n) = (p.classes, p.pixels);
-        load_aux(p, (b, n0, len), &mut s.w, &mut s.labels);
+        let (gamma, one) = (splat::<S>(self.gamma), splat::<S>(1.0));
         for (c, row) in out.iter_mut().enumerate() {
-            let g = g(0, c);
-            let x = &p.x[(b * c_count + c) * n + n0..][..len];
-            let dense = dense_row(self, (b, n0, len), c);
+            let g = splat::<S>(g(0, c));
             let o = &mut row[local..local + len];
-            for k in 0..len {
-                let t = target_at(dense, &s.labels, c, k);
-                o[k] += g * s.w[k] * gradient::<FMA>(self, x[k], t);
-            }
+            self.each::<S>(block, data, c, |k, w, e| {
+                // a·m·(σ(x) − t − γ·s·σ(−z)·bce), s = 2t − 1.
+                let s = e.t.mul_add(splat(2.0), neg(one));
+                let d = e.am * ((e.p - e.t) - gamma * s * e.q_z * e.bce);
+                store(o, k, (g * w).mul_add(d, load::<S>(o, k)));
+            });
         }
     }
 }
@@ -169,16 +246,58 @@ mod tests {
         let dense: Vec<f32> = (0..x.len()).map(|i| ((i * 7) % 5) as f32 / 4.0).collect();
         let valid = [1.0f32, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0];
         let grad: Vec<f32> = (0..batch * classes).map(|i| (i as f32).cos()).collect();
-        for (target, alpha, gamma, valid) in [
-            (Target::Indices(Labels::I64(&labels)), None, 2.0, None),
+        // Hard dense targets (every vector 0/1: the fast path of dense targets).
+        let hard: Vec<f32> = (0..x.len())
+            .map(|i| ((i * 3) % 4 == 0) as u8 as f32)
+            .collect();
+        let (sigmoid, softmax) = (Activation::Sigmoid, Activation::Softmax);
+        // The statistics' sigmoid is shared with the term; with the softmax the term computes
+        // its own. γ = 0, 1, 2 by products, 1.5 and 3 through `exp`.
+        for (target, alpha, gamma, valid, activation) in [
+            (
+                Target::Indices(Labels::I64(&labels)),
+                None,
+                2.0,
+                None,
+                sigmoid,
+            ),
+            (
+                Target::Indices(Labels::I64(&labels)),
+                None,
+                2.0,
+                None,
+                softmax,
+            ),
             (
                 Target::Indices(Labels::I64(&labels)),
                 Some(0.25),
                 1.5,
                 Some(&valid[..]),
+                sigmoid,
             ),
-            (Target::Dense(&dense), None, 2.0, None),
-            (Target::Dense(&dense), Some(0.7), 0.0, Some(&valid[..])),
+            (
+                Target::Indices(Labels::I64(&labels)),
+                None,
+                1.0,
+                Some(&valid[..]),
+                softmax,
+            ),
+            (Target::Dense(&dense), None, 2.0, None, sigmoid),
+            (
+                Target::Dense(&dense),
+                Some(0.7),
+                0.0,
+                Some(&valid[..]),
+                softmax,
+            ),
+            (Target::Dense(&hard), None, 3.0, None, sigmoid),
+            (
+                Target::Dense(&hard),
+                Some(0.4),
+                2.0,
+                Some(&valid[..]),
+                softmax,
+            ),
         ] {
             let fp = FocalProblem {
                 base: Problem {
@@ -188,7 +307,7 @@ mod tests {
                     batch,
                     classes,
                     pixels,
-                    activation: Activation::Sigmoid,
+                    activation,
                     terms: Terms::Linear,
                 },
                 gamma,

@@ -1,100 +1,192 @@
-//! Run-time dispatch to an AVX2 + FMA or AVX-512 build of the same loops where the CPU has
-//! them (8 or 16 lanes instead of SSE2's 4); the code is identical, only the instruction set
-//! differs.
+//! Run-time dispatch of the kernels to the widest instruction set the CPU has, through
+//! macerator (the SIMD layer of burn's own CPU backends): the kernels are written once against
+//! `macerator::Vector<S, f32>` (`simd.rs`) and compiled here for each level.
+//!
+//! `BURN_DICE_ISA` caps the level (for tests and benchmarks of every level on one machine):
+//! `scalar`, `baseline` (the 128-bit level: SSE4.2 on x86-64, NEON on aarch64), `sse`, `neon`,
+//! `avx2`, `avx512`. A cap above what the CPU has changes nothing; `sse` and `neon` are the same
+//! rank. Any other value is an error naming the variable and the values it takes.
 
-/// The instruction sets the jobs are compiled for; the code is the same, only the vector width
-/// (SSE2's 4 lanes, AVX2's 8, AVX-512's 16) and the fused multiply-adds differ. Chosen at run
-/// time from what the CPU has.
+use std::sync::OnceLock;
+
+use macerator::{Arch, WithSimd};
+
+/// The environment variable that caps the instruction set.
+pub const ISA_VAR: &str = "BURN_DICE_ISA";
+
+/// The levels the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) enum Isa {
-    /// The target's baseline (SSE2 on x86-64).
-    Baseline,
-    /// AVX2 and FMA.
+    /// One `f32` lane, plain code (any target).
+    Scalar,
+    /// x86-64-v2 (SSE4.2): 4 lanes, multiply and add separate.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Sse,
+    /// aarch64 NEON with FMA: 4 lanes.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    Neon,
+    /// x86-64-v3 (AVX2 + FMA): 8 lanes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx2,
-    /// AVX-512 (F and VL), AVX2 and FMA.
+    /// x86-64-v4 (AVX-512 F/VL/BW/DQ/CD): 16 lanes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx512,
 }
 
 impl Isa {
-    /// The widest this CPU runs.
-    pub fn best() -> Isa {
+    /// Every level there is, narrowest first.
+    const ALL: [Isa; 5] = [Isa::Scalar, Isa::Sse, Isa::Neon, Isa::Avx2, Isa::Avx512];
+
+    /// The lane width's rank (a cap compares ranks).
+    fn rank(self) -> u8 {
+        match self {
+            Isa::Scalar => 0,
+            Isa::Sse | Isa::Neon => 1,
+            Isa::Avx2 => 2,
+            Isa::Avx512 => 3,
+        }
+    }
+
+    /// The name `BURN_DICE_ISA` and the benchmarks use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Sse => "sse",
+            Isa::Neon => "neon",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// The widest level this CPU runs, as macerator detects it.
+    fn detected() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
-                return Isa::Avx512;
-            }
-            if has!("avx2") && has!("fma") {
-                return Isa::Avx2;
+            #[allow(unreachable_patterns)]
+            match Arch::detect() {
+                Arch::Scalar => Isa::Scalar,
+                Arch::V2 => Isa::Sse,
+                Arch::V3 => Isa::Avx2,
+                _ => Isa::Avx512,
             }
         }
-        Isa::Baseline
+        #[cfg(target_arch = "aarch64")]
+        {
+            #[allow(unreachable_patterns)]
+            match Arch::detect() {
+                Arch::Scalar => Isa::Scalar,
+                _ => Isa::Neon,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = Arch::detect();
+            Isa::Scalar
+        }
     }
 
-    /// Every level this CPU runs (for tests).
+    /// Whether this CPU runs `self`.
+    fn runs_here(self) -> bool {
+        let best = Isa::detected();
+        let same_arch = match self {
+            Isa::Scalar => true,
+            Isa::Sse | Isa::Avx2 | Isa::Avx512 => cfg!(target_arch = "x86_64"),
+            Isa::Neon => cfg!(target_arch = "aarch64"),
+        };
+        same_arch && self.rank() <= best.rank()
+    }
+
+    /// The level the kernels run at: the widest this CPU has, capped by `BURN_DICE_ISA`.
+    ///
+    /// # Panics
+    /// If `BURN_DICE_ISA` is set to a value that names no level.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let cap = std::env::var(ISA_VAR).ok();
+            Isa::capped(cap.as_deref()).unwrap_or_else(|e| panic!("{e}"))
+        })
+    }
+
+    /// The widest level this CPU runs at or under the cap named by `cap` (see the module docs).
+    fn capped(cap: Option<&str>) -> Result<Isa, String> {
+        let best = Isa::detected();
+        let Some(cap) = cap.map(str::trim).filter(|c| !c.is_empty()) else {
+            return Ok(best);
+        };
+        let rank = match cap.to_ascii_lowercase().as_str() {
+            "scalar" => 0,
+            "baseline" | "sse" | "neon" => 1,
+            "avx2" => 2,
+            "avx512" => 3,
+            _ => {
+                return Err(format!(
+                    "{ISA_VAR}={cap:?}: expected one of scalar, baseline, sse, neon, avx2, \
+                     avx512 (the widest instruction set the CPU kernels may use)"
+                ))
+            }
+        };
+        Ok(Isa::ALL
+            .into_iter()
+            .filter(|isa| isa.runs_here() && isa.rank() <= rank)
+            .max_by_key(|isa| isa.rank())
+            .unwrap_or(Isa::Scalar))
+    }
+
+    /// Every level this CPU runs, narrowest first (the tests run each).
     #[cfg(test)]
     pub fn available() -> Vec<Isa> {
-        [Isa::Baseline, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|&isa| isa == Isa::Baseline || Isa::best() == isa || Isa::best() == Isa::Avx512)
-            .collect()
+        Isa::ALL.into_iter().filter(|isa| isa.runs_here()).collect()
     }
-}
 
-/// One job of a kernel, compiled for whichever instruction set [`dispatch`] picks:
-/// `run::<true>` inside the AVX2 and AVX-512 builds (fused multiply-adds), `run::<false>` for
-/// the baseline.
-pub(super) trait Kernel {
-    type Out;
-    fn run<const FMA: bool>(self) -> Self::Out;
-}
-
-/// A module whose `run` runs a [`Kernel`] compiled with `$features` enabled; calling it is
-/// sound only on a CPU that has those features.
-macro_rules! build_for {
-    ($module:ident, $features:literal) => {
-        #[cfg(target_arch = "x86_64")]
-        mod $module {
-            #[target_feature(enable = $features)]
-            pub(super) fn run<K: super::Kernel>(kernel: K) -> K::Out {
-                kernel.run::<true>()
-            }
+    /// macerator's name for the level.
+    fn arch(self) -> Arch {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Sse => Arch::V2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Arch::V3,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Arch::V4,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Arch::NeonFma,
+            _ => Arch::Scalar,
         }
-    };
-}
-
-build_for!(avx2, "avx2,fma");
-build_for!(avx512, "avx512f,avx512vl,avx2,fma");
-
-/// Runs `kernel` compiled for `isa`, which must be at most [`Isa::best`].
-#[allow(unsafe_code)]
-pub(super) fn dispatch<K: Kernel>(isa: Isa, kernel: K) -> K::Out {
-    match isa {
-        // SAFETY: `isa` is at most `Isa::best()`: the CPU has these features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::run(kernel) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::run(kernel) },
-        _ => kernel.run::<false>(),
     }
 }
 
-/// A [`Kernel`] from a job function generic over `FMA`: `kernel_job!(Name, |args| body)`
-/// declares the struct `Name` holding the arguments and its `run`, which evaluates `body`
-/// with the const `FMA` in scope.
+/// The instruction set the CPU kernels run with here: `avx512`, `avx2`, `sse`, `neon` or
+/// `scalar` (the widest the CPU has, capped by `BURN_DICE_ISA`).
+pub fn instruction_set() -> &'static str {
+    Isa::best().name()
+}
+
+/// Runs `kernel` compiled for `isa`.
+///
+/// # Panics
+/// If this CPU does not run `isa` (a caller's bug: levels come from [`Isa::best`] or
+/// [`Isa::available`]).
+#[allow(unsafe_code)]
+pub(super) fn dispatch<K: WithSimd>(isa: Isa, kernel: K) -> K::Output {
+    assert!(isa.runs_here(), "{isa:?} is not available on this CPU");
+    // SAFETY: the CPU has the features of `isa` (checked just above).
+    unsafe { isa.arch().dispatch(kernel) }
+}
+
+/// A kernel job for [`dispatch`]: `kernel_job!(Name<'a, ..> { field: Type, .. } -> Out = body)`
+/// declares the struct `Name` holding the arguments and its `WithSimd::with_simd`, which
+/// evaluates `body` with the fields bound and the vector type `S` in scope.
 macro_rules! kernel_job {
     ($name:ident<$($lt:lifetime),*> { $($field:ident: $ty:ty),* $(,)? } -> $out:ty = $body:expr) => {
         struct $name<$($lt),*> {
             $($field: $ty),*
         }
 
-        impl<$($lt),*> Kernel for $name<$($lt),*> {
-            type Out = $out;
+        impl<$($lt),*> macerator::WithSimd for $name<$($lt),*> {
+            type Output = $out;
 
             #[inline(always)]
-            fn run<const FMA: bool>(self) -> $out {
+            fn with_simd<S: macerator::Simd>(self) -> $out {
                 let $name { $($field),* } = self;
                 $body
             }
@@ -102,3 +194,31 @@ macro_rules! kernel_job {
     };
 }
 pub(super) use kernel_job;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_and_their_errors() {
+        let best = Isa::detected();
+        assert_eq!(Isa::capped(None), Ok(best));
+        assert_eq!(Isa::capped(Some("")), Ok(best));
+        assert_eq!(Isa::capped(Some("avx512")), Ok(best));
+        assert_eq!(Isa::capped(Some("scalar")), Ok(Isa::Scalar));
+        for cap in ["baseline", "SSE", "neon"] {
+            let isa = Isa::capped(Some(cap)).unwrap();
+            assert!(isa.rank() <= 1 && isa.runs_here(), "{cap}: {isa:?}");
+        }
+        let avx2 = Isa::capped(Some("avx2")).unwrap();
+        assert!(avx2.rank() <= 2 && avx2.runs_here());
+        let err = Isa::capped(Some("avx1024")).unwrap_err();
+        assert!(
+            err.contains("BURN_DICE_ISA") && err.contains("avx1024") && err.contains("baseline"),
+            "{err}"
+        );
+        // Every level at or under the best runs here, and the best is among them.
+        let available = Isa::available();
+        assert!(available.contains(&best) && available.contains(&Isa::Scalar));
+    }
+}

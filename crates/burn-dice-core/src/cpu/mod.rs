@@ -1,22 +1,25 @@
 //! The fused CPU kernels, on slices: generic over nothing but the instruction set.
 //!
 //! `stats.rs` (the per-(sample, class) statistics, forward and backward), `ce.rs` and `focal.rs`
-//! (the terms of `DiceCELoss` and `DiceFocalLoss`, summed in the same pass) on the math,
-//! activation, loading and checks of `common.rs`, cut into jobs by `jobs.rs` and compiled per
-//! instruction set by `isa.rs`. A caller describes its tensors as a [`Problem`] (and a [`Term`]),
-//! runs [`forward`] (or [`forward_storing`] when a backward pass follows) and later
-//! [`backward_stored`] or [`backward`].
+//! (the terms of `DiceCELoss` and `DiceFocalLoss`, summed in the same pass) on the activation,
+//! loading and checks of `common.rs` and the vector math of `simd.rs`, cut into jobs by
+//! `jobs.rs` and compiled per instruction set by `isa.rs` (AVX-512, AVX2 + FMA, SSE4.2, NEON or
+//! scalar, chosen at run time and capped by `BURN_DICE_ISA`). A caller describes its tensors as
+//! a [`Problem`] (and a [`Term`]), runs [`forward`] (or [`forward_storing`] when a backward pass
+//! follows) and later [`backward_stored`] or [`backward`].
 
 mod ce;
 mod common;
 mod focal;
 mod isa;
 mod jobs;
+mod simd;
 mod spec;
 mod stats;
 
 pub use ce::CeProblem;
 pub use common::{Labels, Problem, Target};
 pub use focal::FocalProblem;
+pub use isa::{instruction_set, ISA_VAR};
 pub use spec::{Spec, TermSpec};
 pub use stats::{backward, backward_stored, forward, forward_storing, Sums, Term};

@@ -2,27 +2,43 @@
 //! probabilities the forward pass stored or with the activation recomputed.
 //!
 //! Each job (`jobs.rs`) walks its pixels in blocks, computes the probabilities of all classes of
-//! a block into a scratch buffer and accumulates the three sums in [`LANES`] independent `f32`
-//! lanes per class (registers: one AVX-512 vector), added into `f64` lanes after each block and
-//! summed across at the end of the job.
+//! a block into a scratch buffer and accumulates the three sums of each class in vectors (one
+//! register each, `simd.rs`), added into `f64` after each block.
 
 use std::mem::MaybeUninit;
+
+use macerator::Simd;
 
 use super::ce::CeProblem;
 use super::common::{activate, block_bad, load_aux, Problem, Target, BLOCK};
 use super::focal::FocalProblem;
-use super::isa::{dispatch, kernel_job, Isa, Kernel};
+use super::isa::{dispatch, kernel_job, Isa};
 use super::jobs::{blocks, job_rows, jobs, run_jobs, Job};
+use super::simd::{d_soft, lanes, load, soft_intersection, splat, store, store_uninit, sum_f64, V};
 use crate::Activation;
 use crate::Terms;
 
-/// Independent `f32` accumulators per sum.
-const LANES: usize = 16;
+/// What the statistics' pass has computed for a block, which its term reads instead of
+/// computing it again.
+pub(super) struct BlockData<'a> {
+    /// The statistics' activation.
+    pub activation: Activation,
+    /// `[class][BLOCK]`: the probabilities of that activation (the sigmoid of `x` with
+    /// [`Activation::Sigmoid`], its softmax with [`Activation::Softmax`]).
+    pub probs: &'a [f32],
+    /// Forward pass with [`Activation::Softmax`]: per pixel `max_c x_c` and `Σ_c e^(x_c − max)`.
+    pub softmax: Option<(&'a [f32; BLOCK], &'a [f32; BLOCK])>,
+    /// The validity weights of the block's pixels.
+    pub w: &'a [f32],
+    /// Class indices only: the labels of the block's pixels (as `f32`).
+    pub labels: &'a [f32],
+}
 
 /// A per-pixel term summed in the statistics' pass beside `I`, `P` and `T`: the cross-entropy
 /// of `DiceCELoss` (`ce.rs`) and the focal term of `DiceFocalLoss` (`focal.rs`). The pass reads
 /// each block of the input and target once; the term reads it again while it is in the cache,
-/// and its gradient is added to the statistics' in the one backward pass.
+/// with what the pass computed of it ([`BlockData`]), and its gradient is added to the
+/// statistics' in the one backward pass.
 pub(super) trait PixelTerm: Sync {
     /// The rows it adds to the `[3 + ROWS, batch, class]` output.
     const ROWS: usize;
@@ -33,14 +49,21 @@ pub(super) trait PixelTerm: Sync {
     fn scratch(&self) -> Self::Scratch;
 
     /// Adds the term's sums over the block `(b, n0, len)` to `sums` (`[ROWS][class]`).
-    fn forward_block<const FMA: bool>(&self, s: &mut Self::Scratch, block: Job, sums: &mut [f64]);
-
-    /// Adds the input's gradient of the term over the block to `out` (one run per class, the
-    /// block at `local` in it); `g(r, c)`: the gradient of its row `r`, class `c`, of sample `b`.
-    fn backward_block<const FMA: bool>(
+    fn forward_block<S: Simd>(
         &self,
         s: &mut Self::Scratch,
         block: Job,
+        data: &BlockData,
+        sums: &mut [f64],
+    );
+
+    /// Adds the input's gradient of the term over the block to `out` (one run per class, the
+    /// block at `local` in it); `g(r, c)`: the gradient of its row `r`, class `c`, of sample `b`.
+    fn backward_block<S: Simd>(
+        &self,
+        s: &mut Self::Scratch,
+        block: Job,
+        data: &BlockData,
         local: usize,
         g: &impl Fn(usize, usize) -> f32,
         out: &mut [&mut [f32]],
@@ -57,13 +80,14 @@ impl PixelTerm for NoTerm {
     fn scratch(&self) {}
 
     #[inline(always)]
-    fn forward_block<const FMA: bool>(&self, _: &mut (), _: Job, _: &mut [f64]) {}
+    fn forward_block<S: Simd>(&self, _: &mut (), _: Job, _: &BlockData, _: &mut [f64]) {}
 
     #[inline(always)]
-    fn backward_block<const FMA: bool>(
+    fn backward_block<S: Simd>(
         &self,
         _: &mut (),
         _: Job,
+        _: &BlockData,
         _: usize,
         _: &impl Fn(usize, usize) -> f32,
         _: &mut [&mut [f32]],
@@ -110,205 +134,212 @@ macro_rules! with_term {
 /// Branch-free [`Terms::Squared`] or [`Terms::Linear`]: `x·(sq·x + lin)` is `x²` for `(1, 0)`
 /// and `x` for `(0, 1)`, both exact.
 #[inline(always)]
-fn squared_factors(problem: &Problem) -> (f32, f32) {
+fn squared_factors<S: Simd>(problem: &Problem) -> (V<S>, V<S>) {
     if problem.terms == Terms::Squared {
-        (1.0, 0.0)
+        (splat(1.0), splat(0.0))
     } else {
-        (0.0, 1.0)
+        (splat(0.0), splat(1.0))
     }
 }
-/// Scratch space of one forward job.
-struct ForwardScratch {
+
+/// Scratch space of one job.
+struct Scratch {
     /// `[class][BLOCK]` probabilities of the block.
     probs: Vec<f32>,
+    /// `[class][BLOCK]` backward: `∂L/∂p`.
+    dp: Vec<f32>,
+    /// Softmax: per pixel `max` and `Σ e`.
+    max: [f32; BLOCK],
+    sum: [f32; BLOCK],
     w: [f32; BLOCK],
     labels: [f32; BLOCK],
-    bad: [u32; BLOCK],
-    /// `[class][stat][LANES]` running sums.
-    wide: Vec<f64>,
 }
 
-/// Three sums in `LANES` independent lanes each: `f32` registers inside a block.
-type Acc = [[f32; LANES]; 3];
+impl Scratch {
+    fn new(classes: usize) -> Self {
+        Scratch {
+            probs: vec![0.0; classes * BLOCK],
+            dp: vec![0.0; classes * BLOCK],
+            max: [0.0; BLOCK],
+            sum: [0.0; BLOCK],
+            w: [0.0; BLOCK],
+            labels: [0.0; BLOCK],
+        }
+    }
 
-/// Adds the block sums `acc` into `wide` (`[3][LANES]` `f64`).
-#[inline(always)]
-fn widen(acc: &Acc, wide: &mut [f64]) {
-    let wide: &mut [f64; 3 * LANES] = wide.try_into().expect("3 × LANES lanes");
-    for s in 0..3 {
-        for j in 0..LANES {
-            wide[s * LANES + j] += acc[s][j] as f64;
+    /// What the term reads of a block `len` pixels long; `forward`: `max` and `sum` hold the
+    /// block's softmax (the backward pass does not compute them).
+    fn data(&self, activation: Activation, len: usize, forward: bool) -> BlockData<'_> {
+        let softmax = forward && activation == Activation::Softmax;
+        BlockData {
+            activation,
+            probs: &self.probs,
+            softmax: softmax.then_some((&self.max, &self.sum)),
+            w: &self.w[..len],
+            labels: &self.labels[..len],
         }
     }
 }
 
 /// One block of [`forward_job`]: pixels `n0..n0 + len` of sample `b`, `local` pixels into the
-/// job. Called with `len = BLOCK` for full blocks, so that those loops have a constant length.
+/// job; adds the sums of every class to `wide` (`[class][3]`) and says whether [`block_bad`]
+/// found anything. Called with `len = BLOCK` for full blocks, so that those loops have a
+/// constant length.
 #[inline(always)]
-fn forward_block<const FMA: bool>(
+fn forward_block<S: Simd>(
     problem: &Problem,
-    (b, n0, len): (usize, usize, usize),
+    (b, n0, len): Job,
     local: usize,
     out: &mut [&mut [MaybeUninit<f32>]],
-    scratch: &mut ForwardScratch,
-) {
-    let ForwardScratch {
-        probs,
-        w,
-        labels,
-        bad,
-        wide,
-    } = scratch;
-    activate::<FMA>(problem, b, n0, len, probs);
-    load_aux(problem, (b, n0, len), w, labels);
-    block_bad(problem, (b, n0, len), &labels[..], bad);
+    s: &mut Scratch,
+    wide: &mut [f64],
+) -> bool {
+    activate::<S>(problem, (b, n0, len), &mut s.probs, &mut s.max, &mut s.sum);
+    load_aux(problem, (b, n0, len), &mut s.w, &mut s.labels);
+    let bad = block_bad::<S>(problem, (b, n0, len), &s.labels);
     for (c, row) in out.iter_mut().enumerate() {
-        for (o, &p) in row[local..local + len].iter_mut().zip(&probs[c * BLOCK..]) {
-            o.write(p);
+        let (row, p) = (
+            &mut row[local..local + len],
+            &s.probs[c * BLOCK..c * BLOCK + len],
+        );
+        for k in (0..len).step_by(lanes::<S>()) {
+            store_uninit(row, k, load::<S>(p, k));
         }
     }
-    let (w, labels) = (&w[..len], &labels[..len]);
     // One copy of the class loop per kind of terms, so that neither carries a branch.
     if problem.terms == Terms::SoftL1 {
-        block_sums::<true>(problem, (b, n0, len), probs, w, labels, wide);
+        block_sums::<S, true>(problem, (b, n0, len), s, wide);
     } else {
-        block_sums::<false>(problem, (b, n0, len), probs, w, labels, wide);
+        block_sums::<S, false>(problem, (b, n0, len), s, wide);
+    }
+    bad
+}
+
+/// The terms `[I, P, T]` of one vector of pixels (see [`Terms`]), from `pw = p·w` and
+/// `tw = t·w`; `(sq, lin)`: see [`squared_factors`]. `SOFT`: [`Terms::SoftL1`].
+#[inline(always)]
+fn pixel_terms<S: Simd, const SOFT: bool>(
+    pw: V<S>,
+    tw: V<S>,
+    (sq, lin): (V<S>, V<S>),
+) -> [V<S>; 3] {
+    if SOFT {
+        [soft_intersection(pw, tw), pw.abs(), tw.abs()]
+    } else {
+        [pw * tw, pw * sq.mul_add(pw, lin), tw * sq.mul_add(tw, lin)]
     }
 }
 
-/// The terms `[I, P, T]` of one pixel (see [`Terms`]), from `pw = p·w` and `tw = t·w`;
-/// `(sq, lin)`: see [`squared_factors`]. `SOFT`: [`Terms::SoftL1`].
+/// `(∂I/∂p, ∂P/∂p)` of one vector of pixels, from `p`, its weight `w` and `tw = t·w` (the
+/// derivatives of [`pixel_terms`] through `pw = p·w`).
 #[inline(always)]
-fn pixel_terms<const SOFT: bool>(pw: f32, tw: f32, (sq, lin): (f32, f32)) -> [f32; 3] {
+fn pixel_grads<S: Simd, const SOFT: bool>(
+    p: V<S>,
+    w: V<S>,
+    tw: V<S>,
+    (sq, lin): (V<S>, V<S>),
+) -> (V<S>, V<S>) {
     if SOFT {
-        [Terms::soft_intersection(pw, tw), pw.abs(), tw.abs()]
-    } else {
-        [pw * tw, pw * (sq * pw + lin), tw * (sq * tw + lin)]
-    }
-}
-
-/// `(∂I/∂p, ∂P/∂p)` of one pixel, from `p`, its weight `w` and `tw = t·w` (the derivatives of
-/// [`pixel_terms`] through `pw = p·w`).
-#[inline(always)]
-fn pixel_grads<const SOFT: bool>(p: f32, w: f32, tw: f32, (sq, lin): (f32, f32)) -> (f32, f32) {
-    if SOFT {
-        let (d_i, d_p) = Terms::d_soft(p * w, tw);
+        let (d_i, d_p) = d_soft(p * w, tw);
         (d_i * w, d_p * w)
     } else {
-        (tw * w, w * (sq * 2.0 * p * w + lin))
+        (tw * w, w * (sq * splat(2.0) * p).mul_add(w, lin))
     }
 }
 
-/// The sums of every class over one block of [`forward_block`], added to `wide`.
-#[inline(always)]
-fn block_sums<const SOFT: bool>(
-    problem: &Problem,
-    (b, n0, len): (usize, usize, usize),
-    probs: &[f32],
-    w: &[f32],
-    labels: &[f32],
-    wide: &mut [f64],
-) {
-    let c_count = problem.classes;
-    let factors = squared_factors(problem);
-    for c in 0..c_count {
-        let p = &probs[c * BLOCK..c * BLOCK + len];
-        let mut acc: Acc = [[0.0f32; LANES]; 3];
-        let mut tail = [0.0f32; 3];
-        let add = |acc: &mut [f32; 3], terms: [f32; 3]| {
-            for s in 0..3 {
-                acc[s] += terms[s];
-            }
-        };
+/// Where the target of one class of a block comes from.
+#[derive(Clone, Copy)]
+enum TargetRow<'a> {
+    /// The dense target's row of the class.
+    Dense(&'a [f32]),
+    /// The block's labels, and the class as `f32`.
+    Labels(&'a [f32], f32),
+}
+
+impl<'a> TargetRow<'a> {
+    /// The target row of class `c` of the block (`labels` as loaded by `load_aux`).
+    #[inline(always)]
+    fn of(problem: &Problem<'a>, (b, n0, len): Job, c: usize, labels: &'a [f32]) -> Self {
         match problem.target {
             Target::Dense(t) => {
-                let t = &t[(b * c_count + c) * problem.pixels + n0..][..len];
-                let chunks = p
-                    .chunks_exact(LANES)
-                    .zip(t.chunks_exact(LANES))
-                    .zip(w.chunks_exact(LANES));
-                for ((p, t), w) in chunks {
-                    for j in 0..LANES {
-                        // (p·w)·(t·w), as the generic path multiplies both by the mask.
-                        let terms = pixel_terms::<SOFT>(p[j] * w[j], t[j] * w[j], factors);
-                        for s in 0..3 {
-                            acc[s][j] += terms[s];
-                        }
-                    }
-                }
-                // The tail of a partial block, into `tail` (a dynamic lane index would keep
-                // the lanes out of registers).
-                for k in len - len % LANES..len {
-                    add(
-                        &mut tail,
-                        pixel_terms::<SOFT>(p[k] * w[k], t[k] * w[k], factors),
-                    );
-                }
+                TargetRow::Dense(&t[(b * problem.classes + c) * problem.pixels + n0..][..len])
             }
-            Target::Indices(_) => {
-                let class = c as f32;
-                let chunks = p
-                    .chunks_exact(LANES)
-                    .zip(labels.chunks_exact(LANES))
-                    .zip(w.chunks_exact(LANES));
-                for ((p, l), w) in chunks {
-                    for j in 0..LANES {
-                        let hit = if l[j] == class { w[j] } else { 0.0 };
-                        let terms = pixel_terms::<SOFT>(p[j] * w[j], hit, factors);
-                        for s in 0..3 {
-                            acc[s][j] += terms[s];
-                        }
-                    }
-                }
-                for k in len - len % LANES..len {
-                    let hit = if labels[k] == class { w[k] } else { 0.0 };
-                    add(&mut tail, pixel_terms::<SOFT>(p[k] * w[k], hit, factors));
-                }
+            Target::Indices(_) => TargetRow::Labels(labels, c as f32),
+        }
+    }
+
+    /// `t·w` (`w·[label = c]` for class indices) of the pixels at `k`.
+    #[inline(always)]
+    fn times<S: Simd>(self, k: usize, w: V<S>) -> V<S> {
+        match self {
+            TargetRow::Dense(t) => load::<S>(t, k) * w,
+            TargetRow::Labels(l, class) => load::<S>(l, k).eq(splat(class)).select(w, splat(0.0)),
+        }
+    }
+}
+
+/// The sums of every class over one block of [`forward_block`], added to `wide` (`[class][3]`).
+/// The lanes past a partial block's end load as zeros (weight 0) and add nothing.
+#[inline(always)]
+fn block_sums<S: Simd, const SOFT: bool>(
+    problem: &Problem,
+    block @ (_, _, len): Job,
+    s: &Scratch,
+    wide: &mut [f64],
+) {
+    let factors = squared_factors::<S>(problem);
+    let (w, labels) = (&s.w[..len], &s.labels[..len]);
+    for c in 0..problem.classes {
+        let p = &s.probs[c * BLOCK..c * BLOCK + len];
+        let target = TargetRow::of(problem, block, c, labels);
+        let mut acc = [splat::<S>(0.0); 3];
+        for k in (0..len).step_by(lanes::<S>()) {
+            let wk = load::<S>(w, k);
+            // (p·w)·(t·w), as the generic path multiplies both by the mask.
+            let tw = target.times(k, wk);
+            let terms = pixel_terms::<S, SOFT>(load::<S>(p, k) * wk, tw, factors);
+            for (a, t) in acc.iter_mut().zip(terms) {
+                *a += t;
             }
         }
-        for s in 0..3 {
-            acc[s][0] += tail[s];
+        for (stat, a) in acc.into_iter().enumerate() {
+            wide[3 * c + stat] += sum_f64(a);
         }
-        widen(&acc, &mut wide[3 * c * LANES..3 * (c + 1) * LANES]);
     }
 }
 
 /// Sums of one job, `[3 + E::ROWS][classes]` (intersection, prediction, target, then those of
-/// `term`), and whether [`block_bad`] marked anything. With `out` non-empty, the probabilities
+/// `term`), and whether [`block_bad`] found anything. With `out` non-empty, the probabilities
 /// are also written there (one run per class).
 #[inline(always)]
-fn forward_job<const FMA: bool, E: PixelTerm>(
+fn forward_job<S: Simd, E: PixelTerm>(
     problem: &Problem,
     term: &E,
     (b, start, count): Job,
     out: &mut [&mut [MaybeUninit<f32>]],
-) -> (Vec<f64>, u32) {
+) -> (Vec<f64>, bool) {
     let c_count = problem.classes;
     let mut term_scratch = term.scratch();
     let mut term_sums = vec![0.0f64; E::ROWS * c_count];
-    let mut scratch = ForwardScratch {
-        probs: vec![0.0; c_count * BLOCK],
-        w: [0.0; BLOCK],
-        labels: [0.0; BLOCK],
-        bad: [0; BLOCK],
-        wide: vec![0.0; 3 * c_count * LANES],
-    };
+    let mut s = Scratch::new(c_count);
+    let mut wide = vec![0.0f64; 3 * c_count];
+    let mut bad = false;
     for (n0, len, local) in blocks(start, count) {
-        if len == BLOCK {
-            forward_block::<FMA>(problem, (b, n0, BLOCK), local, out, &mut scratch);
+        bad |= if len == BLOCK {
+            forward_block::<S>(problem, (b, n0, BLOCK), local, out, &mut s, &mut wide)
         } else {
-            forward_block::<FMA>(problem, (b, n0, len), local, out, &mut scratch);
-        }
-        term.forward_block::<FMA>(&mut term_scratch, (b, n0, len), &mut term_sums);
+            forward_block::<S>(problem, (b, n0, len), local, out, &mut s, &mut wide)
+        };
+        let data = s.data(problem.activation, len, true);
+        term.forward_block::<S>(&mut term_scratch, (b, n0, len), &data, &mut term_sums);
     }
-    // Lanes are [class][stat][LANES]; the sums are [stat][class].
+    // `wide` is [class][stat]; the sums are [stat][class].
     let mut out = vec![0.0f64; 3 * c_count];
-    for (i, lane) in scratch.wide.chunks_exact(LANES).enumerate() {
-        let (c, s) = (i / 3, i % 3);
-        out[s * c_count + c] = lane.iter().sum::<f64>();
+    for (i, v) in wide.into_iter().enumerate() {
+        out[(i % 3) * c_count + i / 3] = v;
     }
     out.extend(term_sums);
-    (out, scratch.bad.iter().fold(0, |acc, &v| acc | v))
+    (out, bad)
 }
 
 /// What the forward pass returns.
@@ -372,7 +403,7 @@ fn forward_on(
         )
     });
     let mut out = vec![0.0f64; rows_out * b_count * c_count];
-    let mut bad = 0;
+    let mut bad = false;
     for (&(b, _, _), (sums, job_bad)) in jobs.iter().zip(&partial) {
         bad |= job_bad;
         for s in 0..rows_out {
@@ -383,7 +414,7 @@ fn forward_on(
     }
     Sums {
         sums: out.into_iter().map(|v| v as f32).collect(),
-        valid_data: bad == 0,
+        valid_data: !bad,
     }
 }
 
@@ -436,47 +467,114 @@ pub(super) fn backward_on(
 }
 
 /// `∂L/∂p = g_I·∂I/∂p + g_P·∂P/∂p` of every class over one block of [`backward_job`], into
-/// `dp` (`[class][BLOCK]`); `g(s, c)`: `∂L/∂` sum `s` of class `c` of this sample.
+/// `s.dp` (`[class][BLOCK]`); `g(s, c)`: `∂L/∂` sum `s` of class `c` of this sample.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn block_grads<const SOFT: bool>(
+fn block_grads<S: Simd, const SOFT: bool>(
     problem: &Problem,
-    (b, n0, len): (usize, usize, usize),
+    block @ (_, _, len): Job,
     g: &impl Fn(usize, usize) -> f32,
-    probs: &[f32],
-    w: &[f32],
-    labels: &[f32],
-    dp: &mut [f32],
+    s: &mut Scratch,
+) {
+    let factors = squared_factors::<S>(problem);
+    let (w, labels) = (&s.w[..len], &s.labels[..len]);
+    for c in 0..problem.classes {
+        let (gi, gp) = (splat::<S>(g(0, c)), splat::<S>(g(1, c)));
+        let p = &s.probs[c * BLOCK..c * BLOCK + len];
+        let d = &mut s.dp[c * BLOCK..c * BLOCK + len];
+        let target = TargetRow::of(problem, block, c, labels);
+        for k in (0..len).step_by(lanes::<S>()) {
+            let wk = load::<S>(w, k);
+            let tw = target.times(k, wk);
+            let (d_i, d_p) = pixel_grads::<S, SOFT>(load(p, k), wk, tw, factors);
+            store(d, k, gi.mul_add(d_i, gp * d_p));
+        }
+    }
+}
+
+/// `∂L/∂x` of every class of a block from `∂L/∂p` (`s.dp`) through the activation, into `out`.
+#[inline(always)]
+fn activation_backward<S: Simd>(
+    problem: &Problem,
+    len: usize,
+    local: usize,
+    s: &Scratch,
+    out: &mut [&mut [f32]],
 ) {
     let c_count = problem.classes;
-    let factors = squared_factors(problem);
-    for c in 0..c_count {
-        let (gi, gp) = (g(0, c), g(1, c));
-        let p = &probs[c * BLOCK..c * BLOCK + len];
-        let d = &mut dp[c * BLOCK..c * BLOCK + len];
-        match problem.target {
-            Target::Dense(t) => {
-                let t = &t[(b * c_count + c) * problem.pixels + n0..][..len];
-                for k in 0..len {
-                    let (d_i, d_p) = pixel_grads::<SOFT>(p[k], w[k], t[k] * w[k], factors);
-                    d[k] = gi * d_i + gp * d_p;
+    fn class_row(v: &[f32], c: usize, len: usize) -> &[f32] {
+        &v[c * BLOCK..c * BLOCK + len]
+    }
+    let row = |v, c| class_row(v, c, len);
+    match problem.activation {
+        Activation::None => {
+            for (c, o) in out.iter_mut().enumerate() {
+                o[local..local + len].copy_from_slice(row(&s.dp, c));
+            }
+        }
+        Activation::Sigmoid => {
+            let one = splat::<S>(1.0);
+            for (c, o) in out.iter_mut().enumerate() {
+                let (p, d, o) = (row(&s.probs, c), row(&s.dp, c), &mut o[local..local + len]);
+                for k in (0..len).step_by(lanes::<S>()) {
+                    let pk = load::<S>(p, k);
+                    store(o, k, load::<S>(d, k) * pk * (one - pk));
                 }
             }
-            Target::Indices(_) => {
-                let class = c as f32;
-                for k in 0..len {
-                    let hit = if labels[k] == class { w[k] } else { 0.0 };
-                    let (d_i, d_p) = pixel_grads::<SOFT>(p[k], w[k], hit, factors);
-                    d[k] = gi * d_i + gp * d_p;
+        }
+        Activation::Softmax => {
+            // `p_c (dp_c − Σ_k p_k dp_k)`, with the dot product refined once: `r = Σ_k p_k
+            // dp_k`, then `p_c ((dp_c − r) − Σ_k p_k (dp_k − r))`. Where every `dp_k` is
+            // equal (a loss that does not change along the softmax, e.g. `soft_label`'s
+            // `Σ |p|` over all classes) the plain form leaves `1e-7·dp`, as `Σ_k p_k` rounds
+            // off 1 in f32 (found by the soak); the refined one leaves `1e-14·dp`. Class by
+            // class, each loop over one contiguous row.
+            let (mut dot, mut refine) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+            let (dot, refine) = (&mut dot[..len], &mut refine[..len]);
+            for c in 0..c_count {
+                let (p, d) = (row(&s.probs, c), row(&s.dp, c));
+                for k in (0..len).step_by(lanes::<S>()) {
+                    store(dot, k, load::<S>(p, k).mul_add(load(d, k), load(dot, k)));
+                }
+            }
+            for c in 0..c_count {
+                let (p, d) = (row(&s.probs, c), row(&s.dp, c));
+                for k in (0..len).step_by(lanes::<S>()) {
+                    let centred = load::<S>(d, k) - load(dot, k);
+                    store(refine, k, load::<S>(p, k).mul_add(centred, load(refine, k)));
+                }
+            }
+            for (c, o) in out.iter_mut().enumerate() {
+                let (p, d, o) = (row(&s.probs, c), row(&s.dp, c), &mut o[local..local + len]);
+                for k in (0..len).step_by(lanes::<S>()) {
+                    let centred = load::<S>(d, k) - load(dot, k);
+                    store(o, k, load::<S>(p, k) * (centred - load(refine, k)));
                 }
             }
         }
     }
 }
 
+/// The statistics' gradient of one block of [`backward_job`] into `out`.
+#[inline(always)]
+fn grads_block<S: Simd>(
+    problem: &Problem,
+    block @ (_, _, len): Job,
+    g: &impl Fn(usize, usize) -> f32,
+    local: usize,
+    s: &mut Scratch,
+    out: &mut [&mut [f32]],
+) {
+    if problem.terms == Terms::SoftL1 {
+        block_grads::<S, true>(problem, block, g, s);
+    } else {
+        block_grads::<S, false>(problem, block, g, s);
+    }
+    activation_backward::<S>(problem, len, local, s, out);
+}
+
 /// One job of [`backward`] (`stored`: the probabilities are read from `out`, then replaced).
 #[inline(always)]
-fn backward_job<const FMA: bool, E: PixelTerm>(
+fn backward_job<S: Simd, E: PixelTerm>(
     problem: &Problem,
     term: &E,
     grad: &[f32],
@@ -488,77 +586,25 @@ fn backward_job<const FMA: bool, E: PixelTerm>(
     let g = |s: usize, c: usize| grad[(s * b_count + b) * c_count + c];
     let g_term = |r: usize, c: usize| g(3 + r, c);
     let mut term_scratch = term.scratch();
-    let mut probs = vec![0.0f32; c_count * BLOCK];
-    let mut dp = vec![0.0f32; c_count * BLOCK];
-    let mut w = [0.0f32; BLOCK];
-    let mut labels = [0.0f32; BLOCK];
+    let mut s = Scratch::new(c_count);
     for (n0, len, local) in blocks(start, count) {
         if stored {
             for (c, row) in out.iter().enumerate() {
-                probs[c * BLOCK..c * BLOCK + len].copy_from_slice(&row[local..local + len]);
+                s.probs[c * BLOCK..c * BLOCK + len].copy_from_slice(&row[local..local + len]);
             }
         } else {
-            activate::<FMA>(problem, b, n0, len, &mut probs);
+            activate::<S>(problem, (b, n0, len), &mut s.probs, &mut s.max, &mut s.sum);
         }
-        load_aux(problem, (b, n0, len), &mut w, &mut labels);
-        let (w, labels) = (&w[..len], &labels[..len]);
-        if problem.terms == Terms::SoftL1 {
-            block_grads::<true>(problem, (b, n0, len), &g, &probs, w, labels, &mut dp);
+        load_aux(problem, (b, n0, len), &mut s.w, &mut s.labels);
+        // Full blocks with a constant length, as in the forward pass.
+        if len == BLOCK {
+            grads_block::<S>(problem, (b, n0, BLOCK), &g, local, &mut s, out);
         } else {
-            block_grads::<false>(problem, (b, n0, len), &g, &probs, w, labels, &mut dp);
-        }
-        match problem.activation {
-            Activation::None => {
-                for c in 0..c_count {
-                    out[c][local..local + len].copy_from_slice(&dp[c * BLOCK..c * BLOCK + len]);
-                }
-            }
-            Activation::Sigmoid => {
-                for c in 0..c_count {
-                    let p = &probs[c * BLOCK..c * BLOCK + len];
-                    let d = &dp[c * BLOCK..c * BLOCK + len];
-                    let o = &mut out[c][local..local + len];
-                    for k in 0..len {
-                        o[k] = d[k] * p[k] * (1.0 - p[k]);
-                    }
-                }
-            }
-            Activation::Softmax => {
-                // `p_c (dp_c − Σ_k p_k dp_k)`, with the dot product refined once: `r = Σ_k p_k
-                // dp_k`, then `p_c ((dp_c − r) − Σ_k p_k (dp_k − r))`. Where every `dp_k` is
-                // equal (a loss that does not change along the softmax, e.g. `soft_label`'s
-                // `Σ |p|` over all classes) the plain form leaves `1e-7·dp`, as `Σ_k p_k` rounds
-                // off 1 in f32 (found by the soak); the refined one leaves `1e-14·dp`.
-                let mut dot = [0.0f32; BLOCK];
-                let dot = &mut dot[..len];
-                let mut refine = [0.0f32; BLOCK];
-                let refine = &mut refine[..len];
-                for c in 0..c_count {
-                    let p = &probs[c * BLOCK..c * BLOCK + len];
-                    let d = &dp[c * BLOCK..c * BLOCK + len];
-                    for k in 0..len {
-                        dot[k] += p[k] * d[k];
-                    }
-                }
-                for c in 0..c_count {
-                    let p = &probs[c * BLOCK..c * BLOCK + len];
-                    let d = &dp[c * BLOCK..c * BLOCK + len];
-                    for k in 0..len {
-                        refine[k] += p[k] * (d[k] - dot[k]);
-                    }
-                }
-                for c in 0..c_count {
-                    let p = &probs[c * BLOCK..c * BLOCK + len];
-                    let d = &dp[c * BLOCK..c * BLOCK + len];
-                    let o = &mut out[c][local..local + len];
-                    for k in 0..len {
-                        o[k] = p[k] * ((d[k] - dot[k]) - refine[k]);
-                    }
-                }
-            }
+            grads_block::<S>(problem, (b, n0, len), &g, local, &mut s, out);
         }
         // Added to the statistics' gradient just written.
-        term.backward_block::<FMA>(&mut term_scratch, (b, n0, len), local, &g_term, out);
+        let data = s.data(problem.activation, len, false);
+        term.backward_block::<S>(&mut term_scratch, (b, n0, len), &data, local, &g_term, out);
     }
 }
 
@@ -567,7 +613,7 @@ kernel_job!(ForwardJob<'a, 'b, 't, 'u, 'o, 'r> {
     term: &'t Term<'u>,
     job: Job,
     out: &'o mut [&'r mut [MaybeUninit<f32>]],
-} -> (Vec<f64>, u32) = with_term!(term, t => forward_job::<FMA, _>(problem, t, job, out)));
+} -> (Vec<f64>, bool) = with_term!(term, t => forward_job::<S, _>(problem, t, job, out)));
 
 kernel_job!(BackwardJob<'a, 'b, 't, 'u, 'g, 'o, 'r> {
     problem: &'a Problem<'b>,
@@ -576,7 +622,7 @@ kernel_job!(BackwardJob<'a, 'b, 't, 'u, 'g, 'o, 'r> {
     job: Job,
     out: &'o mut [&'r mut [f32]],
     stored: bool,
-} -> () = with_term!(term, t => backward_job::<FMA, _>(problem, t, grad, job, out, stored)));
+} -> () = with_term!(term, t => backward_job::<S, _>(problem, t, grad, job, out, stored)));
 
 #[cfg(test)]
 mod tests {
@@ -642,7 +688,8 @@ mod tests {
 
     #[test]
     fn every_instruction_set_gives_the_same_numbers() {
-        // 2 samples, 3 classes, 1000 pixels: full blocks and a partial one.
+        // 2 samples, 3 classes, 1000 pixels: full blocks and a partial one (not a multiple of
+        // any lane count: the padded tail), for the statistics alone and with each term.
         let (batch, classes, pixels) = (2, 3, 1000);
         let wave = |i: usize, f: f32| (i as f32 * f).sin() * 4.0;
         let x: Vec<f32> = (0..batch * classes * pixels)
@@ -651,14 +698,18 @@ mod tests {
         let dense: Vec<f32> = (0..x.len())
             .map(|i| (wave(i, 0.11) > 0.0) as u8 as f32)
             .collect();
+        // Soft targets: the focal term's general path.
+        let soft: Vec<f32> = (0..x.len()).map(|i| wave(i, 0.07).abs() / 4.0).collect();
         let labels: Vec<i32> = (0..batch * pixels).map(|i| (i * 7 % 3) as i32).collect();
         let valid: Vec<f32> = (0..batch * pixels)
             .map(|i| (i % 5 != 0) as u8 as f32)
             .collect();
-        let grad: Vec<f32> = (0..3 * batch * classes).map(|i| wave(i, 1.3)).collect();
+        let grad: Vec<f32> = (0..5 * batch * classes).map(|i| wave(i, 1.3)).collect();
+        let weights = [0.5f32, 2.0, 1.0];
         for activation in [Activation::Sigmoid, Activation::Softmax] {
             for (target, valid) in [
                 (Target::Dense(&dense), None),
+                (Target::Dense(&soft), Some(&valid[..])),
                 (Target::Indices(Labels::I32(&labels)), Some(&valid[..])),
             ] {
                 let problem = Problem {
@@ -671,36 +722,50 @@ mod tests {
                     activation,
                     terms: Terms::Squared,
                 };
-                let run = |isa| {
-                    let (sums, mut probs) = forward_storing_on(isa, &problem, &Term::None);
-                    assert_eq!(sums, forward_on(isa, &problem, &Term::None, None));
-                    let mut dx = vec![0.0; x.len()];
-                    backward_on(isa, &problem, &Term::None, &grad, &mut dx, false);
-                    backward_on(isa, &problem, &Term::None, &grad, &mut probs, true);
-                    (sums, dx, probs)
-                };
-                let (sums, dx, from_probs) = run(Isa::Baseline);
-                assert!(sums.valid_data);
-                for isa in Isa::available() {
-                    let (s, d, p) = run(isa);
-                    let close = |a: &[f32], b: &[f32], tol: f32| {
-                        a.iter()
-                            .zip(b)
-                            .all(|(a, b)| (a - b).abs() <= tol * (1.0 + b.abs()))
+                let terms = [
+                    Term::None,
+                    Term::Ce(CeProblem {
+                        base: problem,
+                        class_weight: Some(&weights),
+                        pos_weight: 1.0,
+                        label_smoothing: 0.1,
+                    }),
+                    Term::Focal(FocalProblem {
+                        base: problem,
+                        gamma: 2.0,
+                        alpha: Some(0.25),
+                    }),
+                    Term::Focal(FocalProblem {
+                        base: problem,
+                        gamma: 1.5,
+                        alpha: None,
+                    }),
+                ];
+                for term in &terms {
+                    let grad = &grad[..(3 + term.rows()) * batch * classes];
+                    let run = |isa| {
+                        let (sums, mut probs) = forward_storing_on(isa, &problem, term);
+                        assert_eq!(sums, forward_on(isa, &problem, term, None));
+                        let mut dx = vec![0.0; x.len()];
+                        backward_on(isa, &problem, term, grad, &mut dx, false);
+                        backward_on(isa, &problem, term, grad, &mut probs, true);
+                        (sums, dx, probs)
                     };
-                    assert!(
-                        close(&s.sums, &sums.sums, 1e-5),
-                        "{isa:?} {activation:?} sums"
-                    );
-                    assert!(close(&d, &dx, 1e-5), "{isa:?} {activation:?} gradient");
-                    assert!(
-                        close(&p, &from_probs, 1e-5),
-                        "{isa:?} {activation:?} stored"
-                    );
-                    assert!(
-                        close(&p, &dx, 1e-5),
-                        "{isa:?} {activation:?} stored vs recomputed"
-                    );
+                    let (sums, dx, from_probs) = run(Isa::Scalar);
+                    assert!(sums.valid_data);
+                    let what = |isa: Isa| format!("{isa:?} {activation:?} {target:?} {term:?}");
+                    for isa in Isa::available() {
+                        let (s, d, p) = run(isa);
+                        let close = |a: &[f32], b: &[f32], tol: f32| {
+                            a.iter()
+                                .zip(b)
+                                .all(|(a, b)| (a - b).abs() <= tol * (1.0 + b.abs()))
+                        };
+                        assert!(close(&s.sums, &sums.sums, 1e-5), "{} sums", what(isa));
+                        assert!(close(&d, &dx, 1e-5), "{} gradient", what(isa));
+                        assert!(close(&p, &from_probs, 1e-5), "{} stored", what(isa));
+                        assert!(close(&p, &dx, 1e-5), "{} stored vs recomputed", what(isa));
+                    }
                 }
             }
         }
