@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs the MONAI anchor benchmark (shared/anchors/bench_dice.py) and burn-dice's own
-# (crates/burn-dice/benches/compare.rs) back to back on this machine, then prints the ratio
-# table (ours / MONAI, forward+backward and forward) and the peak extra memory.
+# Runs the MONAI anchor benchmark (shared/anchors/bench_dice.py: DiceLoss, DiceCELoss,
+# DiceFocalLoss; scripts/monai_family.py: GeneralizedDiceLoss, TverskyLoss, DiceLoss with
+# soft_label) and burn-dice's own (crates/burn-dice/benches/compare.rs) back to back on this
+# machine, then prints the ratio table, each loss against MONAI's same loss (forward+backward
+# and forward), and the peak extra memory. BURN_DICE_ISA (scalar, baseline, avx2, avx512) caps
+# our kernels' instruction set, for a table per level on one machine.
 #
 #   scripts/bench-ratios.sh [OUT_DIR]
 #
@@ -23,8 +26,12 @@ fi
 # Build first, so that compiling does not overlap either measurement.
 (cd "$root" && cargo bench -p burn-dice --bench compare --no-run)
 (cd "$anchors" && "$venv/bin/python" bench_dice.py --warmup 5 --runs "$runs" --no-bandwidth \
-    --no-primitives --retries 1 --cases '^[abc] MONAI' --json "$out/monai.json" > "$out/monai.txt")
+    --no-primitives --retries 1 --cases '^[abc](-ce|-focal)? MONAI' --json "$out/monai.json" \
+    > "$out/monai.txt")
+(cd "$anchors" && ANCHORS="$anchors" "$venv/bin/python" "$root/scripts/monai_family.py" \
+    --warmup 5 --runs "$runs" --json "$out/family.json" > "$out/family.txt")
 (cd "$root" && cargo bench -p burn-dice --bench compare -- --runs "$runs" --warmup 5 \
-    --backends "${BACKENDS:-ndarray,flex}" --losses "${LOSSES:-all}" --json "$out/ours.json" \
-    > "$out/ours.txt")
-python3 "$root/scripts/ratios.py" "$out/monai.json" "$out/ours.json" | tee "$out/ratios.md"
+    --backends "${BACKENDS:-ndarray,flex}" --losses "${LOSSES:-all}" --paths "${PATHS:-both}" \
+    --json "$out/ours.json" > "$out/ours.txt")
+python3 "$root/scripts/ratios.py" "$out/monai.json" "$out/family.json" "$out/ours.json" \
+    | tee "$out/ratios.md"
