@@ -226,6 +226,10 @@ fn on<B: AutodiffBackend>(backend: &str, args: &Args, rows: &mut Vec<Row>) {
 
 fn main() {
     let args = args();
+    println!(
+        "instruction set of the CPU kernels: {} (BURN_DICE_ISA caps it)",
+        burn_dice_core::cpu::instruction_set()
+    );
     let mut rows = Vec::new();
     for backend in &args.backends {
         match backend.as_str() {
