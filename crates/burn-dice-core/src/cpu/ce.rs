@@ -20,7 +20,7 @@
 
 use macerator::Simd;
 
-use super::common::{softmax_exps, Problem, Target, BLOCK};
+use super::common::{normalize, softmax_exps, Problem, Target, BLOCK};
 use super::jobs::Job;
 use super::simd::{lanes, ln, load, neg, sigmoid, splat, store, sum_f64, Logistic};
 use super::stats::{BlockData, PixelTerm};
@@ -118,7 +118,7 @@ impl PixelTerm for CeProblem<'_> {
         if let (Target::Dense(_), 1) = (self.base.target, c_count) {
             let (x, t) = self.rows(block, 0);
             let t = t.expect("a dense target");
-            let shared = (data.activation == Activation::Sigmoid).then_some(&data.probs[..len]);
+            let shared = data.shared(Activation::Sigmoid, 0);
             let pw = splat::<S>(self.pos_weight);
             for k in (0..len).step_by(lanes::<S>()) {
                 let (xk, tk, w) = (load::<S>(x, k), load::<S>(t, k), load::<S>(data.w, k));
@@ -212,7 +212,7 @@ impl PixelTerm for CeProblem<'_> {
         if let (Target::Dense(_), 1) = (self.base.target, c_count) {
             let (x, t) = self.rows(block, 0);
             let t = t.expect("a dense target");
-            let shared = (data.activation == Activation::Sigmoid).then_some(&data.probs[..len]);
+            let shared = data.shared(Activation::Sigmoid, 0);
             let pw = splat::<S>(self.pos_weight);
             let o = &mut out[0][local..local + len];
             for k in (0..len).step_by(lanes::<S>()) {
@@ -228,20 +228,15 @@ impl PixelTerm for CeProblem<'_> {
             return;
         }
         // The probabilities: the statistics' softmax, or the term's own.
-        let probs: &[f32] = if data.activation == Activation::Softmax {
-            data.probs
-        } else {
+        let own = data.shared(Activation::Softmax, 0).is_none();
+        if own {
             self.own_softmax::<S>(s, block);
-            for k in (0..len).step_by(lanes::<S>()) {
-                let inv = one / load::<S>(&s.sum[..len], k);
-                for c in 0..c_count {
-                    let e = &mut s.e[c * BLOCK..c * BLOCK + len];
-                    store(e, k, load::<S>(e, k) * inv);
-                }
-            }
-            &s.e
+            normalize::<S>(c_count, len, &mut s.e, &s.sum);
+        }
+        let p_of = |c: usize| match data.shared(Activation::Softmax, c) {
+            Some(p) => p,
+            None => &s.e[c * BLOCK..c * BLOCK + len],
         };
-        let p_of = |c: usize| &probs[c * BLOCK..c * BLOCK + len];
         let weight_total = splat::<S>(s.weight_total);
         // Per pixel: `Σ_c w_c t'_c` (dense) or `w_y` (class indices), class by class; then each
         // class's gradient.

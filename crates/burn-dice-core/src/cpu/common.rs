@@ -108,18 +108,7 @@ pub(super) fn activate<S: Simd>(
         }
         Activation::Softmax => {
             softmax_exps::<S>(c_count, len, row, probs, max, sum);
-            // `1 / Σ e`, then each class row scaled by it.
-            let mut inv = [0.0f32; BLOCK];
-            let inv = &mut inv[..len];
-            for k in (0..len).step_by(lanes::<S>()) {
-                store(inv, k, splat::<S>(1.0) / load::<S>(&sum[..len], k));
-            }
-            for c in 0..c_count {
-                let p = &mut probs[c * BLOCK..c * BLOCK + len];
-                for k in (0..len).step_by(lanes::<S>()) {
-                    store(p, k, load::<S>(p, k) * load(inv, k));
-                }
-            }
+            normalize::<S>(c_count, len, probs, sum);
         }
     }
 }
@@ -151,6 +140,23 @@ pub(super) fn softmax_exps<'x, S: Simd>(
             let v = exp(load::<S>(x, k) - load(max, k));
             store(e, k, v);
             store(sum, k, load::<S>(sum, k) + v);
+        }
+    }
+}
+
+/// The softmax from [`softmax_exps`]' output: each class row of `e` (`[class][BLOCK]`, `len`
+/// pixels) scaled by `1 / Σ e`.
+#[inline(always)]
+pub(super) fn normalize<S: Simd>(c_count: usize, len: usize, e: &mut [f32], sum: &[f32; BLOCK]) {
+    let mut inv = [0.0f32; BLOCK];
+    let inv = &mut inv[..len];
+    for k in (0..len).step_by(lanes::<S>()) {
+        store(inv, k, splat::<S>(1.0) / load::<S>(&sum[..len], k));
+    }
+    for c in 0..c_count {
+        let p = &mut e[c * BLOCK..c * BLOCK + len];
+        for k in (0..len).step_by(lanes::<S>()) {
+            store(p, k, load::<S>(p, k) * load(inv, k));
         }
     }
 }

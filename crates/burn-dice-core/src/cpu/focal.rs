@@ -17,7 +17,7 @@
 
 use macerator::Simd;
 
-use super::common::{Problem, Target, BLOCK};
+use super::common::{Problem, Target};
 use super::jobs::Job;
 use super::simd::{exp, lanes, load, neg, splat, store, sum_f64, Logistic, V};
 use super::stats::{BlockData, PixelTerm};
@@ -136,8 +136,7 @@ impl FocalProblem<'_> {
     ) {
         let p = &self.base;
         let x = &p.x[(b * p.classes + c) * p.pixels + n0..][..len];
-        let shared = (data.activation == Activation::Sigmoid)
-            .then(|| &data.probs[c * BLOCK..c * BLOCK + len]);
+        let shared = data.shared(Activation::Sigmoid, c);
         let power = Power::of(self.gamma);
         let (one, class) = (splat::<S>(1.0), splat::<S>(c as f32));
         let dense = match p.target {

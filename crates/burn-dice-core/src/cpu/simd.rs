@@ -28,20 +28,54 @@ pub(super) fn splat<S: Simd>(v: f32) -> V<S> {
     v.splat::<S>()
 }
 
+/// The lane count of `S`, checked against [`MAX_LANES`], the size of the tail buffers of
+/// [`load`] and [`store_at`] (a constant per `S`: the check folds away).
+#[inline(always)]
+fn checked_lanes<S: Simd>() -> usize {
+    let l = lanes::<S>();
+    assert!(
+        l <= MAX_LANES,
+        "{l} lanes: the tail buffers hold {MAX_LANES}"
+    );
+    l
+}
+
 /// Lanes `k..k + L` of `s`, with zeros past its end (the tail of a partial block). `k < s.len()`.
 #[inline(always)]
 #[allow(unsafe_code)]
 pub(super) fn load<S: Simd>(s: &[f32], k: usize) -> V<S> {
-    let l = lanes::<S>();
-    debug_assert!(l <= MAX_LANES && k < s.len());
+    let l = checked_lanes::<S>();
     if k + l <= s.len() {
         // SAFETY: lanes `k..k + l` are inside `s`.
         unsafe { vload_unaligned(s.as_ptr().add(k)) }
     } else {
         let mut buf = [0.0f32; MAX_LANES];
         buf[..s.len() - k].copy_from_slice(&s[k..]);
-        // SAFETY: `buf` holds `MAX_LANES >= l` values.
+        // SAFETY: `buf` holds `MAX_LANES >= l` values (`checked_lanes`).
         unsafe { vload_unaligned(buf.as_ptr()) }
+    }
+}
+
+/// Stores the first `min(L, len − k)` lanes of `v` at `dst + k`, for `dst` valid for writes of
+/// `len` `f32` (initialised or not) and `k <= len`: the one store of [`store`] and
+/// [`store_uninit`].
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` `f32` values.
+#[inline(always)]
+#[allow(unsafe_code)]
+unsafe fn store_at<S: Simd>(dst: *mut f32, len: usize, k: usize, v: V<S>) {
+    let l = checked_lanes::<S>();
+    assert!(k <= len, "store at {k} of {len}");
+    if k + l <= len {
+        // SAFETY: lanes `k..k + l` are inside the `len` values the caller vouches for.
+        unsafe { vstore_unaligned(dst.add(k), v) }
+    } else {
+        let mut buf = [0.0f32; MAX_LANES];
+        // SAFETY: `buf` holds `MAX_LANES >= l` values (`checked_lanes`).
+        unsafe { vstore_unaligned(buf.as_mut_ptr(), v) };
+        // SAFETY: `k..len` is inside the caller's `len` values and disjoint from `buf`.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), dst.add(k), len - k) }
     }
 }
 
@@ -49,37 +83,17 @@ pub(super) fn load<S: Simd>(s: &[f32], k: usize) -> V<S> {
 #[inline(always)]
 #[allow(unsafe_code)]
 pub(super) fn store<S: Simd>(s: &mut [f32], k: usize, v: V<S>) {
-    let l = lanes::<S>();
-    debug_assert!(l <= MAX_LANES && k < s.len());
-    if k + l <= s.len() {
-        // SAFETY: lanes `k..k + l` are inside `s`.
-        unsafe { vstore_unaligned(s.as_mut_ptr().add(k), v) }
-    } else {
-        let mut buf = [0.0f32; MAX_LANES];
-        // SAFETY: `buf` holds `MAX_LANES >= l` values.
-        unsafe { vstore_unaligned(buf.as_mut_ptr(), v) };
-        let n = s.len() - k;
-        s[k..].copy_from_slice(&buf[..n]);
-    }
+    // SAFETY: `s` is valid for writes of `s.len()` values.
+    unsafe { store_at(s.as_mut_ptr(), s.len(), k, v) }
 }
 
 /// [`store`] into memory not yet initialised (the forward pass's stored probabilities).
 #[inline(always)]
 #[allow(unsafe_code)]
 pub(super) fn store_uninit<S: Simd>(s: &mut [std::mem::MaybeUninit<f32>], k: usize, v: V<S>) {
-    let l = lanes::<S>();
-    debug_assert!(l <= MAX_LANES && k < s.len());
-    if k + l <= s.len() {
-        // SAFETY: lanes `k..k + l` are inside `s`; `MaybeUninit<f32>` has `f32`'s layout.
-        unsafe { vstore_unaligned(s.as_mut_ptr().add(k).cast::<f32>(), v) }
-    } else {
-        let mut buf = [0.0f32; MAX_LANES];
-        // SAFETY: `buf` holds `MAX_LANES >= l` values.
-        unsafe { vstore_unaligned(buf.as_mut_ptr(), v) };
-        for (o, &b) in s[k..].iter_mut().zip(&buf) {
-            o.write(b);
-        }
-    }
+    // SAFETY: `s` is valid for writes of `s.len()` values; `MaybeUninit<f32>` has `f32`'s
+    // layout, and only initialised values are written.
+    unsafe { store_at(s.as_mut_ptr().cast::<f32>(), s.len(), k, v) }
 }
 
 /// The sum of the lanes of `v`, in `f64` (a block's partial sum into the job's total).

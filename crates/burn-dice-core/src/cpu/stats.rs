@@ -34,6 +34,16 @@ pub(super) struct BlockData<'a> {
     pub labels: &'a [f32],
 }
 
+impl BlockData<'_> {
+    /// The probabilities of class `c` over the block where the statistics' activation is
+    /// `activation`, which a term then reads instead of computing them again.
+    #[inline(always)]
+    pub fn shared(&self, activation: Activation, c: usize) -> Option<&[f32]> {
+        let len = self.w.len();
+        (self.activation == activation).then(|| &self.probs[c * BLOCK..c * BLOCK + len])
+    }
+}
+
 /// A per-pixel term summed in the statistics' pass beside `I`, `P` and `T`: the cross-entropy
 /// of `DiceCELoss` (`ce.rs`) and the focal term of `DiceFocalLoss` (`focal.rs`). The pass reads
 /// each block of the input and target once; the term reads it again while it is in the cache,
