@@ -4,8 +4,10 @@
 //! [2,4,64,64,64]), for the statistics alone (`DiceLoss`), with `soft_label`, with the
 //! cross-entropy term (`DiceCELoss`) and with the focal term (`DiceFocalLoss`, γ = 2). The
 //! median of `--runs` calls after `--warmup`, at the instruction set `BURN_DICE_ISA` caps
-//! (printed first). It builds in seconds, so that a kernel change can be timed at every level
-//! before the burn-level `compare` benchmark of burn-dice.
+//! (printed first), and the two halves of forward+backward apart: the forward that stores the
+//! probabilities, and the backward alone (from a copy of them, made before its timer starts).
+//! It builds in seconds, so that a kernel change can be timed at every level before the
+//! burn-level `compare` benchmark of burn-dice.
 //!
 //! `cargo bench -p burn-dice-core --features cpu --bench kernels -- [--runs N] [--warmup N]
 //! [--cases abc] [--json FILE]`
@@ -67,14 +69,28 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn time(runs: usize, warmup: usize, mut f: impl FnMut()) -> f64 {
+    time_after(runs, warmup, &mut (), |_| {}, |_| f())
+}
+
+/// The median ms of `f(state)` over `runs` calls (after `warmup`), each after an untimed
+/// `setup(state)`.
+fn time_after<T>(
+    runs: usize,
+    warmup: usize,
+    state: &mut T,
+    mut setup: impl FnMut(&mut T),
+    mut f: impl FnMut(&mut T),
+) -> f64 {
     for _ in 0..warmup {
-        f();
+        setup(state);
+        f(state);
     }
     median(
         (0..runs)
             .map(|_| {
+                setup(state);
                 let t = Instant::now();
-                f();
+                f(state);
                 t.elapsed().as_secs_f64() * 1e3
             })
             .collect(),
@@ -100,8 +116,8 @@ fn main() {
         }
     }
     println!("instruction set: {}", instruction_set());
-    println!("| case | loss | fwd ms | fwd+bwd ms |");
-    println!("|---|---|---|---|");
+    println!("| case | loss | fwd ms | fwd+bwd ms | fwd storing ms | bwd ms |");
+    println!("|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for case in CASES.iter().filter(|c| cases.contains(c.name)) {
         let [batch, classes, pixels] = case.dims;
@@ -172,9 +188,27 @@ fn main() {
                 backward_stored(&problem, &term, &grad, &mut probs);
                 std::hint::black_box(probs);
             });
-            println!("| {} | {name} | {fwd:.3} | {fwd_bwd:.3} |", case.name);
+            // The two halves of `fwd_bwd` apart: the forward that stores the probabilities
+            // (it writes the input's size more than `fwd`), and the backward alone, from a
+            // copy of them made before its timer starts.
+            let fwd_storing = time(runs, warmup, || {
+                std::hint::black_box(forward_storing(&problem, &term));
+            });
+            let (_, stored) = forward_storing(&problem, &term);
+            let mut probs = stored.clone();
+            let bwd = time_after(
+                runs,
+                warmup,
+                &mut probs,
+                |probs| probs.copy_from_slice(&stored),
+                |probs| backward_stored(&problem, &term, &grad, probs),
+            );
+            println!(
+                "| {} | {name} | {fwd:.3} | {fwd_bwd:.3} | {fwd_storing:.3} | {bwd:.3} |",
+                case.name
+            );
             rows.push(format!(
-                "{{\"isa\":\"{}\",\"case\":\"{}\",\"loss\":\"{name}\",\"fwd_ms\":{fwd},\"fwd_bwd_ms\":{fwd_bwd}}}",
+                "{{\"isa\":\"{}\",\"case\":\"{}\",\"loss\":\"{name}\",\"fwd_ms\":{fwd},\"fwd_bwd_ms\":{fwd_bwd},\"fwd_storing_ms\":{fwd_storing},\"bwd_ms\":{bwd}}}",
                 instruction_set(),
                 case.name
             ));

@@ -23,7 +23,7 @@ use macerator::Simd;
 use super::common::{normalize, softmax_exps, Problem, Target, BLOCK};
 use super::jobs::Job;
 use super::simd::{lanes, ln, load, neg, sigmoid, splat, store, sum_f64, Logistic};
-use super::stats::{BlockData, PixelTerm};
+use super::term::{BlockData, PixelTerm};
 use crate::Activation;
 
 /// One cross-entropy problem: the data of `base` (its activation and `terms` are not
@@ -280,7 +280,7 @@ impl PixelTerm for CeProblem<'_> {
 mod tests {
     use super::super::common::Labels;
     use super::*;
-    use crate::cpu::stats::{self, Term};
+    use crate::cpu::pass::{self as stats, Term};
     use crate::Activation;
     use crate::Terms;
 

@@ -20,7 +20,7 @@ use macerator::Simd;
 use super::common::{Problem, Target};
 use super::jobs::Job;
 use super::simd::{exp, lanes, load, neg, splat, store, sum_f64, Logistic, V};
-use super::stats::{BlockData, PixelTerm};
+use super::term::{BlockData, PixelTerm};
 use crate::Activation;
 
 /// One focal problem: the data of `base` (its activation and `terms` are not read) and
@@ -212,7 +212,7 @@ impl PixelTerm for FocalProblem<'_> {
 mod tests {
     use super::super::common::Labels;
     use super::*;
-    use crate::cpu::stats::{self, Term};
+    use crate::cpu::pass::{self as stats, Term};
     use crate::Activation;
     use crate::Terms;
 

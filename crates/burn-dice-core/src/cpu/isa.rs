@@ -173,16 +173,21 @@ pub(super) fn dispatch<K: WithSimd>(isa: Isa, kernel: K) -> K::Output {
     unsafe { isa.arch().dispatch(kernel) }
 }
 
-/// A kernel job for [`dispatch`]: `kernel_job!(Name<'a, ..> { field: Type, .. } -> Out = body)`
-/// declares the struct `Name` holding the arguments and its `WithSimd::with_simd`, which
-/// evaluates `body` with the fields bound and the vector type `S` in scope.
+/// A kernel job for [`dispatch`]: `kernel_job!(Name<'a, ..; T: Bound, ..> { field: Type, .. }
+/// -> Out = body)` declares the struct `Name` holding the arguments (generic over the lifetimes
+/// and the type parameters after `;`, if any) and its `WithSimd::with_simd`, which evaluates
+/// `body` with the fields bound and the vector type `S` in scope.
 macro_rules! kernel_job {
-    ($name:ident<$($lt:lifetime),*> { $($field:ident: $ty:ty),* $(,)? } -> $out:ty = $body:expr) => {
-        struct $name<$($lt),*> {
+    ($name:ident<$($lt:lifetime),* $(; $($tp:ident: $bound:path),*)?> {
+        $($field:ident: $ty:ty),* $(,)?
+    } -> $out:ty = $body:expr) => {
+        struct $name<$($lt),* $(, $($tp: $bound),*)?> {
             $($field: $ty),*
         }
 
-        impl<$($lt),*> macerator::WithSimd for $name<$($lt),*> {
+        impl<$($lt),* $(, $($tp: $bound),*)?> macerator::WithSimd
+            for $name<$($lt),* $(, $($tp),*)?>
+        {
             type Output = $out;
 
             #[inline(always)]

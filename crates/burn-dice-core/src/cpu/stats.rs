@@ -3,143 +3,20 @@
 //!
 //! Each job (`jobs.rs`) walks its pixels in blocks, computes the probabilities of all classes of
 //! a block into a scratch buffer and accumulates the three sums of each class in vectors (one
-//! register each, `simd.rs`), added into `f64` after each block.
+//! register each, `simd.rs`), added into `f64` after each block. Generic over the term summed
+//! beside the statistics ([`PixelTerm`], `term.rs`): `pass.rs` names the concrete ones.
 
 use std::mem::MaybeUninit;
 
 use macerator::Simd;
 
-use super::ce::CeProblem;
 use super::common::{activate, block_bad, load_aux, Problem, Target, BLOCK};
-use super::focal::FocalProblem;
 use super::isa::{dispatch, kernel_job, Isa};
 use super::jobs::{blocks, job_rows, jobs, run_jobs, Job};
 use super::simd::{d_soft, lanes, load, soft_intersection, splat, store, store_uninit, sum_f64, V};
+use super::term::{BlockData, PixelTerm};
 use crate::Activation;
 use crate::Terms;
-
-/// What the statistics' pass has computed for a block, which its term reads instead of
-/// computing it again.
-pub(super) struct BlockData<'a> {
-    /// The statistics' activation.
-    pub activation: Activation,
-    /// `[class][BLOCK]`: the probabilities of that activation (the sigmoid of `x` with
-    /// [`Activation::Sigmoid`], its softmax with [`Activation::Softmax`]).
-    pub probs: &'a [f32],
-    /// Forward pass with [`Activation::Softmax`]: per pixel `max_c x_c` and `Σ_c e^(x_c − max)`.
-    pub softmax: Option<(&'a [f32; BLOCK], &'a [f32; BLOCK])>,
-    /// The validity weights of the block's pixels.
-    pub w: &'a [f32],
-    /// Class indices only: the labels of the block's pixels (as `f32`).
-    pub labels: &'a [f32],
-}
-
-impl BlockData<'_> {
-    /// The probabilities of class `c` over the block where the statistics' activation is
-    /// `activation`, which a term then reads instead of computing them again.
-    #[inline(always)]
-    pub fn shared(&self, activation: Activation, c: usize) -> Option<&[f32]> {
-        let len = self.w.len();
-        (self.activation == activation).then(|| &self.probs[c * BLOCK..c * BLOCK + len])
-    }
-}
-
-/// A per-pixel term summed in the statistics' pass beside `I`, `P` and `T`: the cross-entropy
-/// of `DiceCELoss` (`ce.rs`) and the focal term of `DiceFocalLoss` (`focal.rs`). The pass reads
-/// each block of the input and target once; the term reads it again while it is in the cache,
-/// with what the pass computed of it ([`BlockData`]), and its gradient is added to the
-/// statistics' in the one backward pass.
-pub(super) trait PixelTerm: Sync {
-    /// The rows it adds to the `[3 + ROWS, batch, class]` output.
-    const ROWS: usize;
-    /// Scratch space of one job.
-    type Scratch;
-
-    /// A job's scratch space.
-    fn scratch(&self) -> Self::Scratch;
-
-    /// Adds the term's sums over the block `(b, n0, len)` to `sums` (`[ROWS][class]`).
-    fn forward_block<S: Simd>(
-        &self,
-        s: &mut Self::Scratch,
-        block: Job,
-        data: &BlockData,
-        sums: &mut [f64],
-    );
-
-    /// Adds the input's gradient of the term over the block to `out` (one run per class, the
-    /// block at `local` in it); `g(r, c)`: the gradient of its row `r`, class `c`, of sample `b`.
-    fn backward_block<S: Simd>(
-        &self,
-        s: &mut Self::Scratch,
-        block: Job,
-        data: &BlockData,
-        local: usize,
-        g: &impl Fn(usize, usize) -> f32,
-        out: &mut [&mut [f32]],
-    );
-}
-
-/// The statistics alone.
-pub(super) struct NoTerm;
-
-impl PixelTerm for NoTerm {
-    const ROWS: usize = 0;
-    type Scratch = ();
-
-    fn scratch(&self) {}
-
-    #[inline(always)]
-    fn forward_block<S: Simd>(&self, _: &mut (), _: Job, _: &BlockData, _: &mut [f64]) {}
-
-    #[inline(always)]
-    fn backward_block<S: Simd>(
-        &self,
-        _: &mut (),
-        _: Job,
-        _: &BlockData,
-        _: usize,
-        _: &impl Fn(usize, usize) -> f32,
-        _: &mut [&mut [f32]],
-    ) {
-    }
-}
-
-/// The term a statistics pass sums beside `I`, `P` and `T`, with its options and the same data.
-#[derive(Debug, Clone, Copy)]
-pub enum Term<'a> {
-    /// None.
-    None,
-    /// The cross-entropy: 2 rows, the sample's `Σ loss` and `Σ norm` in class 0 (0 elsewhere).
-    Ce(CeProblem<'a>),
-    /// The focal term: 1 row, per class `Σ v·loss`.
-    Focal(FocalProblem<'a>),
-}
-
-impl Term<'_> {
-    /// The rows it adds to the output.
-    pub fn rows(&self) -> usize {
-        match self {
-            Term::None => NoTerm::ROWS,
-            Term::Ce(_) => CeProblem::ROWS,
-            Term::Focal(_) => FocalProblem::ROWS,
-        }
-    }
-}
-
-/// `$body` with `$t` the [`PixelTerm`] of `$term`.
-macro_rules! with_term {
-    ($term:expr, $t:ident => $body:expr) => {
-        match $term {
-            Term::None => {
-                let $t = &NoTerm;
-                $body
-            }
-            Term::Ce($t) => $body,
-            Term::Focal($t) => $body,
-        }
-    };
-}
 
 /// Branch-free [`Terms::Squared`] or [`Terms::Linear`]: `x·(sq·x + lin)` is `x²` for `(1, 0)`
 /// and `x` for `(0, 1)`, both exact.
@@ -363,19 +240,14 @@ pub struct Sums {
     pub valid_data: bool,
 }
 
-/// The statistics of `problem` and the sums of `term` (whose data is `problem`'s).
-pub fn forward(problem: &Problem, term: &Term) -> Sums {
-    forward_on(Isa::best(), problem, term, None)
-}
-
-/// [`forward`], and the probabilities (the input's size), for [`backward_stored`].
-pub fn forward_storing(problem: &Problem, term: &Term) -> (Sums, Vec<f32>) {
-    forward_storing_on(Isa::best(), problem, term)
-}
-
-/// [`forward_storing`] compiled for `isa`, which the CPU must support.
+/// The statistics of `problem` and the sums of `term`, compiled for `isa` (which the CPU must
+/// support), and the probabilities (the input's size), for [`backward_on`] with `stored`.
 #[allow(unsafe_code)]
-pub(super) fn forward_storing_on(isa: Isa, problem: &Problem, term: &Term) -> (Sums, Vec<f32>) {
+pub(super) fn forward_storing_on<E: PixelTerm>(
+    isa: Isa,
+    problem: &Problem,
+    term: &E,
+) -> (Sums, Vec<f32>) {
     // Not zeroed: every element is written below, and zeroing is a serial pass as long as the
     // kernel itself on one core.
     let mut probs = Vec::with_capacity(problem.x.len());
@@ -388,14 +260,14 @@ pub(super) fn forward_storing_on(isa: Isa, problem: &Problem, term: &Term) -> (S
 
 /// The statistics of `problem` compiled for `isa` (which the CPU must support); with `probs`
 /// (the input's size) the probabilities are written there too.
-fn forward_on(
+pub(super) fn forward_on<E: PixelTerm>(
     isa: Isa,
     problem: &Problem,
-    term: &Term,
+    term: &E,
     probs: Option<&mut [MaybeUninit<f32>]>,
 ) -> Sums {
     let (b_count, c_count) = (problem.batch, problem.classes);
-    let rows_out = 3 + term.rows();
+    let rows_out = 3 + E::ROWS;
     let jobs = jobs(problem);
     let mut rows = match probs {
         Some(buf) => job_rows(problem, &jobs, buf),
@@ -436,25 +308,14 @@ fn forward_on(
 /// or `2·p·w²` ([`Terms::Squared`]); with [`Terms::SoftL1`], `∂I/∂p = w·(sgn pw − sgn(pw −
 /// tw))/2` and `∂P/∂p = w·sgn pw` ([`Terms::d_soft`]); then through the activation: sigmoid
 /// `p(1 − p)`, softmax `p_c (dp_c − Σ_k p_k dp_k)`.
-pub fn backward(problem: &Problem, term: &Term, grad: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0f32; problem.x.len()];
-    backward_on(Isa::best(), problem, term, grad, &mut dx, false);
-    dx
-}
-
-/// [`backward`] from the probabilities that [`forward`] stored in `probs`, overwritten in
-/// place by the gradient: no activation to recompute and no new buffer. `problem.x` is read
-/// only by a `term`.
-pub fn backward_stored(problem: &Problem, term: &Term, grad: &[f32], probs: &mut [f32]) {
-    backward_on(Isa::best(), problem, term, grad, probs, true);
-}
-
-/// The backward pass compiled for `isa` (which the CPU must support) into `out`; `stored`: see
-/// [`backward_stored`].
-pub(super) fn backward_on(
+///
+/// Compiled for `isa` (which the CPU must support), into `out`. `stored`: `out` holds the
+/// probabilities [`forward_storing_on`] stored, which the gradient overwrites in place (no
+/// activation to recompute; `problem.x` is read only by a term).
+pub(super) fn backward_on<E: PixelTerm>(
     isa: Isa,
     problem: &Problem,
-    term: &Term,
+    term: &E,
     grad: &[f32],
     out: &mut [f32],
     stored: bool,
@@ -478,18 +339,25 @@ pub(super) fn backward_on(
 
 /// `∂L/∂p = g_I·∂I/∂p + g_P·∂P/∂p` of every class over one block of [`backward_job`], into
 /// `s.dp` (`[class][BLOCK]`); `g(s, c)`: `∂L/∂` sum `s` of class `c` of this sample.
+/// `IN_PLACE`: the probabilities are read from `out` (the block at `local`), else from
+/// `s.probs`.
 #[inline(always)]
-fn block_grads<S: Simd, const SOFT: bool>(
+fn block_grads<S: Simd, const SOFT: bool, const IN_PLACE: bool>(
     problem: &Problem,
     block @ (_, _, len): Job,
     g: &impl Fn(usize, usize) -> f32,
     s: &mut Scratch,
+    (out, local): (&[&mut [f32]], usize),
 ) {
     let factors = squared_factors::<S>(problem);
     let (w, labels) = (&s.w[..len], &s.labels[..len]);
-    for c in 0..problem.classes {
+    for (c, row) in out.iter().enumerate().take(problem.classes) {
         let (gi, gp) = (splat::<S>(g(0, c)), splat::<S>(g(1, c)));
-        let p = &s.probs[c * BLOCK..c * BLOCK + len];
+        let p = if IN_PLACE {
+            &row[local..local + len]
+        } else {
+            &s.probs[c * BLOCK..c * BLOCK + len]
+        };
         let d = &mut s.dp[c * BLOCK..c * BLOCK + len];
         let target = TargetRow::of(problem, block, c, labels);
         for k in (0..len).step_by(lanes::<S>()) {
@@ -501,20 +369,29 @@ fn block_grads<S: Simd, const SOFT: bool>(
     }
 }
 
-/// `∂L/∂x` of every class of a block from `∂L/∂p` (`s.dp`) through the activation, into `out`.
+/// `∂L/∂x` of every class of a block from `∂L/∂p` (`s.dp`) through the activation, into `out`
+/// (the block at `local`). `IN_PLACE`: the probabilities are read from `out` itself, each
+/// element before the gradient overwrites it, else from `s.probs`.
 #[inline(always)]
-fn activation_backward<S: Simd>(
+fn activation_backward<S: Simd, const IN_PLACE: bool>(
     problem: &Problem,
     len: usize,
     local: usize,
     s: &Scratch,
     out: &mut [&mut [f32]],
 ) {
-    let c_count = problem.classes;
     fn class_row(v: &[f32], c: usize, len: usize) -> &[f32] {
         &v[c * BLOCK..c * BLOCK + len]
     }
     let row = |v, c| class_row(v, c, len);
+    // The probabilities of the pixels at `k` of class `c`, whose output row is `o`.
+    let p_at = |o: &[f32], c: usize, k: usize| {
+        if IN_PLACE {
+            load::<S>(o, k)
+        } else {
+            load::<S>(row(&s.probs, c), k)
+        }
+    };
     match problem.activation {
         Activation::None => {
             for (c, o) in out.iter_mut().enumerate() {
@@ -524,9 +401,9 @@ fn activation_backward<S: Simd>(
         Activation::Sigmoid => {
             let one = splat::<S>(1.0);
             for (c, o) in out.iter_mut().enumerate() {
-                let (p, d, o) = (row(&s.probs, c), row(&s.dp, c), &mut o[local..local + len]);
+                let (d, o) = (row(&s.dp, c), &mut o[local..local + len]);
                 for k in (0..len).step_by(lanes::<S>()) {
-                    let pk = load::<S>(p, k);
+                    let pk = p_at(o, c, k);
                     store(o, k, load::<S>(d, k) * pk * (one - pk));
                 }
             }
@@ -540,33 +417,34 @@ fn activation_backward<S: Simd>(
             // class, each loop over one contiguous row.
             let (mut dot, mut refine) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
             let (dot, refine) = (&mut dot[..len], &mut refine[..len]);
-            for c in 0..c_count {
-                let (p, d) = (row(&s.probs, c), row(&s.dp, c));
+            for (c, o) in out.iter().enumerate() {
+                let (o, d) = (&o[local..local + len], row(&s.dp, c));
                 for k in (0..len).step_by(lanes::<S>()) {
-                    store(dot, k, load::<S>(p, k).mul_add(load(d, k), load(dot, k)));
+                    store(dot, k, p_at(o, c, k).mul_add(load(d, k), load(dot, k)));
                 }
             }
-            for c in 0..c_count {
-                let (p, d) = (row(&s.probs, c), row(&s.dp, c));
+            for (c, o) in out.iter().enumerate() {
+                let (o, d) = (&o[local..local + len], row(&s.dp, c));
                 for k in (0..len).step_by(lanes::<S>()) {
                     let centred = load::<S>(d, k) - load(dot, k);
-                    store(refine, k, load::<S>(p, k).mul_add(centred, load(refine, k)));
+                    store(refine, k, p_at(o, c, k).mul_add(centred, load(refine, k)));
                 }
             }
             for (c, o) in out.iter_mut().enumerate() {
-                let (p, d, o) = (row(&s.probs, c), row(&s.dp, c), &mut o[local..local + len]);
+                let (d, o) = (row(&s.dp, c), &mut o[local..local + len]);
                 for k in (0..len).step_by(lanes::<S>()) {
                     let centred = load::<S>(d, k) - load(dot, k);
-                    store(o, k, load::<S>(p, k) * (centred - load(refine, k)));
+                    store(o, k, p_at(o, c, k) * (centred - load(refine, k)));
                 }
             }
         }
     }
 }
 
-/// The statistics' gradient of one block of [`backward_job`] into `out`.
+/// The statistics' gradient of one block of [`backward_job`] into `out`; `IN_PLACE`: see
+/// [`activation_backward`].
 #[inline(always)]
-fn grads_block<S: Simd>(
+fn grads_block<S: Simd, const IN_PLACE: bool>(
     problem: &Problem,
     block @ (_, _, len): Job,
     g: &impl Fn(usize, usize) -> f32,
@@ -575,11 +453,11 @@ fn grads_block<S: Simd>(
     out: &mut [&mut [f32]],
 ) {
     if problem.terms == Terms::SoftL1 {
-        block_grads::<S, true>(problem, block, g, s);
+        block_grads::<S, true, IN_PLACE>(problem, block, g, s, (out, local));
     } else {
-        block_grads::<S, false>(problem, block, g, s);
+        block_grads::<S, false, IN_PLACE>(problem, block, g, s, (out, local));
     }
-    activation_backward::<S>(problem, len, local, s, out);
+    activation_backward::<S, IN_PLACE>(problem, len, local, s, out);
 }
 
 /// One job of [`backward`] (`stored`: the probabilities are read from `out`, then replaced).
@@ -597,20 +475,27 @@ fn backward_job<S: Simd, E: PixelTerm>(
     let g_term = |r: usize, c: usize| g(3 + r, c);
     let mut term_scratch = term.scratch();
     let mut s = Scratch::new(c_count);
+    // Stored probabilities that no term reads are read where they are (no copy to scratch).
+    let in_place = stored && !E::READS_PROBS;
     for (n0, len, local) in blocks(start, count) {
-        if stored {
+        if !stored {
+            activate::<S>(problem, (b, n0, len), &mut s.probs, &mut s.max, &mut s.sum);
+        } else if !in_place {
             for (c, row) in out.iter().enumerate() {
                 s.probs[c * BLOCK..c * BLOCK + len].copy_from_slice(&row[local..local + len]);
             }
-        } else {
-            activate::<S>(problem, (b, n0, len), &mut s.probs, &mut s.max, &mut s.sum);
         }
         load_aux(problem, (b, n0, len), &mut s.w, &mut s.labels);
         // Full blocks with a constant length, as in the forward pass.
-        if len == BLOCK {
-            grads_block::<S>(problem, (b, n0, BLOCK), &g, local, &mut s, out);
-        } else {
-            grads_block::<S>(problem, (b, n0, len), &g, local, &mut s, out);
+        match (in_place, len == BLOCK) {
+            (true, true) => grads_block::<S, true>(problem, (b, n0, BLOCK), &g, local, &mut s, out),
+            (true, false) => grads_block::<S, true>(problem, (b, n0, len), &g, local, &mut s, out),
+            (false, true) => {
+                grads_block::<S, false>(problem, (b, n0, BLOCK), &g, local, &mut s, out)
+            }
+            (false, false) => {
+                grads_block::<S, false>(problem, (b, n0, len), &g, local, &mut s, out)
+            }
         }
         // Added to the statistics' gradient just written.
         let data = s.data(problem.activation, len, false);
@@ -618,25 +503,45 @@ fn backward_job<S: Simd, E: PixelTerm>(
     }
 }
 
-kernel_job!(ForwardJob<'a, 'b, 't, 'u, 'o, 'r> {
+kernel_job!(ForwardJob<'a, 'b, 't, 'o, 'r; E: PixelTerm> {
     problem: &'a Problem<'b>,
-    term: &'t Term<'u>,
+    term: &'t E,
     job: Job,
     out: &'o mut [&'r mut [MaybeUninit<f32>]],
-} -> (Vec<f64>, bool) = with_term!(term, t => forward_job::<S, _>(problem, t, job, out)));
+} -> (Vec<f64>, bool) = forward_job::<S, E>(problem, term, job, out));
 
-kernel_job!(BackwardJob<'a, 'b, 't, 'u, 'g, 'o, 'r> {
+kernel_job!(BackwardJob<'a, 'b, 't, 'g, 'o, 'r; E: PixelTerm> {
     problem: &'a Problem<'b>,
-    term: &'t Term<'u>,
+    term: &'t E,
     grad: &'g [f32],
     job: Job,
     out: &'o mut [&'r mut [f32]],
     stored: bool,
-} -> () = with_term!(term, t => backward_job::<S, _>(problem, t, grad, job, out, stored)));
+} -> () = backward_job::<S, E>(problem, term, grad, job, out, stored));
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::term::NoTerm;
+
+    // The statistics alone (the terms' own tests, and every term at every level: `pass.rs`).
+    fn forward(problem: &Problem, term: &NoTerm) -> Sums {
+        forward_on(Isa::best(), problem, term, None)
+    }
+
+    fn forward_storing(problem: &Problem, term: &NoTerm) -> (Sums, Vec<f32>) {
+        forward_storing_on(Isa::best(), problem, term)
+    }
+
+    fn backward(problem: &Problem, term: &NoTerm, grad: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0.0f32; problem.x.len()];
+        backward_on(Isa::best(), problem, term, grad, &mut dx, false);
+        dx
+    }
+
+    fn backward_stored(problem: &Problem, term: &NoTerm, grad: &[f32], probs: &mut [f32]) {
+        backward_on(Isa::best(), problem, term, grad, probs, true);
+    }
     use crate::cpu::common::Labels;
     use crate::cpu::jobs::{JOB, PARALLEL_MIN};
 
@@ -670,7 +575,7 @@ mod tests {
                 None,
                 Activation::None,
             ),
-            &Term::None,
+            &NoTerm,
         )
         .sums;
         // I: class 0 gets p0[1] = 0.6; class 1 gets p1[0] + p1[2] = 0.8 + 0.5.
@@ -687,97 +592,12 @@ mod tests {
                 Some(&valid),
                 Activation::None,
             ),
-            &Term::None,
+            &NoTerm,
         )
         .sums;
         let expected = [0.0, 1.3, 0.7, 1.3, 0.0, 2.0];
         for (a, b) in sums.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{sums:?}");
-        }
-    }
-
-    #[test]
-    fn every_instruction_set_gives_the_same_numbers() {
-        // 2 samples, 3 classes, 1000 pixels: full blocks and a partial one (not a multiple of
-        // any lane count: the padded tail), for the statistics alone and with each term.
-        let (batch, classes, pixels) = (2, 3, 1000);
-        let wave = |i: usize, f: f32| (i as f32 * f).sin() * 4.0;
-        let x: Vec<f32> = (0..batch * classes * pixels)
-            .map(|i| wave(i, 0.37))
-            .collect();
-        let dense: Vec<f32> = (0..x.len())
-            .map(|i| (wave(i, 0.11) > 0.0) as u8 as f32)
-            .collect();
-        // Soft targets: the focal term's general path.
-        let soft: Vec<f32> = (0..x.len()).map(|i| wave(i, 0.07).abs() / 4.0).collect();
-        let labels: Vec<i32> = (0..batch * pixels).map(|i| (i * 7 % 3) as i32).collect();
-        let valid: Vec<f32> = (0..batch * pixels)
-            .map(|i| (i % 5 != 0) as u8 as f32)
-            .collect();
-        let grad: Vec<f32> = (0..5 * batch * classes).map(|i| wave(i, 1.3)).collect();
-        let weights = [0.5f32, 2.0, 1.0];
-        for activation in [Activation::Sigmoid, Activation::Softmax] {
-            for (target, valid) in [
-                (Target::Dense(&dense), None),
-                (Target::Dense(&soft), Some(&valid[..])),
-                (Target::Indices(Labels::I32(&labels)), Some(&valid[..])),
-            ] {
-                let problem = Problem {
-                    x: &x,
-                    target,
-                    valid,
-                    batch,
-                    classes,
-                    pixels,
-                    activation,
-                    terms: Terms::Squared,
-                };
-                let terms = [
-                    Term::None,
-                    Term::Ce(CeProblem {
-                        base: problem,
-                        class_weight: Some(&weights),
-                        pos_weight: 1.0,
-                        label_smoothing: 0.1,
-                    }),
-                    Term::Focal(FocalProblem {
-                        base: problem,
-                        gamma: 2.0,
-                        alpha: Some(0.25),
-                    }),
-                    Term::Focal(FocalProblem {
-                        base: problem,
-                        gamma: 1.5,
-                        alpha: None,
-                    }),
-                ];
-                for term in &terms {
-                    let grad = &grad[..(3 + term.rows()) * batch * classes];
-                    let run = |isa| {
-                        let (sums, mut probs) = forward_storing_on(isa, &problem, term);
-                        assert_eq!(sums, forward_on(isa, &problem, term, None));
-                        let mut dx = vec![0.0; x.len()];
-                        backward_on(isa, &problem, term, grad, &mut dx, false);
-                        backward_on(isa, &problem, term, grad, &mut probs, true);
-                        (sums, dx, probs)
-                    };
-                    let (sums, dx, from_probs) = run(Isa::Scalar);
-                    assert!(sums.valid_data);
-                    let what = |isa: Isa| format!("{isa:?} {activation:?} {target:?} {term:?}");
-                    for isa in Isa::available() {
-                        let (s, d, p) = run(isa);
-                        let close = |a: &[f32], b: &[f32], tol: f32| {
-                            a.iter()
-                                .zip(b)
-                                .all(|(a, b)| (a - b).abs() <= tol * (1.0 + b.abs()))
-                        };
-                        assert!(close(&s.sums, &sums.sums, 1e-5), "{} sums", what(isa));
-                        assert!(close(&d, &dx, 1e-5), "{} gradient", what(isa));
-                        assert!(close(&p, &from_probs, 1e-5), "{} stored", what(isa));
-                        assert!(close(&p, &dx, 1e-5), "{} stored vs recomputed", what(isa));
-                    }
-                }
-            }
         }
     }
 
@@ -827,16 +647,16 @@ mod tests {
                 }
             }
         }
-        let (fused, mut stored) = forward_storing(&problem, &Term::None);
-        assert_eq!(fused, forward(&problem, &Term::None));
+        let (fused, mut stored) = forward_storing(&problem, &NoTerm);
+        assert_eq!(fused, forward(&problem, &NoTerm));
         for (a, b) in fused.sums.iter().zip(&sums) {
             assert!(
                 (*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0),
                 "{a} vs {b}"
             );
         }
-        let recomputed = backward(&problem, &Term::None, &grad);
-        backward_stored(&problem, &Term::None, &grad, &mut stored);
+        let recomputed = backward(&problem, &NoTerm, &grad);
+        backward_stored(&problem, &NoTerm, &grad, &mut stored);
         for ((a, s), b) in recomputed.iter().zip(&stored).zip(&dx) {
             assert!((*a as f64 - b).abs() < 1e-5 && (*s as f64 - b).abs() < 1e-5);
         }
@@ -848,7 +668,7 @@ mod tests {
         let dense = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
         let labels = [1i64, 0, 1];
         fn valid(x: &[f32], target: Target) -> bool {
-            forward(&problem(x, target, None, Activation::Softmax), &Term::None).valid_data
+            forward(&problem(x, target, None, Activation::Softmax), &NoTerm).valid_data
         }
         assert!(valid(&x, Target::Dense(&dense)));
         assert!(valid(&x, Target::Indices(Labels::I64(&labels))));
@@ -888,17 +708,17 @@ mod tests {
                     let mut p = problem(&x, target, valid, activation);
                     p.terms = terms;
                     let objective = |x: &[f32]| {
-                        let sums = forward(&Problem { x, ..p }, &Term::None).sums;
+                        let sums = forward(&Problem { x, ..p }, &NoTerm).sums;
                         sums.iter()
                             .zip(&grad)
                             .map(|(s, g)| (s * g) as f64)
                             .sum::<f64>()
                     };
-                    let dx = backward(&p, &Term::None, &grad);
+                    let dx = backward(&p, &NoTerm, &grad);
                     // The same gradient from the probabilities stored by the forward pass.
-                    let (with_probs, mut stored) = forward_storing(&p, &Term::None);
-                    assert_eq!(with_probs, forward(&p, &Term::None));
-                    backward_stored(&Problem { x: &[], ..p }, &Term::None, &grad, &mut stored);
+                    let (with_probs, mut stored) = forward_storing(&p, &NoTerm);
+                    assert_eq!(with_probs, forward(&p, &NoTerm));
+                    backward_stored(&Problem { x: &[], ..p }, &NoTerm, &grad, &mut stored);
                     for (a, b) in stored.iter().zip(&dx) {
                         assert!((a - b).abs() < 1e-6, "{activation:?}: {stored:?} vs {dx:?}");
                     }
