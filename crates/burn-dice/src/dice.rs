@@ -395,7 +395,7 @@ impl<B: Backend> DiceLoss<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::TestBackend;
+    use crate::tests::{autodiff, device, TestBackend};
     use burn::tensor::{Int, TensorData, Tolerance};
 
     type B = TestBackend;
@@ -414,15 +414,12 @@ mod tests {
                     [[0.0, 0.0], [0.0, 3.0]],
                 ],
             ],
-            &Default::default(),
+            &device(),
         )
     }
 
     fn labels() -> Tensor<B, 4, Int> {
-        Tensor::from_ints(
-            [[[[0, 1], [0, 2]]], [[[1, 1], [2, 2]]]],
-            &Default::default(),
-        )
+        Tensor::from_ints([[[[0, 1], [0, 2]]], [[[1, 1], [2, 2]]]], &device())
     }
 
     /// The same loss written out per pixel with plain `f32` loops.
@@ -457,7 +454,7 @@ mod tests {
             let loss = DiceLossConfig::new()
                 .with_activation(Activation::Softmax)
                 .with_include_background(include_background)
-                .init::<B>(&Default::default());
+                .init::<B>(&device());
             let per_class = loss.forward_no_reduction(logits(), labels());
             let expected = by_hand(include_background);
             let kept = expected.len() / 2;
@@ -485,7 +482,7 @@ mod tests {
         let loss = DiceLossConfig::new()
             .with_activation(Activation::Softmax)
             .with_squared_pred(true)
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
         let a = loss.forward_no_reduction(logits(), labels());
         let b = loss.forward_no_reduction(logits(), onehot);
         a.into_data()
@@ -543,7 +540,7 @@ mod tests {
     fn negative_smooth_nr() {
         DiceLossConfig::new()
             .with_smooth_nr(-1.0)
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 
     #[test]
@@ -551,7 +548,7 @@ mod tests {
     fn nan_smooth_dr() {
         DiceLossConfig::new()
             .with_smooth_dr(f64::NAN)
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 
     #[test]
@@ -559,7 +556,7 @@ mod tests {
     fn negative_weight() {
         DiceLossConfig::new()
             .with_weight(Some(vec![1.0, -0.5]))
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 
     #[test]
@@ -567,7 +564,7 @@ mod tests {
     fn infinite_weight() {
         DiceLossConfig::new()
             .with_weight(Some(vec![f32::INFINITY]))
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 
     #[test]
@@ -575,7 +572,7 @@ mod tests {
     fn empty_weight() {
         DiceLossConfig::new()
             .with_weight(Some(vec![]))
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 
     #[test]
@@ -587,7 +584,7 @@ mod tests {
             .with_activation(Activation::Softmax)
             .with_include_background(false)
             .with_weight(Some(vec![1.0, 1.0, 1.0]))
-            .init::<B>(&Default::default())
+            .init::<B>(&device())
             .forward(logits(), labels());
     }
 
@@ -596,18 +593,16 @@ mod tests {
     fn nan_input() {
         let x = logits().slice_fill([0..1, 0..1, 0..1, 0..1], f32::NAN);
         DiceLossConfig::new()
-            .init::<B>(&Default::default())
+            .init::<B>(&device())
             .forward(x, labels());
     }
 
     #[test]
     #[should_panic(expected = "DiceLoss: `input` must have shape [batch, class, *spatial]")]
     fn rank_two_input() {
-        let x = Tensor::<B, 2>::zeros([2, 3], &Default::default());
-        let t = Tensor::<B, 2>::zeros([2, 3], &Default::default());
-        DiceLossConfig::new()
-            .init::<B>(&Default::default())
-            .forward(x, t);
+        let x = Tensor::<B, 2>::zeros([2, 3], &device());
+        let t = Tensor::<B, 2>::zeros([2, 3], &device());
+        DiceLossConfig::new().init::<B>(&device()).forward(x, t);
     }
 
     #[test]
@@ -615,11 +610,11 @@ mod tests {
         expected = "DiceLoss: `activation` = Softmax needs `input` with at least 2 channels"
     )]
     fn softmax_single_channel() {
-        let x = Tensor::<B, 3>::zeros([2, 1, 4], &Default::default());
-        let t = Tensor::<B, 3, Int>::zeros([2, 1, 4], &Default::default());
+        let x = Tensor::<B, 3>::zeros([2, 1, 4], &device());
+        let t = Tensor::<B, 3, Int>::zeros([2, 1, 4], &device());
         DiceLossConfig::new()
             .with_activation(Activation::Softmax)
-            .init::<B>(&Default::default())
+            .init::<B>(&device())
             .forward(x, t);
     }
 
@@ -657,7 +652,7 @@ mod tests {
 
     /// `[1, 1, 2, 3]` probabilities or soft labels.
     fn map(values: [f32; 6]) -> Tensor<B, 4> {
-        Tensor::<B, 1>::from_floats(values, &Default::default()).reshape([1, 1, 2, 3])
+        Tensor::<B, 1>::from_floats(values, &device()).reshape([1, 1, 2, 3])
     }
 
     const SOFT: [f32; 6] = [0.5, 0.1, 0.9, 0.3, 0.0, 0.65];
@@ -666,8 +661,8 @@ mod tests {
     fn soft_label_scores_zero_at_a_soft_target() {
         let soft = DiceLossConfig::new()
             .with_soft_label(true)
-            .init::<B>(&Default::default());
-        let plain = DiceLossConfig::new().init::<B>(&Default::default());
+            .init::<B>(&device());
+        let plain = DiceLossConfig::new().init::<B>(&device());
         for jaccard in [false, true] {
             let loss = soft.clone();
             let loss = DiceLoss { jaccard, ..loss };
@@ -693,7 +688,7 @@ mod tests {
         for (soft_label, best) in [(false, 1.0f32), (true, 0.5)] {
             let loss = DiceLossConfig::new()
                 .with_soft_label(soft_label)
-                .init::<B>(&Default::default());
+                .init::<B>(&device());
             let at = |p: f32| loss.forward(map([p; 6]), target.clone()).into_scalar();
             let argmin = (0..=20)
                 .map(|k| k as f32 / 20.0)
@@ -734,7 +729,7 @@ mod tests {
     #[test]
     fn soft_label_subgradient_at_the_kink() {
         type A = burn_autodiff::Autodiff<B>;
-        let device = Default::default();
+        let device = autodiff();
         let loss = DiceLossConfig::new()
             .with_soft_label(true)
             .with_smooth_nr(0.0)

@@ -261,7 +261,7 @@ impl<B: Backend> DiceCELoss<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::TestBackend;
+    use crate::tests::{autodiff, device, TestBackend};
     use crate::Activation;
     use burn::tensor::Int;
 
@@ -270,12 +270,12 @@ mod tests {
     fn logits() -> Tensor<B, 3> {
         Tensor::from_floats(
             [[[2.0, -1.0, 0.5], [0.0, 1.5, 0.2], [-1.0, 0.3, 1.0]]],
-            &Default::default(),
+            &device(),
         )
     }
 
     fn labels() -> Tensor<B, 3, Int> {
-        Tensor::from_ints([[[0, 1, 2]]], &Default::default())
+        Tensor::from_ints([[[0, 1, 2]]], &device())
     }
 
     /// −ln softmax(x)_y by hand, averaged over the pixels.
@@ -330,7 +330,7 @@ mod tests {
     fn ce_weight_length() {
         DiceCELossConfig::new()
             .with_ce_weight(Some(vec![1.0, 2.0]))
-            .init::<B>(&Default::default())
+            .init::<B>(&device())
             .forward(logits(), labels());
     }
 
@@ -341,7 +341,7 @@ mod tests {
     fn pos_weight_on_multiclass() {
         DiceCELossConfig::new()
             .with_pos_weight(Some(2.0))
-            .init::<B>(&Default::default())
+            .init::<B>(&device())
             .forward(logits(), labels());
     }
 
@@ -350,7 +350,7 @@ mod tests {
     fn bad_label_smoothing() {
         DiceCELossConfig::new()
             .with_label_smoothing(1.5)
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 
     #[test]
@@ -358,13 +358,13 @@ mod tests {
     fn negative_lambda() {
         DiceCELossConfig::new()
             .with_lambda_ce(-1.0)
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 
     #[test]
     fn a_sample_with_every_pixel_ignored_has_a_cross_entropy_of_0() {
         type A = burn_autodiff::Autodiff<TestBackend>;
-        let device = Default::default();
+        let device = autodiff();
         let x =
             Tensor::<A, 3>::from_floats([[[0.5], [-1.0], [2.0]], [[1.0], [0.3], [-0.2]]], &device)
                 .require_grad();

@@ -219,14 +219,14 @@ impl<B: Backend> DiceFocalLoss<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::TestBackend;
+    use crate::tests::{autodiff, device, TestBackend};
     use burn::tensor::Int;
 
     type B = TestBackend;
 
     #[test]
     fn focal_matches_a_hand_computation() {
-        let device = Default::default();
+        let device = device();
         let x = Tensor::<B, 3>::from_floats([[[1.5, -0.5], [-2.0, 0.25]]], &device);
         let y = Tensor::<B, 3, Int>::from_ints([[[0, 1]]], &device);
         let gamma = 2.0f64;
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn extreme_logits_stay_finite() {
-        let device = Default::default();
+        let device = autodiff();
         type A = burn_autodiff::Autodiff<B>;
         let x = Tensor::<A, 3>::from_floats([[[1e4, -1e4, 0.0], [-1e4, 1e4, 3.0]]], &device)
             .require_grad();
@@ -285,6 +285,6 @@ mod tests {
     fn bad_alpha() {
         DiceFocalLossConfig::new()
             .with_alpha(Some(1.5))
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 }

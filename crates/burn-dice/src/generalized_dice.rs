@@ -240,16 +240,15 @@ impl<B: Backend> GeneralizedDiceLoss<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::TestBackend;
+    use crate::tests::{device, TestBackend};
     use burn::tensor::Int;
 
     type B = TestBackend;
 
     #[test]
     fn weights_replace_infinities_by_the_largest_finite_weight() {
-        let loss = GeneralizedDiceLossConfig::new().init::<B>(&Default::default());
-        let volume =
-            Tensor::<B, 2>::from_floats([[2.0, 0.0, 4.0], [0.0, 0.0, 0.0]], &Default::default());
+        let loss = GeneralizedDiceLossConfig::new().init::<B>(&device());
+        let volume = Tensor::<B, 2>::from_floats([[2.0, 0.0, 4.0], [0.0, 0.0, 0.0]], &device());
         let w = loss
             .class_weights(volume)
             .into_data()
@@ -260,7 +259,7 @@ mod tests {
 
     #[test]
     fn all_empty_sample_is_finite_and_zero() {
-        let device = Default::default();
+        let device = device();
         let x = Tensor::<B, 3>::from_floats([[[0.0, 0.0], [0.0, 0.0]]], &device);
         let t = Tensor::<B, 3>::zeros([1, 2, 2], &device);
         let l = GeneralizedDiceLossConfig::new()
@@ -272,7 +271,7 @@ mod tests {
 
     #[test]
     fn uniform_weights_pool_plain_dice() {
-        let device = Default::default();
+        let device = device();
         let p = Tensor::<B, 3>::from_floats([[[0.8, 0.2, 0.6], [0.2, 0.8, 0.4]]], &device);
         let y = Tensor::<B, 3, Int>::from_ints([[[0, 1, 0]]], &device);
         let l = GeneralizedDiceLossConfig::new()
@@ -291,6 +290,6 @@ mod tests {
     fn bad_smoothing() {
         GeneralizedDiceLossConfig::new()
             .with_smooth_dr(-1.0)
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 }

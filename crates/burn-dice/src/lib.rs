@@ -34,6 +34,20 @@ pub use tversky::{TverskyLoss, TverskyLossConfig};
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use burn_ndarray::NdArrayDevice;
+
     /// The backend of the unit tests.
     pub type TestBackend = burn_ndarray::NdArray<f32>;
+
+    /// The device of the unit tests (the 0.22 line, generated from this code, has a function of
+    /// the same name and shape).
+    pub fn device() -> NdArrayDevice {
+        Default::default()
+    }
+
+    /// The device of the unit tests that differentiate: here the same as [`device`] (burn 0.21
+    /// puts autodiff in the backend type, `Autodiff<TestBackend>`; burn 0.22 in the device).
+    pub fn autodiff() -> NdArrayDevice {
+        Default::default()
+    }
 }

@@ -105,7 +105,7 @@ pub(crate) fn log_sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::TestBackend;
+    use crate::tests::{autodiff, device, TestBackend};
     use burn::tensor::TensorData;
 
     type A = burn_autodiff::Autodiff<TestBackend>;
@@ -114,7 +114,7 @@ mod tests {
     /// burn's own softmax is about 1e-4 off on burn-ndarray (its approximate f32 `recip`).
     #[test]
     fn softmax_gradient_keeps_f32_precision() {
-        let device = Default::default();
+        let device = autodiff();
         let (c, n) = (4usize, 256usize);
         let xs: Vec<f32> = (0..c * n)
             .map(|i| ((i as f32) * 0.731).sin() * 3.0)
@@ -146,7 +146,7 @@ mod tests {
     /// `d/dx Σ w·ln σ(x)` against `w·σ(−x)`, across saturation and at 0.
     #[test]
     fn log_sigmoid_is_stable_and_exact() {
-        let device = Default::default();
+        let device = autodiff();
         let xs = [-1e4f32, -60.0, -3.0, -1e-3, 0.0, 1e-3, 2.5, 40.0, 1e4];
         let x = Tensor::<A, 1>::from_floats(xs, &device).require_grad();
         let y = log_sigmoid(x.clone());
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn log_softmax_and_ln() {
-        let device = Default::default();
+        let device = device();
         let x = Tensor::<A, 2>::from_floats([[1.0, 2.0, 3.0], [1e4, 0.0, -1e4]], &device);
         let l = log_softmax(x, 1).into_data().into_vec::<f32>().unwrap();
         let z = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();

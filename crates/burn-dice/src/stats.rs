@@ -199,7 +199,7 @@ mod tests {
     use crate::kernels::generic;
     use crate::kernels::input::PreparedTarget;
     use crate::target::prepare_target;
-    use crate::tests::TestBackend;
+    use crate::tests::{device, TestBackend};
     use burn::tensor::{Int, TensorData, Tolerance};
 
     /// The generic sums of probabilities (no activation).
@@ -230,12 +230,12 @@ mod tests {
                 [0.2, 0.8, 0.1, 0.25],
                 [0.1, 0.1, 0.7, 0.25],
             ]],
-            &Default::default(),
+            &device(),
         )
     }
 
     fn labels() -> Tensor<B, 3, Int> {
-        Tensor::from_ints([[[0, 1, 2, 9]]], &Default::default())
+        Tensor::from_ints([[[0, 1, 2, 9]]], &device())
     }
 
     fn onehot() -> Tensor<B, 3> {
@@ -245,7 +245,7 @@ mod tests {
                 [0.0, 1.0, 0.0, 0.0],
                 [0.0, 0.0, 1.0, 0.0],
             ]],
-            &Default::default(),
+            &device(),
         )
     }
 

@@ -243,7 +243,7 @@ impl<B: Backend> TverskyLoss<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::TestBackend;
+    use crate::tests::{device, TestBackend};
     use crate::{Activation, DiceLossConfig};
     use burn::tensor::{Distribution, Int};
 
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn half_half_with_equal_smoothing_is_dice() {
-        let device = Default::default();
+        let device = device();
         let x = Tensor::<B, 4>::random([2, 3, 5, 5], Distribution::Normal(0.0, 2.0), &device);
         let y = Tensor::<B, 4>::random([2, 1, 5, 5], Distribution::Uniform(0.0, 3.0), &device)
             .int()
@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn focal_form_is_per_class_power() {
-        let device = Default::default();
+        let device = device();
         let p = Tensor::<B, 3>::from_floats([[[0.9, 0.2, 0.6]], [[0.1, 0.7, 0.3]]], &device);
         let y = Tensor::<B, 3, Int>::from_ints([[[1, 0, 1]], [[0, 1, 1]]], &device);
         let config = TverskyLossConfig::new().with_alpha(0.3).with_beta(0.7);
@@ -298,7 +298,7 @@ mod tests {
     fn negative_alpha() {
         TverskyLossConfig::new()
             .with_alpha(-0.1)
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 
     #[test]
@@ -306,6 +306,6 @@ mod tests {
     fn zero_gamma() {
         TverskyLossConfig::new()
             .with_gamma(0.0)
-            .init::<B>(&Default::default());
+            .init::<B>(&device());
     }
 }
