@@ -131,7 +131,8 @@ pub(crate) fn prepare_with<B: Backend, const D: usize>(
 ) -> Prepared<B> {
     let dims = input.dims();
     check_input_shape(loss, &dims);
-    let defer = check_inputs && defer && kernels::checks_in_pass::<B>();
+    let defer =
+        check_inputs && defer && kernels::checks_in_pass::<B>(&input.device(), input.dtype());
     let mut checks = check_inputs.then(|| Checks::new(loss));
     if let Some(checks) = checks.as_mut().filter(|_| !defer) {
         checks.finite("input", input.clone());
@@ -219,7 +220,7 @@ pub(crate) fn prepare_target<B: Backend, const D: usize>(
             // A single-channel input's labels reach the kernels as a dense target, whose
             // check (values in [0, 1]) is this one; but a device verdict cannot name the
             // offending label, so there they are checked here.
-            let in_pass = deferred && (c > 1 || kernels::checks_on_host::<B>());
+            let in_pass = deferred && (c > 1 || kernels::checks_on_host::<B>(&y.device()));
             if let Some(checks) = checks.filter(|_| !in_pass) {
                 let mut bad = y
                     .clone()
@@ -303,12 +304,12 @@ pub(crate) fn prepare_mask<B: Backend, const D: usize>(
 mod tests {
     use super::*;
     use crate::checks::check_input_shape;
-    use crate::tests::TestBackend;
+    use crate::tests::{device, TestBackend};
 
     type B = TestBackend;
 
     fn labels(data: [[[i64; 4]; 1]; 1]) -> Tensor<B, 3, Int> {
-        Tensor::from_ints(data, &Default::default())
+        Tensor::from_ints(data, &device())
     }
 
     #[test]
@@ -409,7 +410,7 @@ mod tests {
         expected = "dense `target` must have the input's shape [1, 2, 4], got [1, 2, 3]"
     )]
     fn dense_shape_mismatch() {
-        let t = Tensor::<B, 3>::zeros([1, 2, 3], &Default::default());
+        let t = Tensor::<B, 3>::zeros([1, 2, 3], &device());
         prepare_target("test", &[1, 2, 4], t.into(), None, None, false);
     }
 
@@ -418,14 +419,14 @@ mod tests {
         expected = "must have shape [batch, 1, *spatial] = [1, 1, 4] for an input of shape [1, 3, 4], got [1, 3, 4]"
     )]
     fn index_shape_mismatch() {
-        let t = Tensor::<B, 3, Int>::zeros([1, 3, 4], &Default::default());
+        let t = Tensor::<B, 3, Int>::zeros([1, 3, 4], &device());
         prepare_target("test", &[1, 3, 4], t.into(), None, None, false);
     }
 
     #[test]
     #[should_panic(expected = "dense `target` holds NaN, infinite values or values outside [0, 1]")]
     fn target_outside_the_unit_interval() {
-        let t = Tensor::<B, 3>::from_floats([[[0.0, 5.0]]], &Default::default());
+        let t = Tensor::<B, 3>::from_floats([[[0.0, 5.0]]], &device());
         let mut checks = Checks::new("test");
         prepare_target("test", &[1, 1, 2], t.into(), None, Some(&mut checks), false);
         checks.finish();
@@ -434,7 +435,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "dense `target` holds NaN, infinite values or values outside [0, 1]")]
     fn nan_in_dense_target() {
-        let t = Tensor::<B, 3>::from_floats([[[0.0, f32::NAN]]], &Default::default());
+        let t = Tensor::<B, 3>::from_floats([[[0.0, f32::NAN]]], &device());
         let mut checks = Checks::new("test");
         prepare_target("test", &[1, 1, 2], t.into(), None, Some(&mut checks), false);
         checks.finish();
@@ -443,7 +444,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "needs a class-index target")]
     fn ignore_index_with_dense_target() {
-        let t = Tensor::<B, 3>::zeros([1, 2, 4], &Default::default());
+        let t = Tensor::<B, 3>::zeros([1, 2, 4], &device());
         prepare_target("test", &[1, 2, 4], t.into(), Some(255), None, false);
     }
 

@@ -91,7 +91,7 @@ pub use cube::{launches, set_plane_reductions};
 
 use std::cell::Cell;
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 use crate::activation::Activation;
 use input::{Extra, ExtraSums, PreparedTarget, Stats, Terms, Verdict};
@@ -168,7 +168,11 @@ pub(crate) fn reads_back_at_once<B: Backend>() -> Option<bool> {
 
 /// Whether the statistics pass of backend `B` checks the data it reads, so that the losses
 /// whose first pass it is can leave the data checks to it.
-pub(crate) fn checks_in_pass<B: Backend>() -> bool {
+///
+/// The backend type decides here; `device` and `dtype` give the call the shape of the 0.22
+/// line's, which chooses by run-time device and float type (its code is generated from this).
+pub(crate) fn checks_in_pass<B: Backend>(device: &B::Device, dtype: DType) -> bool {
+    let _ = (device, dtype);
     path::<B>() != KernelPath::Generic
 }
 
@@ -176,7 +180,9 @@ pub(crate) fn checks_in_pass<B: Backend>() -> bool {
 /// (the CPU kernels), so that the data checks can be run again with burn ops for the exact
 /// message: then even the checks whose message needs the offending value (the 0/1 labels of a
 /// single-channel input, read by the kernels as a dense target) can be left to the pass.
-pub(crate) fn checks_on_host<B: Backend>() -> bool {
+/// `device`: as in [`checks_in_pass`].
+pub(crate) fn checks_on_host<B: Backend>(device: &B::Device) -> bool {
+    let _ = device;
     path::<B>() == KernelPath::Cpu
 }
 
