@@ -442,9 +442,27 @@ fn activation_backward<S: Simd, const IN_PLACE: bool>(
 }
 
 /// The statistics' gradient of one block of [`backward_job`] into `out`; `IN_PLACE`: see
-/// [`activation_backward`].
+/// [`activation_backward`]. Full blocks go through with a constant length, as in the forward
+/// pass.
 #[inline(always)]
 fn grads_block<S: Simd, const IN_PLACE: bool>(
+    problem: &Problem,
+    (b, n0, len): Job,
+    g: &impl Fn(usize, usize) -> f32,
+    local: usize,
+    s: &mut Scratch,
+    out: &mut [&mut [f32]],
+) {
+    if len == BLOCK {
+        block_grads_and_activation::<S, IN_PLACE>(problem, (b, n0, BLOCK), g, local, s, out);
+    } else {
+        block_grads_and_activation::<S, IN_PLACE>(problem, (b, n0, len), g, local, s, out);
+    }
+}
+
+/// [`grads_block`] at one block length.
+#[inline(always)]
+fn block_grads_and_activation<S: Simd, const IN_PLACE: bool>(
     problem: &Problem,
     block @ (_, _, len): Job,
     g: &impl Fn(usize, usize) -> f32,
@@ -486,16 +504,10 @@ fn backward_job<S: Simd, E: PixelTerm>(
             }
         }
         load_aux(problem, (b, n0, len), &mut s.w, &mut s.labels);
-        // Full blocks with a constant length, as in the forward pass.
-        match (in_place, len == BLOCK) {
-            (true, true) => grads_block::<S, true>(problem, (b, n0, BLOCK), &g, local, &mut s, out),
-            (true, false) => grads_block::<S, true>(problem, (b, n0, len), &g, local, &mut s, out),
-            (false, true) => {
-                grads_block::<S, false>(problem, (b, n0, BLOCK), &g, local, &mut s, out)
-            }
-            (false, false) => {
-                grads_block::<S, false>(problem, (b, n0, len), &g, local, &mut s, out)
-            }
+        if in_place {
+            grads_block::<S, true>(problem, (b, n0, len), &g, local, &mut s, out);
+        } else {
+            grads_block::<S, false>(problem, (b, n0, len), &g, local, &mut s, out);
         }
         // Added to the statistics' gradient just written.
         let data = s.data(problem.activation, len, false);
