@@ -14,7 +14,8 @@
 //! - `source DIR` and `target DIR`: the crates, relative to the repository root;
 //! - `file PATH`: a file to generate, at the same path in both crates;
 //! - `rule REGEX => REPLACEMENT`: applied to every file, in the order written;
-//! - `rule[PATH] REGEX => REPLACEMENT`: applied to that file only, in its place in the order.
+//! - `rule[PATH,…] REGEX => REPLACEMENT`: applied to those files only (comma-separated), in
+//!   its place in the order.
 //!
 //! A rule's regex is Rust's `regex` syntax (flags inline, e.g. `(?m)^`); its replacement takes
 //! `$1` or `${name}` for groups, `$$` for a dollar and `\n` for a new line (nothing after
@@ -58,7 +59,8 @@ fn root() -> PathBuf {
 /// One rewrite: `pattern` replaced by `replacement` everywhere, in one file or in all.
 #[derive(Debug)]
 struct Rule {
-    only: Option<String>,
+    /// The files it applies to; `None`: every file.
+    only: Option<Vec<String>>,
     pattern: Regex,
     replacement: String,
     /// Where it is written, for messages: `rules-file:line`.
@@ -96,7 +98,9 @@ fn parse_rules(path: &Path) -> Result<Rules, String> {
                     Some(p) => Some(
                         p.strip_suffix(']')
                             .ok_or_else(|| format!("{at}: expected `rule[PATH]`, found `{word}`"))?
-                            .to_string(),
+                            .split(',')
+                            .map(str::to_string)
+                            .collect(),
                     ),
                     None => None,
                 };
@@ -132,7 +136,7 @@ fn parse_rules(path: &Path) -> Result<Rules, String> {
         rules,
     };
     for rule in &rules.rules {
-        if let Some(only) = &rule.only {
+        for only in rule.only.iter().flatten() {
             if !rules.files.contains(only) {
                 return Err(format!(
                     "{}: rule[{only}] names no `file` of these rules",
@@ -148,7 +152,11 @@ fn parse_rules(path: &Path) -> Result<Rules, String> {
 fn rewrite(rules: &Rules, file: &str, source: &str) -> String {
     let mut text = source.to_string();
     for rule in &rules.rules {
-        if rule.only.as_deref().is_some_and(|only| only != file) {
+        if rule
+            .only
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|f| f == file))
+        {
             continue;
         }
         text = rule
@@ -334,11 +342,13 @@ mod tests {
     fn rules_apply_in_order_and_per_file() {
         let r = rules(
             "source a\ntarget b\nfile x.rs\nfile y.rs\n# a comment\n\
-             rule Tensor<B, (\\w+)> => Tensor<$1>\nrule[y.rs] Tensor => T\\nT\n",
+             rule Tensor<B, (\\w+)> => Tensor<$1>\nrule[y.rs] Tensor => T\\nT\n\
+             rule[x.rs,y.rs] 3 => 4\n",
         );
         assert_eq!(r.files, ["x.rs", "y.rs"]);
         assert_eq!(rewrite(&r, "x.rs", "Tensor<B, D>"), "Tensor<D>");
-        assert_eq!(rewrite(&r, "y.rs", "Tensor<B, 3>"), "T\nT<3>");
+        assert_eq!(rewrite(&r, "y.rs", "Tensor<B, 3>"), "T\nT<4>");
+        assert_eq!(rewrite(&r, "x.rs", "Tensor<B, 3>"), "Tensor<4>");
     }
 
     #[test]
@@ -354,6 +364,10 @@ mod tests {
             (
                 "source a\ntarget b\nfile x.rs\nrule[z.rs] a => b\n",
                 "names no `file`",
+            ),
+            (
+                "source a\ntarget b\nfile x.rs\nrule[x.rs,z.rs] a => b\n",
+                "rule[z.rs] names no `file`",
             ),
             ("target b\n", "no `source DIR` line"),
             ("sauce a\n", "unknown line"),
